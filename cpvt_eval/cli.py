@@ -1,0 +1,299 @@
+"""The command line: parse, build a config, call the library, render. Thin on purpose.
+
+Exit codes: 0 ok; 1 a check failed; 2 usage or input error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperCommand
+
+from . import console
+from .config import RunConfig, ThroughputConfig
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CpvtEvalError
+from .models.posenc import APE_INTERPOLATIONS, PEOptions
+
+# Options that take several values after one flag (`--sizes 224 384 512`), as users type them.
+MULTI_VALUE_OPTIONS = {"--sizes", "-s", "--model", "-m"}
+
+
+def expand_multi_value(args: list[str]) -> list[str]:
+    """Turn ``--sizes 224 384 --model a b`` into repeated flags; ``--sizes 224,384`` is split later."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        out.append(arg)
+        i += 1
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg in MULTI_VALUE_OPTIONS:
+            first = True
+            while i < len(args) and not args[i].startswith("-"):
+                if not first:
+                    out.append(arg)
+                out.append(args[i])
+                first = False
+                i += 1
+    return out
+
+
+class MultiValueCommand(TyperCommand):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, expand_multi_value(list(args)))
+
+
+app = typer.Typer(
+    name="cpvt-eval",
+    help="How vision transformers behave when the input resolution changes without fine-tuning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    console.error(message)
+    return typer.Exit(code=code)
+
+
+class guarded:
+    """Turn library errors into one line and an exit code; Ctrl-C into 130."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        if issubclass(exc_type, CpvtEvalError):
+            raise _fail(str(exc), exc.exit_code)
+        if issubclass(exc_type, KeyboardInterrupt):
+            console.error("interrupted; finished cells are kept in the run directory")
+            raise typer.Exit(code=EXIT_INTERRUPTED)
+        return False
+
+
+def parse_sizes(values: list[str]) -> tuple[int, ...]:
+    sizes: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                size = int(part)
+            except ValueError:
+                raise CpvtEvalError(f"size {part!r} is not a whole number of pixels") from None
+            if size <= 0:
+                raise CpvtEvalError(f"size {size} must be positive")
+            if size not in sizes:
+                sizes.append(size)
+    return tuple(sizes)
+
+
+def parse_models(values: list[str]) -> tuple[str, ...]:
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+def parse_checkpoints(values: list[str], models: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=PATH`` pairs, or a bare ``PATH`` when exactly one model is given."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or "/" in name or os.sep in name or not name:
+            if len(models) != 1:
+                raise CpvtEvalError(f"--checkpoint {value}: with several models, write NAME=PATH")
+            name, path = models[0], value
+        if name in out:
+            raise CpvtEvalError(f"--checkpoint given twice for {name}")
+        out[name] = path
+    return out
+
+
+def _coerce(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def parse_model_args(values: list[str], models: tuple[str, ...]) -> dict[str, dict]:
+    """``[NAME:]key=value``; without a NAME the argument applies to every model."""
+    out: dict[str, dict] = {}
+    for value in values:
+        target, sep, rest = value.partition(":")
+        if not sep or "=" in target:
+            targets, rest = list(models), value
+        else:
+            targets = [target]
+        key, eq, raw = rest.partition("=")
+        if not eq or not key:
+            raise CpvtEvalError(f"--model-arg {value}: expected [NAME:]key=value")
+        for t in targets:
+            out.setdefault(t, {})[key.strip()] = raw if key.strip() == "peg_positions" else _coerce(raw)
+    return out
+
+
+def default_out(models: tuple[str, ...]) -> Path:
+    from .models.registry import resolve
+
+    names = []
+    for m in models:
+        try:
+            names.append(resolve(m).name)
+        except CpvtEvalError:
+            names.append(m)
+    return Path("runs") / "+".join(names)
+
+
+@app.command(
+    cls=MultiValueCommand,
+    epilog=(
+        "Example: cpvt-eval resolution --model cpvt_ti --model deit_ti --sizes 224 384 448 512 "
+        "--data /datasets/imagenet/val --checkpoint cpvt_ti=cpvt_ti.pth --out runs/tiny"
+    ),
+)
+def resolution(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="Model name or alias; repeat or list several.")],
+    sizes: Annotated[list[str], typer.Option("--sizes", "-s", help="Sizes in px: `224 384 512` or `224,384`.")] = [
+        "224",
+        "384",
+        "448",
+        "512",
+    ],
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data", "-d", envvar="CPVT_EVAL_DATA", help="ImageNet val in ImageFolder layout (WordNet-id folders)."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        list[str], typer.Option("--checkpoint", "-c", help="NAME=PATH (or PATH with one model): .pth/.pt/.safetensors.")
+    ] = [],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<models>].")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Deterministic class-stratified subset of N images.")] = None,
+    crop_pct: Annotated[float, typer.Option(help="Resize shorter side to floor(size / crop_pct), then crop.")] = 0.875,
+    interpolation: Annotated[str, typer.Option(help="Image resize interpolation.")] = "bicubic",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help="[default: cores]")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    ape_interp: Annotated[str, typer.Option(help="APE resampling: " + ", ".join(APE_INTERPOLATIONS))] = "bicubic",
+    antialias: Annotated[bool, typer.Option(help="Antialias when resampling the APE (DeiT: no).")] = False,
+    sincos: Annotated[str, typer.Option(help="Sin-cos APE at a new size: regenerate or resample.")] = "regenerate",
+    model_arg: Annotated[
+        list[str],
+        typer.Option("--model-arg", help="[NAME:]key=value for the model constructor, e.g. peg_positions=0,3."),
+    ] = [],
+    ema: Annotated[
+        Optional[bool],
+        typer.Option("--ema/--no-ema", help="Take EMA weights from training checkpoints [default: plain if present]."),
+    ] = None,
+    throughput: Annotated[bool, typer.Option(help="Measure model-only images/s per cell.")] = True,
+    throughput_batch: Annotated[Optional[int], typer.Option(min=1, help="[default: --batch-size]")] = None,
+    throughput_repeats: Annotated[int, typer.Option(min=1)] = 5,
+    json_out: Annotated[bool, typer.Option("--json", help="Write the rows as JSON on stdout.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show checkpoint load reports.")] = False,
+) -> None:
+    """Top-1/top-5 and images/s of each model at each size, without fine-tuning.
+
+    Writes results.csv, results.md, rows.jsonl, per-image predictions and provenance.json to the run directory.
+    """
+    from .runner import run_resolution
+
+    with guarded():
+        models = parse_models(model)
+        if data is None:
+            raise CpvtEvalError("no dataset: pass --data DIR or set CPVT_EVAL_DATA")
+        cfg = RunConfig(
+            models=models,
+            sizes=parse_sizes(sizes),
+            data=data,
+            out=out or default_out(models),
+            checkpoints=parse_checkpoints(checkpoint, models),
+            model_args=parse_model_args(model_arg, models),
+            limit=limit,
+            crop_pct=crop_pct,
+            interpolation=interpolation,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            dtype=_check_dtype(dtype),
+            pe=PEOptions(ape_interpolation=ape_interp, antialias=antialias, sincos=sincos),
+            ema=ema,
+            throughput=ThroughputConfig(enabled=throughput, batch_size=throughput_batch, repeats=throughput_repeats),
+        )
+        log = console.info if verbose else (lambda _m: None)
+        outcome = run_resolution(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]])
+        rows = outcome.store.rows()
+        if json_out:
+            print(json.dumps([r.to_dict() for r in rows], indent=2))
+        else:
+            console.print_results(rows)
+            console.info(f"results: {outcome.store.root / 'results.csv'}, {outcome.store.root / 'results.md'}")
+
+
+def _check_dtype(dtype: str) -> str:
+    if dtype not in ("fp32", "bf16", "fp16"):
+        raise CpvtEvalError(f"--dtype must be fp32, bf16 or fp16, got {dtype!r}")
+    return dtype
+
+
+@app.command("models")
+def models_cmd(
+    all_models: Annotated[bool, typer.Option("--all", help="Include the offline demo's toy models.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Write the list as JSON on stdout.")] = False,
+) -> None:
+    """List registered models with PE kind, parameter count, native size and default weights.
+
+    Example: cpvt-eval models --json
+    """
+    from .models.registry import list_specs
+    from .runner import count_params
+
+    with guarded():
+        specs = list_specs(include_demo=all_models)
+        params = {s.name: count_params(s) for s in specs}
+        if json_out:
+            rows = [
+                {
+                    "name": s.name,
+                    "aliases": list(s.aliases),
+                    "family": s.family,
+                    "pe": s.pe,
+                    "params": params[s.name],
+                    "native_size": s.native_size,
+                    "patch_size": s.patch_size,
+                    "default_weights": s.default_weights,
+                }
+                for s in specs
+            ]
+            print(json.dumps(rows, indent=2))
+        else:
+            console.out.print(console.models_table(specs, params))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``cpvt-eval`` and ``python -m cpvt_eval``; returns the exit code."""
+    try:
+        app(args=argv, prog_name="cpvt-eval", standalone_mode=True)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

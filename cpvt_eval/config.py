@@ -1,0 +1,54 @@
+"""Frozen configuration of a run: what the CLI builds and the library consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .models.posenc import PEOptions
+
+
+@dataclass(frozen=True)
+class ThroughputConfig:
+    """How the model-only throughput column is measured (None batch: the evaluation batch size)."""
+
+    enabled: bool = True
+    batch_size: int | None = None
+    warmup: int = 2
+    repeats: int = 5
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a ``resolution`` run.
+
+    Attributes:
+        models: model names or aliases, in table order.
+        sizes: evaluation sizes in px.
+        data: dataset directory (ImageFolder of WordNet ids).
+        out: run directory.
+        checkpoints: model name -> checkpoint path; models without one use their default weights.
+        model_args: model name -> extra constructor arguments (e.g. ``peg_positions``).
+        limit: evaluate a deterministic, class-stratified subset of this many images.
+        crop_pct / interpolation: the eval transform (shorter side to ``floor(size / crop_pct)``).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``fp32``, ``bf16`` or ``fp16`` (autocast).
+        ema: take EMA weights (True), plain weights (False), or plain-if-present (None).
+    """
+
+    models: tuple[str, ...]
+    sizes: tuple[int, ...]
+    data: Path
+    out: Path
+    checkpoints: dict = field(default_factory=dict, hash=False)
+    model_args: dict = field(default_factory=dict, hash=False)
+    limit: int | None = None
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    pe: PEOptions = PEOptions()
+    ema: bool | None = None
+    throughput: ThroughputConfig = ThroughputConfig()

@@ -1,0 +1,206 @@
+"""The evaluation loop. Returns counts and per-sample predictions; never prints.
+
+For each size there is one pass over the dataset, and every model of the run sees each batch of that pass: an
+image is decoded, resized and cropped once per size whatever the number of models. Batches travel as uint8 and
+are normalised on the device with each model's own mean/std.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .data import EvalDataset, EvalTransform, ImageSet, make_loader, normalize_batch
+from .errors import CpvtEvalError, DataError
+from .models.posenc import PEOptions, adapt_to_size, grid_of
+from .models.registry import ModelSpec
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class EvalModel:
+    """A model ready to evaluate: its row name, spec, module (on the device), and preprocessing constants."""
+
+    key: str
+    spec: ModelSpec
+    module: nn.Module
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
+    load_report: dict = field(default_factory=dict)
+    model_args: dict = field(default_factory=dict)
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.module, "num_classes", 1000))
+
+
+@dataclass
+class CellOutput:
+    """The outcome of one (model, size) cell: integer counts and per-sample predictions."""
+
+    model: str
+    size: int
+    pe_policy: str
+    grid: str
+    resize_size: int
+    correct1: int
+    correct5: int
+    n: int
+    duration_s: float
+    indices: torch.Tensor  # (n,) positions in the ImageSet
+    labels: torch.Tensor  # (n,)
+    top5: torch.Tensor  # (n, k) predicted class indices, best first
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * self.correct1 / self.n if self.n else float("nan")
+
+    @property
+    def top5_acc(self) -> float:
+        return 100.0 * self.correct5 / self.n if self.n else float("nan")
+
+
+class Progress:
+    """Progress hook; the CLI connects a rich bar to it. The default does nothing."""
+
+    def start(self, label: str, total: int) -> None:  # noqa: B027 (a no-op default is the point)
+        pass
+
+    def advance(self, n: int) -> None:  # noqa: B027
+        pass
+
+    def finish(self) -> None:  # noqa: B027
+        pass
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    device: torch.device
+    batch_size: int = 64
+    workers: int = 0
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    dtype: str = "fp32"
+    pe: PEOptions = PEOptions()
+
+
+def autocast_context(device: torch.device, dtype: str):
+    """Autocast for bf16/fp16; fp32 runs plain. The dtype is recorded in every row."""
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
+
+
+def _clean_worker_error(e: Exception) -> Exception:
+    # A DataLoader worker re-raises our error wrapped in its own traceback text; keep the last line only.
+    text = str(e).strip().splitlines()
+    if isinstance(e, CpvtEvalError) and len(text) > 1:
+        last = text[-1].split(": ", 1)[-1]
+        return type(e)(last)
+    return e
+
+
+def evaluate_size(
+    models: list[EvalModel],
+    image_set: ImageSet,
+    size: int,
+    settings: EvalSettings,
+    progress: Progress | None = None,
+) -> list[CellOutput]:
+    """Evaluate every model at ``size`` in one pass over ``image_set``; return one ``CellOutput`` per model."""
+    progress = progress or Progress()
+    policies = [adapt_to_size(m.module, size, settings.pe) for m in models]
+    transform = EvalTransform(size, settings.crop_pct, settings.interpolation)
+    loader = make_loader(
+        EvalDataset(image_set, transform),
+        settings.batch_size,
+        settings.workers,
+        pin_memory=settings.device.type == "cuda",
+    )
+    n_total = len(image_set)
+    k = [min(5, m.num_classes) for m in models]
+    top5 = [torch.empty((n_total, kk), dtype=torch.int16) for kk in k]
+    labels = torch.empty(n_total, dtype=torch.int64)
+    indices = torch.empty(n_total, dtype=torch.int64)
+    correct1 = [0] * len(models)
+    correct5 = [0] * len(models)
+    seen = 0
+    progress.start(f"{size}px · {', '.join(m.key for m in models)}", n_total)
+    t0 = time.perf_counter()
+    non_blocking = settings.device.type == "cuda"
+    try:
+        with torch.inference_mode():
+            for images, target, idx in loader:
+                b = images.shape[0]
+                images = images.to(settings.device, non_blocking=non_blocking)
+                target_dev = target.to(settings.device, non_blocking=non_blocking)
+                normalized: dict[tuple, torch.Tensor] = {}
+                for j, m in enumerate(models):
+                    key = (m.mean, m.std)
+                    if key not in normalized:
+                        normalized[key] = normalize_batch(images, m.mean, m.std)
+                    with autocast_context(settings.device, settings.dtype):
+                        logits = m.module(normalized[key])
+                    pred = logits.float().topk(k[j], dim=1).indices
+                    hits = pred.eq(target_dev.view(-1, 1))
+                    correct1[j] += int(hits[:, 0].sum())
+                    correct5[j] += int(hits.any(dim=1).sum())
+                    top5[j][seen : seen + b] = pred.to("cpu", torch.int16)
+                labels[seen : seen + b] = target
+                indices[seen : seen + b] = idx
+                seen += b
+                progress.advance(b)
+    except CpvtEvalError as e:
+        raise _clean_worker_error(e) from None
+    finally:
+        progress.finish()
+    if seen != n_total:
+        raise DataError(f"the data pass at {size}px saw {seen} of {n_total} images")
+    duration = time.perf_counter() - t0
+    outputs = []
+    for j, m in enumerate(models):
+        grid = grid_of(m.module)
+        outputs.append(
+            CellOutput(
+                model=m.key,
+                size=size,
+                pe_policy=policies[j],
+                grid=f"{grid[0]}x{grid[1]}" if grid else "",
+                resize_size=transform.resize_size,
+                correct1=correct1[j],
+                correct5=correct5[j],
+                n=seen,
+                duration_s=duration,
+                indices=indices.clone(),
+                labels=labels.clone(),
+                top5=top5[j],
+            )
+        )
+    return outputs
+
+
+def sweep(
+    models: list[EvalModel],
+    image_set: ImageSet,
+    sizes: Iterable[int],
+    settings: EvalSettings,
+    progress: Progress | None = None,
+    todo: Callable[[EvalModel, int], bool] | None = None,
+) -> Iterator[CellOutput]:
+    """Yield every (model, size) cell, size by size; ``todo`` can skip cells already finished."""
+    for size in sizes:
+        active = [m for m in models if todo is None or todo(m, size)]
+        if active:
+            yield from evaluate_size(active, image_set, size, settings, progress)

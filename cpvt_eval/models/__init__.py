@@ -1,0 +1,18 @@
+"""Model registry, CPVT models (registered with timm) and the resolution policy of each PE family."""
+
+from .cpvt import CPVT
+from .posenc import PEG, PEOptions, adapt_to_size, resample_abs_pos_embed, sincos_2d_pos_embed
+from .registry import ModelSpec, list_specs, register, resolve
+
+__all__ = [
+    "CPVT",
+    "PEG",
+    "PEOptions",
+    "ModelSpec",
+    "adapt_to_size",
+    "list_specs",
+    "register",
+    "resample_abs_pos_embed",
+    "resolve",
+    "sincos_2d_pos_embed",
+]

@@ -1,0 +1,202 @@
+"""Position encodings and the resolution policy of each PE family.
+
+Everything that changes when a model meets a new input size lives here:
+
+* learned absolute PE (ViT/DeiT): the patch-grid part of ``pos_embed`` is resampled to the new grid, the
+  prefix tokens (cls, dist) are kept as they are; DeiT's fine-tune code uses bicubic, ``align_corners=False``
+  and no antialias, which is the default;
+* fixed 2-D sin-cos PE: regenerated exactly for the new grid (or resampled, on request);
+* conditional PE (the PEG): a depthwise convolution that runs on any grid, nothing to do;
+* no PE: nothing to do.
+
+``adapt_to_size`` applies the policy and returns its name, which every result row records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+
+APE_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
+
+
+class PEG(nn.Module):
+    """Position encoding generator (CPVT, Algorithm 1): ``x + depthwise_conv(x)`` on the patch-token grid.
+
+    The prefix tokens (cls) pass around the convolution unchanged. Zero padding keeps the grid size, and the
+    zero border is what lets the convolution infer absolute position.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ModelError(f"PEG kernel size must be a positive odd number, got {kernel_size}")
+        self.pos = nn.Conv2d(dim, dim, kernel_size, stride=1, padding=kernel_size // 2, groups=dim, bias=True)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        prefix, tokens = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+        b, n, c = tokens.shape
+        h, w = grid
+        feat = tokens.transpose(1, 2).reshape(b, c, h, w)
+        feat = self.pos(feat) + feat
+        return torch.cat([prefix, feat.flatten(2).transpose(1, 2)], dim=1)
+
+
+def resample_abs_pos_embed(
+    pos_embed: torch.Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int],
+    num_prefix_tokens: int,
+    interpolation: str = "bicubic",
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Resample the grid part of a learned ``(1, prefix + H*W, D)`` position embedding to ``new_grid``.
+
+    Interpolation runs in float32 (``F.interpolate`` has no half bicubic on CPU) and the result takes the input
+    dtype back. ``align_corners=False`` as in DeiT's fine-tune code; ``area`` and ``nearest`` take no
+    ``align_corners``.
+    """
+    if interpolation not in APE_INTERPOLATIONS:
+        raise ModelError(f"unknown APE interpolation {interpolation!r}; choose one of {', '.join(APE_INTERPOLATIONS)}")
+    expected = num_prefix_tokens + old_grid[0] * old_grid[1]
+    if pos_embed.shape[1] != expected:
+        raise ModelError(
+            f"pos_embed has {pos_embed.shape[1]} tokens, expected {expected} for a {old_grid[0]}x{old_grid[1]} grid "
+            f"with {num_prefix_tokens} prefix tokens"
+        )
+    if tuple(new_grid) == tuple(old_grid):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = pos_embed.shape[-1]
+    grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    kwargs = {}
+    if interpolation in ("bicubic", "bilinear"):
+        kwargs = {"align_corners": False, "antialias": antialias}
+    grid = F.interpolate(grid, size=tuple(new_grid), mode=interpolation, **kwargs)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_2d_pos_embed(dim: int, grid: tuple[int, int], temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding ``(1, H*W, dim)`` in the MoCo v3 layout.
+
+    Tokens run row-major over the ``(H, W)`` grid. Channels are four quarters
+    ``[sin(r * w_k), cos(r * w_k), sin(c * w_k), cos(c * w_k)]`` with ``r`` the row, ``c`` the column and
+    ``w_k = 1 / temperature ** (k / (dim / 4))``. Computed in float64 and returned as float32.
+    """
+    if dim % 4:
+        raise ModelError(f"sin-cos position embedding needs a dim divisible by 4, got {dim}")
+    h, w = grid
+    rows, cols = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+    pos_dim = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64) / pos_dim)
+    out_r = rows.flatten()[:, None] * omega[None, :]
+    out_c = cols.flatten()[:, None] * omega[None, :]
+    emb = torch.cat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], dim=1)
+    return emb.float().unsqueeze(0)
+
+
+@dataclass(frozen=True)
+class PEOptions:
+    """How absolute position embeddings meet a new grid (recorded in every result row as ``pe_policy``)."""
+
+    ape_interpolation: str = "bicubic"
+    antialias: bool = False
+    sincos: str = "regenerate"  # or "resample"
+
+    def __post_init__(self):
+        if self.ape_interpolation not in APE_INTERPOLATIONS:
+            raise ModelError(
+                f"unknown APE interpolation {self.ape_interpolation!r}; choose one of {', '.join(APE_INTERPOLATIONS)}"
+            )
+        if self.sincos not in ("regenerate", "resample"):
+            raise ModelError(f"--sincos must be 'regenerate' or 'resample', got {self.sincos!r}")
+
+
+def patch_size_of(model: nn.Module) -> int:
+    """The (square) patch size of a timm-style model, or 0 when it has no single patch embedding."""
+    pe = getattr(model, "patch_embed", None)
+    ps = getattr(pe, "patch_size", None)
+    if ps is None:
+        return 0
+    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+
+def grid_of(model: nn.Module) -> tuple[int, int] | None:
+    pe = getattr(model, "patch_embed", None)
+    gs = getattr(pe, "grid_size", None)
+    return (int(gs[0]), int(gs[1])) if gs is not None else None
+
+
+def pe_kind_of(model: nn.Module) -> str:
+    """``peg``, ``ape-sincos``, ``ape-learned`` or ``none``, from the module itself."""
+    if getattr(model, "pos_block", None) is not None or any(
+        "pos_block" in n or "pos_blocks" in n for n, _ in model.named_modules()
+    ):
+        return "peg"
+    pe = getattr(model, "pos_embed", None)
+    if isinstance(pe, torch.Tensor):
+        if getattr(model, "pe_kind", None) == "ape-sincos":
+            return "ape-sincos"
+        return "ape-learned"
+    return getattr(model, "pe_kind", "none")
+
+
+def _native_pos_embed(model: nn.Module) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The position embedding as loaded (at the native grid), kept aside so every size resamples from it."""
+    if not hasattr(model, "_cpvt_native_pos_embed"):
+        model._cpvt_native_pos_embed = model.pos_embed.detach().clone()
+        model._cpvt_native_grid = grid_of(model)
+    return model._cpvt_native_pos_embed, model._cpvt_native_grid
+
+
+def _set_patch_grid(model: nn.Module, size: int, grid: tuple[int, int]) -> None:
+    pe = model.patch_embed
+    pe.img_size = (size, size)
+    pe.grid_size = grid
+    pe.num_patches = grid[0] * grid[1]
+    # timm checks the input size against img_size when strict; the grid is set here instead.
+    if hasattr(pe, "strict_img_size"):
+        pe.strict_img_size = False
+
+
+def adapt_to_size(model: nn.Module, size: int, options: PEOptions = PEOptions()) -> str:
+    """Prepare ``model`` for ``size`` px inputs in place; return the PE policy name recorded in result rows.
+
+    Resampling always starts from the embedding as loaded, so evaluating 384 then 512 never compounds.
+    """
+    patch = patch_size_of(model)
+    if patch and size % patch:
+        raise ModelError(f"size {size} is not a multiple of the patch size {patch}")
+    kind = pe_kind_of(model)
+    if not patch:
+        return "native"
+    grid = (size // patch, size // patch)
+    if kind in ("ape-learned", "ape-sincos"):
+        native, native_grid = _native_pos_embed(model)
+        num_prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
+        if kind == "ape-sincos" and options.sincos == "regenerate":
+            new = sincos_2d_pos_embed(native.shape[-1], grid).to(native.dtype)
+            new = torch.cat([native[:, :num_prefix], new], dim=1)
+            policy = "sincos-regenerate"
+        else:
+            new = resample_abs_pos_embed(
+                native, grid, native_grid, num_prefix, options.ape_interpolation, options.antialias
+            )
+            policy = f"{'sincos' if kind == 'ape-sincos' else 'ape'}-{options.ape_interpolation}"
+            if options.antialias and options.ape_interpolation in ("bicubic", "bilinear"):
+                policy += "-aa"
+        model.pos_embed = nn.Parameter(new.to(model.pos_embed.device), requires_grad=False)
+        _set_patch_grid(model, size, grid)
+        return policy
+    _set_patch_grid(model, size, grid)
+    if kind == "peg":
+        return "peg-native"
+    return "none"

@@ -1,0 +1,60 @@
+"""Shared fixtures: generated ImageFolders under real WordNet ids, tiny checkpoints. All offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the tests never touch the network
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cpvt_eval  # noqa: F401  (registers the models with timm)
+from cpvt_eval.data import imagenet_synsets
+
+
+def make_image(seed: int, size=(80, 60)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 255, size=(3,), dtype=np.uint8)
+    arr = np.empty((h, w, 3), dtype=np.uint8)
+    arr[:] = base
+    # a gradient and a block, so resize/crop have structure to act on
+    arr[..., 0] = (np.linspace(0, 255, w)[None, :] * rng.random()).astype(np.uint8)
+    y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    arr[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.integers(0, 255, size=(3,), dtype=np.uint8)
+    return Image.fromarray(arr)
+
+
+def make_imagefolder(root, class_indices=(0, 1, 2, 999), per_class=3, size=(80, 60), seed=0):
+    """An ImageFolder of small JPEGs under the WordNet ids of the given canonical indices."""
+    synsets = imagenet_synsets()
+    for ci in class_indices:
+        folder = root / synsets[ci]
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            make_image(seed * 100_000 + ci * 100 + j, size).save(folder / f"img_{ci}_{j}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture
+def imagefolder(tmp_path):
+    return make_imagefolder(tmp_path / "val")
+
+
+@pytest.fixture
+def toy_checkpoints(tmp_path):
+    """Random-weight toy checkpoints (1000 classes so that ImageNet labels fit) saved as .pth and .safetensors."""
+    from safetensors.torch import save_file
+
+    out = {}
+    for i, name in enumerate(("cpvt_toy", "deit_toy")):
+        torch.manual_seed(i)
+        model = cpvt_eval.create_model(name, num_classes=1000).eval()
+        path = tmp_path / f"{name}.pth"
+        torch.save({"model": model.state_dict()}, path)
+        save_file(model.state_dict(), str(tmp_path / f"{name}.safetensors"))
+        out[name] = (model, path)
+    return out
