@@ -297,3 +297,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     sys.exit(main())
+
+
+# Subcommands that live in their own modules register themselves on `app` when imported here.
+# (one import per command module, keep sorted)
