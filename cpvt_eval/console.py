@@ -132,3 +132,25 @@ def models_table(specs, params: dict[str, int]) -> Table:
             s.default_weights or "checkpoint needed",
         )
     return table
+
+
+def print_data_check(summary: dict) -> None:
+    """``check-data``'s findings: a summary line, then every problem and every odd file, on stderr."""
+    full = "the full ImageNet validation set" if summary["full_val"] else "partial (not the full 50,000-image set)"
+    info(
+        f"{summary['root']}: {summary['layout']} layout, {summary['n_images']:,} images in "
+        f"{summary['n_classes']:,} classes, {full}, fingerprint {summary['fingerprint']}"
+        + (f", labels from {summary['label_source']}" if summary["label_source"] else "")
+    )
+    for kind, key in (("problem", "problem"), ("odd but valid", "note")):
+        items = summary["problems" if key == "problem" else "notes"]
+        if not items:
+            continue
+        table = Table(title=f"{len(items)} {kind} file(s)", title_style="bold red" if key == "problem" else "bold")
+        table.add_column("file", overflow="fold")
+        table.add_column(kind, overflow="fold")
+        for item in items:
+            table.add_row(item["path"], item[key])
+        err.print(table)
+    if not summary["problems"]:
+        info("every image decodes")

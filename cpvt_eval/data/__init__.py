@@ -2,17 +2,16 @@
 
 Labels are always the canonical ImageNet-1k index (sorted WordNet ids: 0 = n01440764, 999 = n15075141),
 never the order of folders found on disk, so a subset of class folders still gets the right indices.
+
+``labels`` (canonical labels, label files), ``layouts`` (the on-disk layouts, subsets, fingerprint), ``images``
+(decoding, bad files) and ``real`` (ImageNet-ReaL) hold the parts; this module keeps the transform and loaders
+and re-exports the rest, so ``from cpvt_eval.data import ...`` is the one import path.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
-from pathlib import Path
 
 import torch
 from PIL import Image
@@ -20,148 +19,83 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from .errors import DataError
+from ..errors import DataError
+from .images import BAD_IMAGE_POLICIES, ImageCheck, apply_bad_image_policy, check_image, load_rgb, scan_images
+from .labels import (
+    FULL_VAL_CLASSES,
+    FULL_VAL_IMAGES,
+    LabelFile,
+    imagenet_synsets,
+    imagenet_val_wnids,
+    read_label_file,
+    synset_to_index,
+    val_number,
+)
+from .layouts import (
+    IMAGE_EXTENSIONS,
+    LAYOUTS,
+    ImageSet,
+    Sample,
+    detect_layout,
+    fingerprint,
+    open_dataset,
+    scan,
+    scan_flat,
+    scan_imagefolder,
+    scan_imagenetv2,
+    scan_manifest,
+    select_classes,
+    stratified_subset,
+)
+from .real import RealLabels, RealScore, load_real_labels, real_score
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+__all__ = [
+    "BAD_IMAGE_POLICIES",
+    "FULL_VAL_CLASSES",
+    "FULL_VAL_IMAGES",
+    "IMAGE_EXTENSIONS",
+    "INTERPOLATIONS",
+    "LAYOUTS",
+    "EvalDataset",
+    "EvalTransform",
+    "ImageCheck",
+    "ImageSet",
+    "LabelFile",
+    "RealLabels",
+    "RealScore",
+    "Sample",
+    "apply_bad_image_policy",
+    "check_image",
+    "default_workers",
+    "detect_layout",
+    "fingerprint",
+    "imagenet_synsets",
+    "imagenet_val_wnids",
+    "load_real_labels",
+    "load_rgb",
+    "make_loader",
+    "normalize_batch",
+    "open_dataset",
+    "read_label_file",
+    "real_score",
+    "resize_size",
+    "scan",
+    "scan_flat",
+    "scan_imagefolder",
+    "scan_imagenetv2",
+    "scan_images",
+    "scan_manifest",
+    "select_classes",
+    "stratified_subset",
+    "synset_to_index",
+    "val_number",
+]
+
 INTERPOLATIONS = {
     "bicubic": InterpolationMode.BICUBIC,
     "bilinear": InterpolationMode.BILINEAR,
     "nearest": InterpolationMode.NEAREST,
 }
-FULL_VAL_IMAGES = 50_000
-FULL_VAL_CLASSES = 1000
-
-
-@lru_cache(maxsize=1)
-def imagenet_val_wnids() -> tuple[str, ...]:
-    """WordNet id of ``ILSVRC2012_val_00000001.JPEG`` ... ``_00050000.JPEG``, in file order."""
-    text = resources.files("cpvt_eval.resources").joinpath("imagenet_val_wnids.txt").read_text()
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
-
-
-@lru_cache(maxsize=1)
-def imagenet_synsets() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k WordNet ids in canonical (sorted) order: the class index is the position."""
-    return tuple(sorted(set(imagenet_val_wnids())))
-
-
-@lru_cache(maxsize=1)
-def synset_to_index() -> dict[str, int]:
-    return {wnid: i for i, wnid in enumerate(imagenet_synsets())}
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image: path relative to the dataset root, canonical class index."""
-
-    relpath: str
-    label: int
-
-
-@dataclass
-class ImageSet:
-    """An indexed dataset: its root, its samples in a fixed order, and where it came from."""
-
-    root: Path
-    samples: list[Sample]
-    layout: str
-    classes: tuple[str, ...]  # index -> class name (wnid for ImageNet)
-    limit: int | None = None
-    fingerprint: str = ""
-
-    @property
-    def is_full_imagenet_val(self) -> bool:
-        if len(self.samples) != FULL_VAL_IMAGES:
-            return False
-        counts: dict[int, int] = {}
-        for s in self.samples:
-            counts[s.label] = counts.get(s.label, 0) + 1
-        return len(counts) == FULL_VAL_CLASSES and all(c == 50 for c in counts.values())
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-def scan_imagefolder(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> ImageSet:
-    """Index an ImageFolder (one folder per class) with labels from the canonical class list.
-
-    Args:
-        root: the dataset directory.
-        classes: the canonical class names in index order (default: the ImageNet-1k WordNet ids). A folder
-            whose name is not among them is an error.
-    """
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"data directory not found: {root}")
-    if not root.is_dir():
-        raise DataError(f"data path is not a directory: {root}")
-    classes = classes or imagenet_synsets()
-    index = {c: i for i, c in enumerate(classes)}
-    folders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not folders:
-        raise DataError(f"no class folders in {root} (expected one folder per WordNet id, e.g. n01440764/)")
-    unknown = [f for f in folders if f not in index]
-    if unknown:
-        more = f" (+{len(unknown) - 3} more)" if len(unknown) > 3 else ""
-        raise DataError(f"folder {root / unknown[0]} is not an ImageNet-1k class (WordNet id){more}")
-    samples = []
-    for folder in folders:
-        label = index[folder]
-        for dirpath, _, files in os.walk(root / folder):
-            for name in files:
-                if _is_image(name):
-                    rel = os.path.relpath(os.path.join(dirpath, name), root)
-                    samples.append(Sample(rel.replace(os.sep, "/"), label))
-    if not samples:
-        raise DataError(f"no images found under {root}")
-    samples.sort(key=lambda s: s.relpath)
-    return ImageSet(root=root, samples=samples, layout="imagefolder", classes=tuple(classes))
-
-
-def stratified_subset(samples: list[Sample], limit: int) -> list[Sample]:
-    """The first ``limit`` samples of a round-robin over classes (each class in path order): deterministic and
-    as balanced as ``limit`` allows. The result keeps the original order."""
-    if limit <= 0:
-        raise DataError(f"--limit must be positive, got {limit}")
-    if limit >= len(samples):
-        return list(samples)
-    by_class: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_class.setdefault(s.label, []).append(i)
-    chosen: list[int] = []
-    queues = [by_class[k] for k in sorted(by_class)]
-    depth = 0
-    while len(chosen) < limit:
-        for q in queues:
-            if depth < len(q):
-                chosen.append(q[depth])
-                if len(chosen) == limit:
-                    break
-        depth += 1
-    return [samples[i] for i in sorted(chosen)]
-
-
-def fingerprint(image_set: ImageSet) -> str:
-    """A short hash of the sorted relative paths, byte sizes and labels: the same files give the same value."""
-    digest = hashlib.sha256()
-    for s in sorted(image_set.samples, key=lambda s: s.relpath):
-        size = (image_set.root / s.relpath).stat().st_size
-        digest.update(f"{s.relpath}\t{size}\t{s.label}\n".encode())
-    return digest.hexdigest()[:16]
-
-
-def open_dataset(root: str | os.PathLike, limit: int | None = None) -> ImageSet:
-    """Index ``root`` (ImageFolder of WordNet ids), apply ``--limit``, and fingerprint the result."""
-    image_set = scan_imagefolder(root)
-    if limit is not None:
-        image_set.samples = stratified_subset(image_set.samples, limit)
-        image_set.limit = limit
-    image_set.fingerprint = fingerprint(image_set)
-    return image_set
 
 
 def resize_size(size: int, crop_pct: float) -> int:
@@ -193,19 +127,6 @@ class EvalTransform:
         return TF.pil_to_tensor(img)
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Decode an image to RGB the way the reference code does (``Image.open(...).convert('RGB')``)."""
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()
-    except FileNotFoundError:
-        raise DataError(f"image not found: {path}") from None
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-        raise DataError(f"cannot decode image {path}: {e}") from None
-    return img.convert("RGB")
-
-
 class EvalDataset(Dataset):
     """``(uint8 image, label, sample index)`` for every sample of an ``ImageSet`` at one size."""
 
@@ -218,7 +139,8 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, i: int):
         s = self.image_set.samples[i]
-        img = load_rgb(self.image_set.root / s.relpath)
+        draft = self.transform.resize_size if self.image_set.decode_draft else None
+        img = load_rgb(self.image_set.root / s.relpath, draft)
         return self.transform(img), s.label, i
 
 
