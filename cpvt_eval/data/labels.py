@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -206,19 +207,34 @@ def _read_devkit(path: Path) -> dict[int, int]:
     wnids = imagenet_val_wnids()
     if len(lines) != len(wnids):
         raise DataError(f"devkit ground truth {path} has {len(lines)} lines, expected {len(wnids)}")
-    id_to_wnid: dict[int, str] = {}
-    wnid_to_id: dict[str, int] = {}
-    for i, (line, wnid) in enumerate(zip(lines, wnids, strict=True), 1):
+    ids = []
+    for i, line in enumerate(lines, 1):
         if not line.isdigit() or not 1 <= int(line) <= FULL_VAL_CLASSES:
             raise DataError(f"{path}:{i}: {line!r} is not an ILSVRC2012 class id (1..1000)")
-        cid = int(line)
-        seen_wnid = id_to_wnid.setdefault(cid, wnid)
-        seen_id = wnid_to_id.setdefault(wnid, cid)
-        if seen_wnid != wnid or seen_id != cid:
-            raise DataError(
-                f"{path}:{i}: ILSVRC2012_val_{i:08d} has class id {cid}, which does not match the shipped labels "
-                f"(id {cid} is {seen_wnid} elsewhere; this image is {wnid}, elsewhere id {seen_id})"
-            )
+        ids.append(int(line))
+    # Each id appears 50 times: the majority pairing names the mapping, and a line that departs from it (in either
+    # direction) is the one to report, rather than whichever later line first collides with it.
+    pairs = Counter(zip(ids, wnids, strict=True))
+    id_wnid: dict[int, tuple[int, str]] = {}
+    wnid_id: dict[str, tuple[int, int]] = {}
+    for (cid, wnid), count in pairs.items():
+        if count > id_wnid.get(cid, (0, ""))[0]:
+            id_wnid[cid] = (count, wnid)
+        if count > wnid_id.get(wnid, (0, 0))[0]:
+            wnid_id[wnid] = (count, cid)
+    bad = [
+        i
+        for i, (cid, wnid) in enumerate(zip(ids, wnids, strict=True), 1)
+        if id_wnid[cid][1] != wnid or wnid_id[wnid][1] != cid
+    ]
+    if bad:
+        i = bad[0]
+        cid, wnid = ids[i - 1], wnids[i - 1]
+        raise DataError(
+            f"{path}:{i}: ILSVRC2012_val_{i:08d} has class id {cid}, which does not match the shipped labels "
+            f"(this image is {wnid}, id {wnid_id[wnid][1]} elsewhere; id {cid} is {id_wnid[cid][1]} elsewhere)"
+            + (f"; {len(bad) - 1} more such line(s)" if len(bad) > 1 else "")
+        )
     index = synset_to_index()
     return {i: index[wnid] for i, wnid in enumerate(wnids, 1)}
 

@@ -277,6 +277,8 @@ def scan(root: str | os.PathLike, layout: str = "auto", labels: str | os.PathLik
     labels = Path(labels) if labels is not None else None
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if labels is not None and not labels.is_file():
+        raise DataError(f"label file not found: {labels}")
     if layout == "auto":
         layout = detect_layout(root, labels)
     if layout == "manifest":
