@@ -40,16 +40,18 @@ def check_data(
 
     with guarded():
         image_set = open_dataset(data, layout=layout, labels=labels, classes=classes)
-        checks = list(
-            scan_images(
-                image_set,
-                full=True,
-                workers=default_workers() if workers is None else workers,
-                progress=console.BarProgress(),
-            )
+        problems, notes = [], []
+        checks = scan_images(
+            image_set,
+            full=True,
+            workers=default_workers() if workers is None else workers,
+            progress=console.BarProgress(),
         )
-        problems = [c for c in checks if c.problem]
-        notes = [c for c in checks if c.note and not c.problem]
+        for check in checks:  # streamed: only the findings are kept
+            if check.problem:
+                problems.append(check)
+            elif check.note:
+                notes.append(check)
         summary = {
             "root": str(image_set.root),
             "layout": image_set.layout,

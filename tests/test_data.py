@@ -470,6 +470,8 @@ def test_skip_policy_records_every_skipped_file(tmp_path, toy_checkpoints):
     assert row.n_skipped == 3 and row.n_images == 9
     assert sorted(row.skipped_files.split(";")) == sorted(expected)
     assert row.partial and row.decode_draft and row.layout == "imagefolder"
+    report = (tmp_path / "run" / "results.md").read_text()
+    assert "3 bad image(s) skipped" in report and "truncated.JPEG" in report and "draft()" in report
     listed = dict(line.split("\t") for line in (tmp_path / "run" / "skipped.tsv").read_text().splitlines())
     assert listed.keys() == expected.keys()
     assert all(expected[rel] in why for rel, why in listed.items())
@@ -604,6 +606,9 @@ def test_same_results_in_every_layout(tmp_path, layouts, toy_checkpoints, real):
         scored = [(name, p[0]) for name, p in by_name.items() if timm_real[name]]
         assert row.real_n == len(scored) and row.real_excluded == len(by_name) - len(scored)
         assert row.real_top1 == pytest.approx(100 * sum(p in timm_real[n] for n, p in scored) / len(scored), abs=1e-3)
+    report = (tmp_path / "flat_devkit" / "results.md").read_text()
+    assert "## ImageNet-ReaL top-1" in report and f"{results['flat_devkit'][3]:.2f}" in report
+    assert "layout `flat`, labels from" in report
     assert len({v[:5] for v in results.values()}) == 1
     assert all(v[5] == results["imagefolder"][5] for v in results.values())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -54,15 +55,25 @@ class RealLabels:
 def load_real_labels(path: str | Path | None = None) -> RealLabels:
     """Read the ReaL labels from ``path`` or, for None / ``"timm"``, from the copy timm ships."""
     if path is None or str(path) == PACKAGED:
-        text, source = _packaged_text()
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(f"ReaL labels file not found: {path}")
-        try:
-            text, source = path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read ReaL labels {path}: {e}") from None
+        return _packaged_labels()
+    return _parse(*_read(Path(path)))
+
+
+@lru_cache(maxsize=1)
+def _packaged_labels() -> RealLabels:
+    return _parse(*_packaged_text())
+
+
+def _read(path: Path) -> tuple[str, str]:
+    if not path.is_file():
+        raise DataError(f"ReaL labels file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read ReaL labels {path}: {e}") from None
+
+
+def _parse(text: str, source: str) -> RealLabels:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
