@@ -552,6 +552,12 @@ def test_real_matching_on_a_shuffled_subset(real):
     assert score.excluded >= 2
 
 
+def test_real_labels_need_validation_file_names(real, tmp_path):
+    image_set = ImageSet(tmp_path, [Sample("n01440764/a.jpg", 0), Sample("n01440764/b.jpg", 0)], "imagefolder", ())
+    with pytest.raises(DataError, match="none of the 2 images"):
+        real.for_image_set(image_set)
+
+
 def test_real_labels_file_errors(tmp_path):
     bad = tmp_path / "real.json"
     bad.write_text("[[1], [2]]")

@@ -45,10 +45,17 @@ class RealLabels:
     def for_image_set(self, image_set: ImageSet) -> list[frozenset[int] | None]:
         """Per sample of ``image_set``: its ReaL label set, or None when it has none (excluded)."""
         out: list[frozenset[int] | None] = []
+        named = 0
         for s in image_set.samples:
             n = val_number(s.name)
+            named += n is not None
             labels = self.labels[n - 1] if n is not None else None
             out.append(labels or None)
+        if image_set.samples and not named:
+            raise DataError(
+                f"ImageNet-ReaL labels are matched by file name (ILSVRC2012_val_NNNNNNNN), and none of the "
+                f"{len(image_set.samples)} images in {image_set.root} has such a name"
+            )
         return out
 
 
