@@ -200,6 +200,26 @@ def merge_cells(parts: list[dict], n_total: int) -> CellOutput:
     )
 
 
+def check_same_inputs(parts: list[dict]) -> list[dict]:
+    """Compare every rank's dataset and weights with rank 0's; return each rank's host and device.
+
+    Raises:
+        DataError: a rank indexed another dataset (other files, sizes or labels).
+        CheckpointError: a rank loaded other weights for a model.
+    """
+    ref = parts[0]
+    for rank, p in enumerate(parts[1:], start=1):
+        if (p["n"], p["fingerprint"]) != (ref["n"], ref["fingerprint"]):
+            raise DataError(
+                f"rank {rank} ({p['host']}) sees another dataset than rank 0: {p['n']} images, fingerprint "
+                f"{p['fingerprint']} against {ref['n']} images, {ref['fingerprint']}"
+            )
+        for key, sha in ref["checkpoints"].items():
+            if p["checkpoints"].get(key) != sha:
+                raise CheckpointError(f"rank {rank} ({p['host']}) loaded other weights for {key} than rank 0")
+    return [{"rank": r, "host": p["host"], "device": p["device"]} for r, p in enumerate(parts)]
+
+
 def _error_item(rank: int, exc: BaseException) -> tuple:
     if isinstance(exc, CpvtEvalError):
         return ("error", rank, str(exc).strip().splitlines()[0] if str(exc).strip() else "error", exc.exit_code)
@@ -357,21 +377,7 @@ class DistContext:
             "fingerprint": image_set.fingerprint,
             "checkpoints": {m.key: m.checkpoint_sha256 for m in models},
         }
-
-        def decide(parts: list[dict]) -> list[dict]:
-            ref = parts[0]
-            for rank, p in enumerate(parts[1:], start=1):
-                if (p["n"], p["fingerprint"]) != (ref["n"], ref["fingerprint"]):
-                    raise DataError(
-                        f"rank {rank} ({p['host']}) sees another dataset than rank 0: {p['n']} images, fingerprint "
-                        f"{p['fingerprint']} against {ref['n']} images, {ref['fingerprint']}"
-                    )
-                for key, sha in ref["checkpoints"].items():
-                    if p["checkpoints"].get(key) != sha:
-                        raise CheckpointError(f"rank {rank} ({p['host']}) loaded other weights for {key} than rank 0")
-            return [{"rank": r, "host": p["host"], "device": p["device"]} for r, p in enumerate(parts)]
-
-        self.ranks = self._round(mine, decide)
+        self.ranks = self._round(mine, check_same_inputs)
 
     def agree(self, value):
         """Rank 0's ``value``, on every rank (e.g. which cells a resumed run still has to compute)."""

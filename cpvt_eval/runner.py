@@ -208,8 +208,7 @@ def _run_resolution(
     settings = EvalSettings(
         device=device,
         batch_size=cfg.batch_size,
-        # Processes on one node share its cores.
-        workers=default_workers() // dist.local_world_size if cfg.workers is None else cfg.workers,
+        workers=default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers,
         crop_pct=cfg.crop_pct,
         interpolation=cfg.interpolation,
         dtype=cfg.dtype,

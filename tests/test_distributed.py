@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +20,18 @@ from typer.testing import CliRunner
 
 import cpvt_eval
 from cpvt_eval.cli import app
-from cpvt_eval.data import imagenet_synsets, open_dataset
+from cpvt_eval.data import default_workers, imagenet_synsets, open_dataset
 from cpvt_eval.distributed import (
     DistContext,
     DistributedError,
+    check_same_inputs,
     merge_cells,
     rank_device,
     shard_bounds,
     shard_image_set,
 )
 from cpvt_eval.engine import CellOutput
+from cpvt_eval.errors import CheckpointError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 999)
@@ -132,6 +135,53 @@ def test_plain_process_is_not_distributed(monkeypatch):
     assert not ctx.enabled and ctx.is_main and ctx.world_size == 1
 
 
+def _inputs(n=101, fingerprint="abc", sha="s1") -> dict:
+    return {"host": "h", "device": "cpu", "n": n, "fingerprint": fingerprint, "checkpoints": {"cpvt_toy": sha}}
+
+
+def test_ranks_must_see_the_same_dataset_and_weights():
+    assert check_same_inputs([_inputs(), _inputs()]) == [
+        {"rank": 0, "host": "h", "device": "cpu"},
+        {"rank": 1, "host": "h", "device": "cpu"},
+    ]
+    with pytest.raises(DataError, match="rank 2 .* sees another dataset than rank 0: 100 images"):
+        check_same_inputs([_inputs(), _inputs(), _inputs(n=100)])
+    with pytest.raises(DataError, match="fingerprint xyz against 101 images, abc"):
+        check_same_inputs([_inputs(), _inputs(fingerprint="xyz")])
+    with pytest.raises(CheckpointError, match="rank 1 .* loaded other weights for cpvt_toy"):
+        check_same_inputs([_inputs(), _inputs(sha="s2")])
+
+
+def test_data_workers_are_shared_among_the_processes_of_a_node(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    assert default_workers() == 8
+    assert default_workers(4) == 4
+    assert default_workers(32) == 0
+
+
+def test_library_call_opens_its_own_local_session(job, tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    _, data, ckpts = job
+    cfg = cpvt_eval.RunConfig(
+        models=("cpvt_toy",),
+        sizes=(32,),
+        data=data,
+        out=tmp_path / "run",
+        checkpoints={"cpvt_toy": str(ckpts["cpvt_toy"])},
+        model_args={"cpvt_toy": {"num_classes": 1000}},
+        limit=12,
+        batch_size=BATCH,
+        workers=0,
+        throughput=cpvt_eval.ThroughputConfig(enabled=False),
+    )
+    outcome = cpvt_eval.evaluate(cfg)
+    assert outcome.store is not None and len(outcome.rows) == 1
+    row = outcome.rows[0]
+    assert (row.n_images, row.world_size, row.throughput_scope) == (12, 1, "")
+    assert row.aggregate_images_per_sec > 0
+
+
 # -- torchrun launches ---------------------------------------------------------------------------------------------
 
 
@@ -158,84 +208,6 @@ def _args(data, ckpts, out, sizes=("32", "40"), extra=()) -> list[str]:
     for name, path in ckpts.items():
         args += ["--checkpoint", f"{name}={path}"]
     return [*args, "--model-arg", "num_classes=1000", "-b", str(BATCH), "-j", "0", "--throughput-repeats", "1", *extra]
-
-
-def torchrun(nproc: int, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["HF_HUB_OFFLINE"] = "1"
-    env["OMP_NUM_THREADS"] = "1"  # torchrun's own default for several processes per node, set to keep it quiet
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "cpvt_eval", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def single(job):
-    root, data, ckpts = job
-    out = root / "run1"
-    # One thread, as each torchrun worker has (OMP_NUM_THREADS=1): the comparison is then between the same kernels.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = CliRunner().invoke(app, _args(data, ckpts, out, extra=["--json"]))
-    finally:
-        torch.set_num_threads(threads)
-    assert result.exit_code == 0, result.output
-    return out
-
-
-def _rows(out: Path) -> dict:
-    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
-    return {(r["model"], r["img_size"]): r for r in rows}
-
-
-SAME = ("n_images", "correct1", "correct5", "top1", "top5", "top1_ci95", "grid", "pe_policy", "resize_size")
-
-
-@pytest.mark.parametrize("nproc", [2, 3])
-def test_torchrun_gives_the_single_process_results(job, single, nproc):
-    root, data, ckpts = job
-    out = root / f"run{nproc}"
-    proc = torchrun(nproc, _args(data, ckpts, out, extra=["--json"]), root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = json.loads(proc.stdout)  # one JSON document: only rank 0 wrote to stdout
-    assert len(printed) == 4
-
-    base, rows = _rows(single), _rows(out)
-    assert set(rows) == set(base) == {(m, s) for m in ckpts for s in (32, 40)}
-    for key, row in rows.items():
-        assert {f: row[f] for f in SAME} == {f: base[key][f] for f in SAME}, key
-        assert row["n_images"] == 101
-        assert 0 < row["correct1"] < row["correct5"] < 101  # the comparison is not between trivial counts
-        assert row["world_size"] == nproc and base[key]["world_size"] == 1
-        assert row["throughput_scope"] == "model-only per rank" and base[key]["throughput_scope"] == "model-only"
-        assert row["images_per_sec"] > 0 and row["aggregate_images_per_sec"] > 0
-        a = torch.load(single / "predictions" / f"{key[0]}_{key[1]}.pt", weights_only=True)
-        b = torch.load(out / "predictions" / f"{key[0]}_{key[1]}.pt", weights_only=True)
-        assert b["indices"].tolist() == list(range(101))
-        for name in ("indices", "labels", "top5"):
-            assert torch.equal(a[name], b[name]), (key, name)
-
-    provenance = json.loads((out / "provenance.json").read_text())
-    assert provenance["distributed"]["world_size"] == nproc
-    assert provenance["distributed"]["backend"] == "gloo"
-    assert [r["rank"] for r in provenance["distributed"]["ranks"]] == list(range(nproc))
-
-
-def test_a_failing_rank_stops_the_run_with_its_message(job, tmp_path):
-    root, data, ckpts = job
-    bad = tmp_path / "val"
-    make_imagefolder(bad, class_indices=(0, 999), per_class=8)
-    # Sorted last, so it falls in the last shard: rank 1 fails, rank 0's own shard is clean.
-    (bad / imagenet_synsets()[999] / "zzz_broken.JPEG").write_bytes(b"not a jpeg")
-    out = tmp_path / "run"
-    cpvt = {"cpvt_toy": ckpts["cpvt_toy"]}
-    proc = torchrun(2, _args(bad, cpvt, out, sizes=("32",), extra=["--no-throughput"]), tmp_path)
-    assert proc.returncode != 0
-    assert "error: rank 1 of 2: cannot decode image" in proc.stderr
-    assert "zzz_broken.JPEG" in proc.stderr
-    assert not (out / "rows.jsonl").exists()
 
 
 ROUNDS_SCRIPT = """
@@ -265,18 +237,121 @@ with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
 """
 
 
-def test_rounds_share_rank0_decisions_and_any_failure(tmp_path):
-    """What a resumed run relies on (rank 0 decides the cells left, whatever the world size) and what stops a
-    job when a rank raises an unexpected exception in the middle of a round."""
-    script = tmp_path / "rounds.py"
-    script.write_text(ROUNDS_SCRIPT)
+def _torchrun(nproc: int, args: list[str], cwd: Path) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["OMP_NUM_THREADS"] = "1"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=3", str(script)]
-    proc = subprocess.run(cmd + [str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(3)]
+    env["HF_HUB_OFFLINE"] = "1"
+    env["OMP_NUM_THREADS"] = "1"  # torchrun's own default for several processes per node, set to keep it quiet
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    # A session of its own, so that the launcher and its workers can be stopped together.
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+
+
+@pytest.fixture(scope="module")
+def launches(job):
+    """Every torchrun launch of this module, started together: most of a launch is importing torch in each
+    process, and the launches and the in-process one-process run overlap instead of queueing."""
+    root, data, ckpts = job
+    bad = make_imagefolder(root / "bad", class_indices=(0, 999), per_class=8)
+    # Sorted last, so it falls in the last shard: rank 1 fails, rank 0's own shard is clean.
+    (bad / imagenet_synsets()[999] / "zzz_broken.JPEG").write_bytes(b"not a jpeg")
+    (root / "rounds").mkdir()
+    (root / "rounds.py").write_text(ROUNDS_SCRIPT)
+    cpvt = {"cpvt_toy": ckpts["cpvt_toy"]}
+    runs = {
+        2: _torchrun(2, ["-m", "cpvt_eval", *_args(data, ckpts, root / "run2", extra=["--json"])], root),
+        3: _torchrun(3, ["-m", "cpvt_eval", *_args(data, ckpts, root / "run3", extra=["--json"])], root),
+        "fail": _torchrun(
+            2, ["-m", "cpvt_eval", *_args(bad, cpvt, root / "runbad", sizes=("32",), extra=["--no-throughput"])], root
+        ),
+        "rounds": _torchrun(3, [str(root / "rounds.py"), str(root / "rounds")], root),
+    }
+    try:
+        yield runs  # the tests wait for the launch they look at
+    finally:
+        for proc in runs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    """Wait for a launch; one that hangs (a rank stuck in a collective) fails the test instead of the suite."""
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def single(job, launches):
+    root, data, ckpts = job
+    out = root / "run1"
+    # One thread, as each torchrun worker has (OMP_NUM_THREADS=1): the comparison is then between the same kernels.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(app, _args(data, ckpts, out, extra=["--json"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _rows(out: Path) -> dict:
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    return {(r["model"], r["img_size"]): r for r in rows}
+
+
+SAME = ("n_images", "correct1", "correct5", "top1", "top5", "top1_ci95", "grid", "pe_policy", "resize_size")
+
+
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_torchrun_gives_the_single_process_results(job, launches, single, nproc):
+    root, data, ckpts = job
+    out = root / f"run{nproc}"
+    returncode, stdout, stderr = _finish(launches[nproc])
+    assert returncode == 0, stderr[-3000:]
+    printed = json.loads(stdout)  # one JSON document: only rank 0 wrote to stdout
+    assert len(printed) == 4
+
+    base, rows = _rows(single), _rows(out)
+    assert set(rows) == set(base) == {(m, s) for m in ckpts for s in (32, 40)}
+    for key, row in rows.items():
+        assert {f: row[f] for f in SAME} == {f: base[key][f] for f in SAME}, key
+        assert row["n_images"] == 101
+        assert 0 < row["correct1"] < row["correct5"] < 101  # the comparison is not between trivial counts
+        assert row["world_size"] == nproc and base[key]["world_size"] == 1
+        assert row["throughput_scope"] == "model-only per rank" and base[key]["throughput_scope"] == "model-only"
+        assert row["images_per_sec"] > 0 and row["aggregate_images_per_sec"] > 0
+        a = torch.load(single / "predictions" / f"{key[0]}_{key[1]}.pt", weights_only=True)
+        b = torch.load(out / "predictions" / f"{key[0]}_{key[1]}.pt", weights_only=True)
+        assert b["indices"].tolist() == list(range(101))
+        for name in ("indices", "labels", "top5"):
+            assert torch.equal(a[name], b[name]), (key, name)
+
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["distributed"]["world_size"] == nproc
+    assert provenance["distributed"]["backend"] == "gloo"
+    assert [r["rank"] for r in provenance["distributed"]["ranks"]] == list(range(nproc))
+
+
+def test_a_failing_rank_stops_the_run_with_its_message(job, launches):
+    root, _, _ = job
+    returncode, _, stderr = _finish(launches["fail"])
+    assert returncode != 0
+    assert "error: rank 1 of 2: cannot decode image" in stderr
+    assert "zzz_broken.JPEG" in stderr
+    assert not (root / "runbad" / "rows.jsonl").exists()
+
+
+def test_rounds_share_rank0_decisions_and_any_failure(job, launches):
+    """What a resumed run relies on (rank 0 decides the cells left, whatever the world size) and what stops a
+    job when a rank raises an unexpected exception in the middle of a round."""
+    root, _, _ = job
+    returncode, _, stderr = _finish(launches["rounds"])
+    assert returncode == 0, stderr[-3000:]
+    records = [json.loads((root / "rounds" / f"rank{r}.json").read_text()) for r in range(3)]
     for record in records:
         assert record["todo"] == [["a", 32]]
         assert record["agree"] == "rank 0"
