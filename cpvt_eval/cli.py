@@ -5,8 +5,10 @@ Exit codes: 0 ok; 1 a check failed; 2 usage or input error; 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -80,6 +82,24 @@ class guarded:
             console.error("interrupted; finished cells are kept in the run directory")
             raise typer.Exit(code=EXIT_INTERRUPTED)
         return False
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """A pre-empted job (SIGTERM) stops the way Ctrl-C does: finished cells kept, provenance closed, exit 130."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_sizes(values: list[str]) -> tuple[int, ...]:
@@ -205,12 +225,19 @@ def resolution(
     throughput: Annotated[bool, typer.Option(help="Measure model-only images/s per cell.")] = True,
     throughput_batch: Annotated[Optional[int], typer.Option(min=1, help="[default: --batch-size]")] = None,
     throughput_repeats: Annotated[int, typer.Option(min=1)] = 5,
-    json_out: Annotated[bool, typer.Option("--json", help="Write the rows as JSON on stdout.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute every cell, even those already finished in the run directory.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Write only the rows as JSON on stdout; stderr stays quiet unless a tty.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show checkpoint load reports.")] = False,
 ) -> None:
     """Top-1/top-5 and images/s of each model at each size, without fine-tuning.
 
-    Writes results.csv, results.md, rows.jsonl, per-image predictions and provenance.json to the run directory.
+    Writes rows.jsonl, per-image predictions, provenance.json and the reports (results.md/.csv/.tex/.json, plots)
+    to the run directory. Each cell is stored the moment it finishes: rerunning the same command resumes and skips
+    finished cells; Ctrl-C stops with exit code 130 and keeps them.
     """
     from .runner import run_resolution
 
@@ -236,8 +263,14 @@ def resolution(
             ema=ema,
             throughput=ThroughputConfig(enabled=throughput, batch_size=throughput_batch, repeats=throughput_repeats),
         )
-        log = console.info if verbose else (lambda _m: None)
-        outcome = run_resolution(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]])
+        # Machine-readable mode: stdout holds only JSON; messages go to stderr, and only when a person watches it.
+        quiet = json_out and not sys.stderr.isatty()
+        notify = (lambda _m: None) if quiet else console.info
+        log = console.info if verbose and not quiet else (lambda _m: None)
+        with stop_on_sigterm():
+            outcome = run_resolution(
+                cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]], force=force, notify=notify
+            )
         rows = outcome.store.rows()
         if json_out:
             print(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -301,3 +334,5 @@ def entry() -> None:
 
 # Subcommands that live in their own modules register themselves on `app` when imported here.
 # (one import per command module, keep sorted)
+from . import cli_compare  # noqa: E402, F401, I001
+from . import cli_report  # noqa: E402, F401

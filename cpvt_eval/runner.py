@@ -1,11 +1,14 @@
 """The ``resolution`` job as a library call: build models, sweep sizes, store rows, render reports.
 
-``run_resolution`` never prints: progress goes through the ``Progress`` hook and messages through ``log``.
+``run_resolution`` never prints: progress goes through the ``Progress`` hook and messages through ``log`` (details)
+and ``notify`` (what a user should always see, e.g. which finished cells a rerun skips).
+
+Runs resume: every cell is committed to the run directory the moment it finishes, and a rerun of the same command
+skips the cells whose key (``results.cell_key``) is already stored.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +23,22 @@ from .engine import CellOutput, EvalModel, EvalSettings, Progress, sweep
 from .errors import CpvtEvalError, ModelError
 from .models.posenc import patch_size_of, pe_kind_of
 from .models.registry import ModelSpec, resolve
-from .results import ResultRow, RunStore, format_ci, now_iso, versions_string
+from .results import (
+    ResultRow,
+    RunStore,
+    cell_key,
+    format_ci,
+    now_iso,
+    pe_options_label,
+    provenance_record,
+    versions_string,
+)
 from .throughput import count_flops, measure_throughput
 
 Log = Callable[[str], None]
+
+# Evaluation is deterministic; the seed is set anyway (and recorded) so that anything random in a model is repeatable.
+SEED = 0
 
 
 def _quiet(_: str) -> None:
@@ -108,6 +123,7 @@ def make_row(
     images_per_sec: float | None,
     throughput_batch: int | None,
     gflops: float | None,
+    predictions: str = "",
 ) -> ResultRow:
     return ResultRow(
         model=m.key,
@@ -137,11 +153,46 @@ def make_row(
         dataset_fingerprint=image_set.fingerprint,
         partial=not image_set.is_full_imagenet_val,
         limit=image_set.limit,
-        model_args=",".join(f"{k}={v}" for k, v in sorted(m.model_args.items())),
+        model_args=model_args_label(m),
         versions=versions_string(),
         started_at=started_at,
         duration_s=round(cell.duration_s, 3),
+        pe_options=pe_options_label(cfg.pe.ape_interpolation, cfg.pe.antialias, cfg.pe.sincos),
+        native_size=m.spec.native_size,
+        predictions=predictions,
     )
+
+
+def model_args_label(m: EvalModel) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(m.model_args.items()))
+
+
+def key_of(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet) -> str:
+    """The cell key of ``m`` at ``size``, known before the cell is computed (so that a rerun can skip it)."""
+    return cell_key(
+        model=m.key,
+        checkpoint_sha256=m.checkpoint_sha256,
+        img_size=size,
+        crop_pct=cfg.crop_pct,
+        interpolation=cfg.interpolation,
+        pe_options=pe_options_label(cfg.pe.ape_interpolation, cfg.pe.antialias, cfg.pe.sincos),
+        dtype=cfg.dtype,
+        model_args=model_args_label(m),
+        dataset_fingerprint=image_set.fingerprint,
+        limit=image_set.limit,
+    )
+
+
+def prediction_arrays(cell: CellOutput) -> dict:
+    """Per-image predictions in compact numpy form: sample index and label (int32), top-5 class indices."""
+    import numpy as np
+
+    top5 = cell.top5.numpy()
+    return {
+        "indices": cell.indices.numpy().astype(np.int32),
+        "labels": cell.labels.numpy().astype(np.int32),
+        "top5": top5 if top5.dtype == np.int16 else top5.astype(np.int32),
+    }
 
 
 def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> list[EvalModel]:
@@ -172,8 +223,15 @@ def run_resolution(
     progress: Progress | None = None,
     log: Log = _quiet,
     argv: list[str] | None = None,
+    force: bool = False,
+    notify: Log = _quiet,
 ) -> RunOutcome:
-    """Evaluate every model at every size of ``cfg`` and write the run directory. Returns the rows."""
+    """Evaluate every model at every size of ``cfg`` and write the run directory.
+
+    Cells already stored under the same key are skipped unless ``force``. Each finished cell is committed at
+    once (predictions, then its row), so an interruption (``KeyboardInterrupt``) or a kill loses at most the
+    cells in flight. Returns the rows computed by this call (``outcome.store.rows()`` has them all).
+    """
     device = resolve_device(cfg.device)
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
@@ -181,7 +239,33 @@ def run_resolution(
     log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
     models = prepare_models(cfg, device, log)
     store = RunStore(cfg.out)
-    store.write_provenance(argv or [], str(device), {"config": _config_summary(cfg)})
+    with store.locked():
+        return _run_locked(cfg, store, models, image_set, device, progress, log, notify, argv or [], force)
+
+
+def _run_locked(
+    cfg: RunConfig,
+    store: RunStore,
+    models: list[EvalModel],
+    image_set: ImageSet,
+    device: torch.device,
+    progress: Progress | None,
+    log: Log,
+    notify: Log,
+    argv: list[str],
+    force: bool,
+) -> RunOutcome:
+    torch.manual_seed(SEED)
+    keys = {(m.key, s): key_of(m, s, cfg, image_set) for s in cfg.sizes for m in models}
+    done = set() if force else store.finished_keys() & set(keys.values())
+    skipped = [cell for cell, key in keys.items() if key in done]
+    if skipped:
+        listed = ", ".join(f"{name}@{size}px" for name, size in skipped)
+        notify(f"{store.root}: skipping {len(skipped)} finished cell(s) ({listed}); --force recomputes them")
+    record = provenance_record(argv, str(device), SEED, _config_summary(cfg))
+    record.update(cells_total=len(keys), cells_skipped=len(skipped), force=force)
+    store.record_provenance(record)
+
     settings = EvalSettings(
         device=device,
         batch_size=cfg.batch_size,
@@ -193,35 +277,44 @@ def run_resolution(
     )
     by_key = {m.key: m for m in models}
     outcome = RunOutcome(store=store)
-    started = now_iso()
-    for cell in sweep(models, image_set, cfg.sizes, settings, progress):
-        m = by_key[cell.model]
-        ips = batch = gflops = None
-        if cfg.throughput.enabled:
-            batch = cfg.throughput.batch_size or cfg.batch_size
-            t = measure_throughput(
-                m.module, cell.size, device, batch, cfg.dtype, cfg.throughput.warmup, cfg.throughput.repeats
-            )
-            ips = t.images_per_sec
-            gflops = count_flops(m.module, cell.size, device)
-        row = make_row(m, cell, cfg, image_set, device, started, ips, batch, gflops)
-        store.append(row)
-        store.save_predictions(
-            f"{m.key}_{cell.size}",
-            {"indices": cell.indices, "labels": cell.labels, "top5": cell.top5},
-        )
-        outcome.rows.append(row)
-        write_reports(store)
-        log(f"{m.key} @ {cell.size}px: top-1 {row.top1:.2f}%  top-5 {row.top5:.2f}%  ({cell.n} images)")
+    started = record["started_at"]
+    status = "failed"
+    try:
+        todo = (lambda m, size: keys[(m.key, size)] not in done) if done else None
+        for cell in sweep(models, image_set, cfg.sizes, settings, progress, todo):
+            m = by_key[cell.model]
+            ips = batch = gflops = None
+            if cfg.throughput.enabled:
+                batch = cfg.throughput.batch_size or cfg.batch_size
+                t = measure_throughput(
+                    m.module, cell.size, device, batch, cfg.dtype, cfg.throughput.warmup, cfg.throughput.repeats
+                )
+                ips = t.images_per_sec
+                gflops = count_flops(m.module, cell.size, device)
+            key = keys[(m.key, cell.size)]
+            # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
+            rel = store.save_predictions(key, m.key, cell.size, prediction_arrays(cell))
+            row = make_row(m, cell, cfg, image_set, device, started, ips, batch, gflops, rel)
+            store.append(row)
+            outcome.rows.append(row)
+            write_reports(store)
+            log(f"{m.key} @ {cell.size}px: top-1 {row.top1:.2f}%  top-5 {row.top5:.2f}%  ({cell.n} images)")
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        record.update(status=status, finished_at=now_iso(), cells_computed=len(outcome.rows))
+        store.record_provenance(record)
+        if status == "interrupted":
+            write_reports(store)  # so that results.md states the interruption
+    report.render(store, report.FORMATS)
     return outcome
 
 
 def write_reports(store: RunStore) -> list[Path]:
-    rows = store.rows()
-    return [
-        store.write_text("results.csv", report.to_csv(rows)),
-        store.write_text("results.md", report.markdown_report(rows)),
-    ]
+    """The cheap reports (Markdown and CSV), rewritten after every cell so that they always match the rows."""
+    return report.render(store, ("md", "csv"))
 
 
 def _config_summary(cfg: RunConfig) -> dict:
@@ -237,8 +330,6 @@ def _config_summary(cfg: RunConfig) -> dict:
         "batch_size": cfg.batch_size,
         "dtype": cfg.dtype,
         "pe": {"ape_interpolation": cfg.pe.ape_interpolation, "antialias": cfg.pe.antialias, "sincos": cfg.pe.sincos},
-        "seed": 0,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
