@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -430,7 +431,7 @@ def provenance_record(argv: list[str], device: str, seed: int, config: dict | No
 
     started = now_iso()
     return {
-        "run_id": f"{started}-{os.getpid()}",
+        "run_id": uuid.uuid4().hex[:12],
         "command": " ".join(argv),
         "argv": list(argv),
         "versions": versions(),

@@ -225,10 +225,12 @@ def run_resolution(
     argv: list[str] | None = None,
     force: bool = False,
     notify: Log = _quiet,
+    report_formats: tuple[str, ...] = report.FORMATS,
 ) -> RunOutcome:
     """Evaluate every model at every size of ``cfg`` and write the run directory.
 
-    Cells already stored under the same key are skipped unless ``force``. Each finished cell is committed at
+    Cells already stored under the same key are skipped unless ``force``; ``report_formats`` are rendered at the
+    end (Markdown and CSV also after every cell). Each finished cell is committed at
     once (predictions, then its row), so an interruption (``KeyboardInterrupt``) or a kill loses at most the
     cells in flight. Returns the rows computed by this call (``outcome.store.rows()`` has them all).
     """
@@ -240,7 +242,9 @@ def run_resolution(
     models = prepare_models(cfg, device, log)
     store = RunStore(cfg.out)
     with store.locked():
-        return _run_locked(cfg, store, models, image_set, device, progress, log, notify, argv or [], force)
+        outcome = _run_locked(cfg, store, models, image_set, device, progress, log, notify, argv or [], force)
+        report.render(store, report_formats)
+    return outcome
 
 
 def _run_locked(
@@ -308,7 +312,6 @@ def _run_locked(
         store.record_provenance(record)
         if status == "interrupted":
             write_reports(store)  # so that results.md states the interruption
-    report.render(store, report.FORMATS)
     return outcome
 
 
