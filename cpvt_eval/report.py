@@ -219,8 +219,15 @@ def pair_records(store: RunStore, rows: list[ResultRow]) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------- text formats
 
 
+# Integer columns that may be empty: kept as nullable integers so that the CSV says 256, not 256.0000.
+_NULLABLE_INT = ("throughput_batch", "limit", "native_size")
+
+
 def rows_frame(rows: list[ResultRow]) -> pd.DataFrame:
-    return pd.DataFrame([{c: getattr(r, c) for c in CSV_COLUMNS} for r in ordered(rows)], columns=CSV_COLUMNS)
+    df = pd.DataFrame([{c: getattr(r, c) for c in CSV_COLUMNS} for r in ordered(rows)], columns=CSV_COLUMNS)
+    for col in _NULLABLE_INT:
+        df[col] = df[col].astype("Int64")
+    return df
 
 
 def to_csv(rows: list[ResultRow]) -> str:
@@ -302,7 +309,7 @@ def markdown_report(
             f"{r['img_size']}px",
             _fmt(r["top1"], ".2f"),
             f"{_fmt(r['top1_ci95_low'], '.2f')}–{_fmt(r['top1_ci95_high'], '.2f')}",
-            _fmt(r["delta_native"], "+.2f"),
+            "native" if r["img_size"] == r["native_size"] else _fmt(r["delta_native"], "+.2f"),
             _fmt(r["published_top1"], ".1f"),
             _fmt(r["delta_published"], "+.2f"),
             r["published_confidence"] or "–",
