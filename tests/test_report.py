@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,6 +19,16 @@ from cpvt_eval.results import ResultRow, RunStore, format_ci, mcnemar_exact, wil
 GOLDEN = Path(__file__).parent / "golden"
 N = 400
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The toy models do microseconds of work per op; on a shared machine intra-op threads only add contention.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # (model, pe, size, percent correct in the deterministic pattern below, images/s, GFLOPs)
 CELLS = [
