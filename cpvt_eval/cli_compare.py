@@ -35,7 +35,7 @@ def compare_cmd(
     if json_out:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        typer.echo(diff_table(result))
+        typer.echo(report.comparison_markdown(result))
         for name in result.only_baseline:
             console.warn(f"{name} is only in the baseline")
         for name in result.only_current:
@@ -44,25 +44,3 @@ def compare_cmd(
         console.info(f"{verdict}: tolerance {max_drop} points top-1, {max_slowdown:.0%} images/s")
     if not result.ok:
         raise typer.Exit(code=EXIT_CHECK_FAILED)
-
-
-def diff_table(result) -> str:
-    """The matched cells as a Markdown table (readable in a CI log and pasteable into a review)."""
-    from .report import _fmt, _md_table
-
-    body = [
-        [
-            c.model,
-            f"{c.img_size}px",
-            f"{c.baseline.top1:.2f}",
-            f"{c.current.top1:.2f}",
-            f"{c.top1_delta:+.2f}",
-            _fmt(c.baseline.images_per_sec, ",.1f"),
-            _fmt(c.current.images_per_sec, ",.1f"),
-            _fmt(c.speed_ratio, ".3f"),
-            c.status + (" (new checkpoint)" if c.baseline.checkpoint_sha256 != c.current.checkpoint_sha256 else ""),
-        ]
-        for c in result.cells
-    ]
-    header = ["model", "size", "top-1 base", "top-1 now", "Δ", "img/s base", "img/s now", "ratio", "status"]
-    return _md_table(header, body, align_right_from=2)

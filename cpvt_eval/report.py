@@ -730,3 +730,23 @@ def compare_runs(
     result.only_baseline = [_cell_name(base[k]) for k in base if k not in cur]
     result.only_current = [_cell_name(cur[k]) for k in cur if k not in base]
     return result
+
+
+def comparison_markdown(result: Comparison) -> str:
+    """The matched cells as a Markdown table (readable in a CI log and pasteable into a review)."""
+    body = [
+        [
+            c.model,
+            f"{c.img_size}px",
+            f"{c.baseline.top1:.2f}",
+            f"{c.current.top1:.2f}",
+            f"{c.top1_delta:+.2f}",
+            _fmt(c.baseline.images_per_sec, ",.1f"),
+            _fmt(c.current.images_per_sec, ",.1f"),
+            _fmt(c.speed_ratio, ".3f"),
+            c.status + (" (new checkpoint)" if c.baseline.checkpoint_sha256 != c.current.checkpoint_sha256 else ""),
+        ]
+        for c in result.cells
+    ]
+    header = ["model", "size", "top-1 base", "top-1 now", "Δ", "img/s base", "img/s now", "ratio", "status"]
+    return _md_table(header, body, align_right_from=2)

@@ -333,3 +333,16 @@ def test_cli_json_mode_writes_only_json_and_force_recomputes(tmp_path, imagefold
     assert forced.exit_code == 0
     assert "skipping" not in forced.stderr
     assert len((tmp_path / "run" / "rows.jsonl").read_text().splitlines()) == 2
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_handler_is_restored():
+    import os
+    import signal
+
+    from cpvt_eval.cli import stop_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with stop_on_sigterm():
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) == before
