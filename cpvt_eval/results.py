@@ -139,8 +139,9 @@ def row_key(row: ResultRow) -> str:
     return cell_key(**{k: getattr(row, k) for k in KEY_FIELDS})
 
 
-def pe_options_label(ape_interpolation: str, antialias: bool, sincos: str) -> str:
-    return f"ape={ape_interpolation},antialias={str(bool(antialias)).lower()},sincos={sincos}"
+def pe_options_label(ape_interpolation: str, antialias: bool, sincos: str | None = None) -> str:
+    label = f"ape={ape_interpolation},antialias={str(bool(antialias)).lower()}"
+    return label if sincos is None else f"{label},sincos={sincos}"
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

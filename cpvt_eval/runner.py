@@ -21,7 +21,7 @@ from .config import RunConfig
 from .data import ImageSet, default_workers, open_dataset
 from .engine import CellOutput, EvalModel, EvalSettings, Progress, sweep
 from .errors import CpvtEvalError, ModelError
-from .models.posenc import patch_size_of, pe_kind_of
+from .models.posenc import PEOptions, patch_size_of, pe_kind_of
 from .models.registry import ModelSpec, resolve
 from .results import (
     ResultRow,
@@ -157,7 +157,7 @@ def make_row(
         versions=versions_string(),
         started_at=started_at,
         duration_s=round(cell.duration_s, 3),
-        pe_options=pe_options_label(cfg.pe.ape_interpolation, cfg.pe.antialias, cfg.pe.sincos),
+        pe_options=pe_options_of(m, cfg.pe),
         native_size=m.spec.native_size,
         predictions=predictions,
     )
@@ -165,6 +165,20 @@ def make_row(
 
 def model_args_label(m: EvalModel) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(m.model_args.items()))
+
+
+def pe_options_of(m: EvalModel, pe: PEOptions) -> str:
+    """The PE options that can change this model's outputs, as recorded in its rows and keys.
+
+    A learned APE depends on how it is resampled, a sin-cos APE on regenerate vs resample; a PEG or a model
+    without PE depends on none of them, so changing ``--ape-interp`` keeps their finished cells.
+    """
+    kind = pe_kind_of(m.module)
+    if kind == "ape-sincos" and pe.sincos == "regenerate":
+        return "sincos=regenerate"
+    if kind.startswith("ape"):
+        return pe_options_label(pe.ape_interpolation, pe.antialias, pe.sincos if kind == "ape-sincos" else None)
+    return ""
 
 
 def key_of(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet) -> str:
@@ -175,7 +189,7 @@ def key_of(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet) -> str:
         img_size=size,
         crop_pct=cfg.crop_pct,
         interpolation=cfg.interpolation,
-        pe_options=pe_options_label(cfg.pe.ape_interpolation, cfg.pe.antialias, cfg.pe.sincos),
+        pe_options=pe_options_of(m, cfg.pe),
         dtype=cfg.dtype,
         model_args=model_args_label(m),
         dataset_fingerprint=image_set.fingerprint,

@@ -286,6 +286,20 @@ def test_each_key_field_invalidates_a_stored_cell(tmp_path, deit_ckpts, field):
     assert run_resolution(changed, report_formats=FAST).rows == []  # and the new cell is then stored under its own key
 
 
+def test_pe_options_only_key_the_models_they_affect(tmp_path, imagefolder, toy_checkpoints):
+    ckpts = {name: str(path) for name, (_, path) in toy_checkpoints.items()}
+    cfg = replace(
+        base_cfg(imagefolder, tmp_path / "run", toy_checkpoints["deit_toy"][1]),
+        models=("cpvt_toy", "deit_toy"),
+        checkpoints=ckpts,
+        model_args={"cpvt_toy": {"num_classes": 1000}, "deit_toy": {"num_classes": 1000}},
+    )
+    first = run_resolution(cfg, report_formats=FAST)
+    assert {r.model: r.pe_options for r in first.rows} == {"cpvt_toy": "", "deit_toy": "ape=bicubic,antialias=false"}
+    again = run_resolution(replace(cfg, pe=PEOptions(ape_interpolation="bilinear")), report_formats=FAST)
+    assert [(r.model, r.pe_policy) for r in again.rows] == [("deit_toy", "ape-bilinear")]  # the PEG cell is kept
+
+
 def test_provenance_records_the_conditions(tmp_path, imagefolder, deit_ckpts):
     outcome = run_resolution(
         base_cfg(imagefolder, tmp_path / "run", deit_ckpts[0]), argv=["cpvt-eval", "resolution", "-m", "deit_toy"]
