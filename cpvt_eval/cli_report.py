@@ -24,7 +24,7 @@ def report_cmd(
     formats: Annotated[
         str, typer.Option("--format", "-f", help="Comma-separated: md, csv, tex, json, png.")
     ] = "md,csv,tex,json,png",
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write here [default: RUN_DIR].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write here (default: RUN_DIR).")] = None,
     pairs: Annotated[
         bool, typer.Option("--pairs", help="Add exact McNemar tests between models at the same size.")
     ] = False,

@@ -518,6 +518,8 @@ def plot_top1(rows: list[ResultRow]) -> bytes:
 
 def plot_throughput(rows: list[ResultRow]) -> bytes | None:
     """Images/s vs resolution (log scale), one line per model; None when no cell was timed."""
+    from matplotlib.ticker import FuncFormatter
+
     tp = throughput_records(rows)
     if not tp:
         return None
@@ -528,6 +530,9 @@ def plot_throughput(rows: list[ResultRow]) -> bytes | None:
         ax.plot([r["img_size"] for r in mine], [r["images_per_sec"] for r in mine], marker="o", color=f"C{i % 10}")
         ax.lines[-1].set_label(label)
     ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")  # 2,000 rather than 2x10^3
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.set_xlabel("input size (px)")
     ax.set_ylabel("images/s (model only)")
     ax.set_xticks(sorted({r["img_size"] for r in tp}))
@@ -699,7 +704,7 @@ def compare_runs(
             cells[_match_key(r)] = r
         sides.append(cells)
     base, cur = sides
-    common = [k for k in base if k in cur]
+    common = [_match_key(r) for r in ordered(list(base.values())) if _match_key(r) in cur]
     if not common:
         raise ResultsError("the runs share no cell (same model, size, crop, interpolation, PE options, dtype)")
     result = Comparison(max_drop=max_drop, max_slowdown=max_slowdown)
