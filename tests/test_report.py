@@ -124,8 +124,7 @@ def test_rendering_matches_golden_files(run, name):
     report.render(run, ("md", "csv", "tex", "json"), pairs=True)
     got = (run.root / name).read_text()
     if name == "results.json":
-        # the predictions paths are the same relative paths; everything else is fixed by the synthetic run
-        json.loads(got)
+        assert json.loads(got)["schema"] == "cpvt-eval/report-1"
     golden = GOLDEN / name
     if os.environ.get("CPVT_EVAL_UPDATE_GOLDEN") == "1":
         golden.parent.mkdir(exist_ok=True)
