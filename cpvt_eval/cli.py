@@ -5,8 +5,10 @@ Exit codes: 0 ok; 1 a check failed; 2 usage or input error; 130 interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -95,6 +97,24 @@ class guarded:
             console.error("interrupted; finished cells are kept in the run directory")
             raise typer.Exit(code=EXIT_INTERRUPTED)
         return False
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """A pre-empted job (SIGTERM) stops the way Ctrl-C does: finished cells kept, provenance closed, exit 130."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def parse_sizes(values: list[str]) -> tuple[int, ...]:
@@ -220,7 +240,12 @@ def resolution(
     throughput: Annotated[bool, typer.Option(help="Measure model-only images/s per cell.")] = True,
     throughput_batch: Annotated[Optional[int], typer.Option(min=1, help="[default: --batch-size]")] = None,
     throughput_repeats: Annotated[int, typer.Option(min=1)] = 5,
-    json_out: Annotated[bool, typer.Option("--json", help="Write the rows as JSON on stdout.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Recompute every cell, even those already finished in the run directory.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Write only the rows as JSON on stdout; stderr stays quiet unless a tty.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show checkpoint load reports.")] = False,
     layout: Annotated[
         str, typer.Option(help="Dataset layout: auto, imagefolder, flat, imagenetv2 (folders 0..999) or manifest.")
@@ -243,7 +268,9 @@ def resolution(
 ) -> None:
     """Top-1/top-5 and images/s of each model at each size, without fine-tuning.
 
-    Writes results.csv, results.md, rows.jsonl, per-image predictions and provenance.json to the run directory.
+    Writes rows.jsonl, per-image predictions, provenance.json and the reports (results.md/.csv/.tex/.json, plots)
+    to the run directory. Each cell is stored the moment it finishes: rerunning the same command resumes and skips
+    finished cells; Ctrl-C stops with exit code 130 and keeps them.
     """
     from .runner import run_resolution
 
@@ -275,13 +302,24 @@ def resolution(
             on_bad_image=on_bad_image,
             decode_draft=decode_draft,
         )
-        log = console.info if verbose else (lambda _m: None)
+        # Machine-readable mode: stdout holds only JSON; messages go to stderr, and only when a person watches it.
+        quiet = json_out and not sys.stderr.isatty()
+        notify = (lambda _m: None) if quiet else console.info
+        log = console.info if verbose and not quiet else (lambda _m: None)
         # Under torchrun every process runs this command; only rank 0 reports. The session is left only after
         # rank 0 has printed (its result or the error of any rank).
-        with distributed.session(cfg.device) as dist, guarded():
+        with distributed.session(cfg.device) as dist, guarded(), stop_on_sigterm():
             if not dist.is_main:
                 console.silence()
-            outcome = run_resolution(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]], dist=dist)
+            outcome = run_resolution(
+                cfg,
+                console.BarProgress(),
+                log=log,
+                argv=["cpvt-eval", *sys.argv[1:]],
+                force=force,
+                notify=notify,
+                dist=dist,
+            )
             if outcome.store is None:
                 return
             rows = outcome.store.rows()
@@ -347,4 +385,6 @@ def entry() -> None:
 
 # Subcommands that live in their own modules register themselves on `app` when imported here.
 # (one import per command module, keep sorted)
-from . import cli_check_data  # noqa: E402, F401
+from . import cli_check_data  # noqa: E402, F401, I001
+from . import cli_compare  # noqa: E402, F401
+from . import cli_report  # noqa: E402, F401

@@ -1,11 +1,14 @@
 """The ``resolution`` job as a library call: build models, sweep sizes, store rows, render reports.
 
-``run_resolution`` never prints: progress goes through the ``Progress`` hook and messages through ``log``.
+``run_resolution`` never prints: progress goes through the ``Progress`` hook and messages through ``log`` (details)
+and ``notify`` (what a user should always see, e.g. which finished cells a rerun skips).
+
+Runs resume: every cell is committed to the run directory the moment it finishes, and a rerun of the same command
+skips the cells whose key (``results.cell_key``) is already stored.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,12 +22,24 @@ from .data import ImageSet, apply_bad_image_policy, default_workers, load_real_l
 from .distributed import DistContext
 from .engine import CellOutput, EvalModel, EvalSettings, Progress, sweep
 from .errors import CpvtEvalError, ModelError
-from .models.posenc import patch_size_of, pe_kind_of
+from .models.posenc import PEOptions, patch_size_of, pe_kind_of
 from .models.registry import ModelSpec, resolve
-from .results import ResultRow, RunStore, format_ci, now_iso, versions_string
+from .results import (
+    ResultRow,
+    RunStore,
+    cell_key,
+    format_ci,
+    now_iso,
+    pe_options_label,
+    provenance_record,
+    versions_string,
+)
 from .throughput import count_flops, measure_throughput
 
 Log = Callable[[str], None]
+
+# Evaluation is deterministic; the seed is set anyway (and recorded) so that anything random in a model is repeatable.
+SEED = 0
 
 
 def _quiet(_: str) -> None:
@@ -109,6 +124,7 @@ def make_row(
     images_per_sec: float | None,
     throughput_batch: int | None,
     gflops: float | None,
+    predictions: str = "",
 ) -> ResultRow:
     return ResultRow(
         model=m.key,
@@ -138,11 +154,61 @@ def make_row(
         dataset_fingerprint=image_set.fingerprint,
         partial=not image_set.is_full_imagenet_val,
         limit=image_set.limit,
-        model_args=",".join(f"{k}={v}" for k, v in sorted(m.model_args.items())),
+        model_args=model_args_label(m),
         versions=versions_string(),
         started_at=started_at,
         duration_s=round(cell.duration_s, 3),
+        pe_options=pe_options_of(m, cfg.pe),
+        native_size=m.spec.native_size,
+        predictions=predictions,
     )
+
+
+def model_args_label(m: EvalModel) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(m.model_args.items()))
+
+
+def pe_options_of(m: EvalModel, pe: PEOptions) -> str:
+    """The PE options that can change this model's outputs, as recorded in its rows and keys.
+
+    A learned APE depends on how it is resampled, a sin-cos APE on regenerate vs resample; a PEG or a model
+    without PE depends on none of them, so changing ``--ape-interp`` keeps their finished cells.
+    """
+    kind = pe_kind_of(m.module)
+    if kind == "ape-sincos" and pe.sincos == "regenerate":
+        return "sincos=regenerate"
+    if kind.startswith("ape"):
+        return pe_options_label(pe.ape_interpolation, pe.antialias, pe.sincos if kind == "ape-sincos" else None)
+    return ""
+
+
+def key_of(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet) -> str:
+    """The cell key of ``m`` at ``size``, known before the cell is computed (so that a rerun can skip it)."""
+    return cell_key(
+        model=m.key,
+        checkpoint_sha256=m.checkpoint_sha256,
+        img_size=size,
+        crop_pct=cfg.crop_pct,
+        interpolation=cfg.interpolation,
+        pe_options=pe_options_of(m, cfg.pe),
+        dtype=cfg.dtype,
+        model_args=model_args_label(m),
+        dataset_fingerprint=image_set.fingerprint,
+        limit=image_set.limit,
+        decode_draft=image_set.decode_draft,
+    )
+
+
+def prediction_arrays(cell: CellOutput) -> dict:
+    """Per-image predictions in compact numpy form: sample index and label (int32), top-5 class indices."""
+    import numpy as np
+
+    top5 = cell.top5.numpy()
+    return {
+        "indices": cell.indices.numpy().astype(np.int32),
+        "labels": cell.labels.numpy().astype(np.int32),
+        "top5": top5 if top5.dtype == np.int16 else top5.astype(np.int32),
+    }
 
 
 def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> list[EvalModel]:
@@ -173,25 +239,40 @@ def run_resolution(
     progress: Progress | None = None,
     log: Log = _quiet,
     argv: list[str] | None = None,
+    force: bool = False,
+    notify: Log = _quiet,
+    report_formats: tuple[str, ...] = report.FORMATS,
     dist: DistContext | None = None,
 ) -> RunOutcome:
-    """Evaluate every model at every size of ``cfg`` and write the run directory. Returns the rows.
+    """Evaluate every model at every size of ``cfg`` and write the run directory.
+
+    Cells already stored under the same key are skipped unless ``force``; ``report_formats`` are rendered at the
+    end (Markdown and CSV also after every cell). Each finished cell is committed at
+    once (predictions, then its row), so an interruption (``KeyboardInterrupt``) or a kill loses at most the
+    cells in flight. Returns the rows computed by this call (``outcome.store.rows()`` has them all).
 
     Under torchrun every process calls this: each evaluates its shard, rank 0 gathers the predictions and alone
-    writes the run directory, reports progress and logs; the other ranks return an outcome without a store.
-    ``dist`` is the caller's ``distributed.session``; without one the call opens its own.
+    reads and writes the run directory, reports progress and logs; the other ranks return an outcome without a
+    store. ``dist`` is the caller's ``distributed.session``; without one the call opens its own.
     """
     if dist is None:
         with distributed.session(cfg.device) as dist:
-            return run_resolution(cfg, progress, log, argv, dist)
+            return run_resolution(cfg, progress, log, argv, force, notify, report_formats, dist)
     if not dist.is_main:
-        progress, log = None, _quiet
+        progress, log, notify = None, _quiet, _quiet
     with dist.shared_failures():
-        return _run_resolution(cfg, progress, log, argv, dist)
+        return _run_resolution(cfg, progress, log, argv or [], force, notify, report_formats, dist)
 
 
 def _run_resolution(
-    cfg: RunConfig, progress: Progress | None, log: Log, argv: list[str] | None, dist: DistContext
+    cfg: RunConfig,
+    progress: Progress | None,
+    log: Log,
+    argv: list[str],
+    force: bool,
+    notify: Log,
+    report_formats: tuple[str, ...],
+    dist: DistContext,
 ) -> RunOutcome:
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     if not cfg.sizes:
@@ -199,54 +280,98 @@ def _run_resolution(
     image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes)
     image_set.decode_draft = cfg.decode_draft
     log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
-    apply_bad_image_policy(
-        image_set, cfg.on_bad_image, default_workers() if cfg.workers is None else cfg.workers, progress
-    )
+    workers = default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers
+    apply_bad_image_policy(image_set, cfg.on_bad_image, workers, progress)
     real = load_real_labels(cfg.real_labels).for_image_set(image_set) if cfg.real_labels else None
     models = prepare_models(cfg, device, log)
-    store = RunStore(cfg.out) if dist.is_main else None
     dist.check_inputs(image_set, models)
-    if store is not None:
-        store.write_provenance(
-            argv or [], str(device), {"config": _config_summary(cfg), "distributed": dist.describe()}
-        )
-        if image_set.skipped:
-            store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
-    settings = EvalSettings(
-        device=device,
-        batch_size=cfg.batch_size,
-        workers=default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers,
-        crop_pct=cfg.crop_pct,
-        interpolation=cfg.interpolation,
-        dtype=cfg.dtype,
-        pe=cfg.pe,
-    )
-    by_key = {m.key: m for m in models}
-    outcome = RunOutcome(store=store)
-    started = now_iso()
-    shard = dist.shard(image_set, cfg.batch_size)
-    for cell in dist.gather_cells(sweep(models, shard.image_set, cfg.sizes, settings, progress), shard):
-        m = by_key[cell.model]
-        ips = batch = gflops = None
-        if cfg.throughput.enabled:
-            batch = cfg.throughput.batch_size or cfg.batch_size
-            t = measure_throughput(
-                m.module, cell.size, device, batch, cfg.dtype, cfg.throughput.warmup, cfg.throughput.repeats
-            )
-            ips = t.images_per_sec
-            gflops = count_flops(m.module, cell.size, device)
-        row = make_row(m, cell, cfg, image_set, device, started, ips, batch, gflops)
-        add_data_columns(row, cell, image_set, real)
-        _scale_out_columns(row, cell, dist)
-        store.append(row)
-        store.save_predictions(
-            f"{m.key}_{cell.size}",
-            {"indices": cell.indices, "labels": cell.labels, "top5": cell.top5},
-        )
-        outcome.rows.append(row)
-        write_reports(store)
-        log(f"{m.key} @ {cell.size}px: top-1 {row.top1:.2f}%  top-5 {row.top5:.2f}%  ({cell.n} images)")
+    job = _Job(cfg, models, image_set, real, device, workers, dist)
+    if not dist.is_main:
+        return job.run(None, progress, log, notify, argv, force)
+    store = RunStore(cfg.out)
+    with store.locked():
+        outcome = job.run(store, progress, log, notify, argv, force)
+        report.render(store, report_formats)
     return outcome
+
+
+@dataclass
+class _Job:
+    """What a run evaluates, once the inputs are known; ``run`` computes the cells not yet stored."""
+
+    cfg: RunConfig
+    models: list[EvalModel]
+    image_set: ImageSet
+    real: list | None
+    device: torch.device
+    workers: int
+    dist: DistContext
+
+    def run(
+        self, store: RunStore | None, progress: Progress | None, log: Log, notify: Log, argv: list[str], force: bool
+    ) -> RunOutcome:
+        cfg, models, image_set, device, dist = self.cfg, self.models, self.image_set, self.device, self.dist
+        torch.manual_seed(SEED)
+        keys = {(m.key, s): key_of(m, s, cfg, image_set) for s in cfg.sizes for m in models}
+        # Only rank 0 reads the run directory; the other ranks learn the cells left to do from it.
+        done = set() if force or store is None else store.finished_keys() & set(keys.values())
+        skipped = [cell for cell, key in keys.items() if key in done]
+        if skipped:
+            listed = ", ".join(f"{name}@{size}px" for name, size in skipped)
+            notify(f"{store.root}: skipping {len(skipped)} finished cell(s) ({listed}); --force recomputes them")
+        record = provenance_record(argv, str(device), SEED, _config_summary(cfg))
+        record.update(cells_total=len(keys), cells_skipped=len(skipped), force=force, distributed=dist.describe())
+        if store is not None:
+            store.record_provenance(record)
+            if image_set.skipped:
+                store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
+        settings = EvalSettings(
+            device=device,
+            batch_size=cfg.batch_size,
+            workers=self.workers,
+            crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation,
+            dtype=cfg.dtype,
+            pe=cfg.pe,
+        )
+        by_key = {m.key: m for m in models}
+        outcome = RunOutcome(store=store)
+        started = record["started_at"]
+        status = "failed"
+        try:
+            todo = dist.agreed_todo(lambda m, size: keys[(m.key, size)] not in done, models, cfg.sizes)
+            shard = dist.shard(image_set, cfg.batch_size)
+            for cell in dist.gather_cells(sweep(models, shard.image_set, cfg.sizes, settings, progress, todo), shard):
+                m = by_key[cell.model]
+                ips = batch = gflops = None
+                if cfg.throughput.enabled:
+                    batch = cfg.throughput.batch_size or cfg.batch_size
+                    t = measure_throughput(
+                        m.module, cell.size, device, batch, cfg.dtype, cfg.throughput.warmup, cfg.throughput.repeats
+                    )
+                    ips = t.images_per_sec
+                    gflops = count_flops(m.module, cell.size, device)
+                key = keys[(m.key, cell.size)]
+                # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
+                rel = store.save_predictions(key, m.key, cell.size, prediction_arrays(cell))
+                row = make_row(m, cell, cfg, image_set, device, started, ips, batch, gflops, rel)
+                add_data_columns(row, cell, image_set, self.real)
+                _scale_out_columns(row, cell, dist)
+                store.append(row)
+                outcome.rows.append(row)
+                write_reports(store)
+                log(f"{m.key} @ {cell.size}px: top-1 {row.top1:.2f}%  top-5 {row.top5:.2f}%  ({cell.n} images)")
+            status = "completed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            if store is not None:
+                record.update(status=status, finished_at=now_iso(), cells_computed=len(outcome.rows))
+                store.record_provenance(record)
+                if status == "interrupted":
+                    write_reports(store)  # so that results.md states the interruption
+        return outcome
 
 
 def add_data_columns(row: ResultRow, cell: CellOutput, image_set: ImageSet, real: list | None) -> None:
@@ -273,11 +398,8 @@ def _scale_out_columns(row: ResultRow, cell: CellOutput, dist: DistContext) -> N
 
 
 def write_reports(store: RunStore) -> list[Path]:
-    rows = store.rows()
-    return [
-        store.write_text("results.csv", report.to_csv(rows)),
-        store.write_text("results.md", report.markdown_report(rows)),
-    ]
+    """The cheap reports (Markdown and CSV), rewritten after every cell so that they always match the rows."""
+    return report.render(store, ("md", "csv"))
 
 
 def _config_summary(cfg: RunConfig) -> dict:
@@ -299,8 +421,6 @@ def _config_summary(cfg: RunConfig) -> dict:
         "batch_size": cfg.batch_size,
         "dtype": cfg.dtype,
         "pe": {"ape_interpolation": cfg.pe.ape_interpolation, "antialias": cfg.pe.antialias, "sincos": cfg.pe.sincos},
-        "seed": 0,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 

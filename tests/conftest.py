@@ -58,3 +58,12 @@ def toy_checkpoints(tmp_path):
         save_file(model.state_dict(), str(tmp_path / f"{name}.safetensors"))
         out[name] = (model, path)
     return out
+
+
+def cell_predictions(run_dir, model: str, size: int) -> dict:
+    """The stored per-image ``indices``, ``labels`` and ``top5`` of one cell of a run directory, as tensors."""
+    from cpvt_eval.results import RunStore
+
+    store = RunStore(run_dir)
+    (row,) = [r for r in store.rows() if r.model == model and r.img_size == size]
+    return {k: torch.from_numpy(v.astype("int64")) for k, v in store.load_predictions(row).items()}

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import cell_predictions
 from PIL import Image, ImageFile
 from typer.testing import CliRunner
 
@@ -600,7 +601,7 @@ def test_same_results_in_every_layout(tmp_path, layouts, toy_checkpoints, real):
         outcome = run_resolution(cfg)
         (row,) = outcome.rows
         image_set = open_dataset(root, labels=labels)
-        preds = torch.load(tmp_path / kind / "predictions" / "cpvt_toy_56.pt", weights_only=True)
+        preds = cell_predictions(tmp_path / kind, "cpvt_toy", 56)
         by_name = {
             image_set.samples[i].name: tuple(p)
             for i, p in zip(preds["indices"].tolist(), preds["top5"].tolist(), strict=True)

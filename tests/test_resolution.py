@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import cell_predictions
 from PIL import Image
 from torchvision import transforms
 from typer.testing import CliRunner
@@ -85,7 +86,7 @@ def test_resolution_writes_tables_and_matches_in_memory_model(imagefolder, toy_c
     for name in ("cpvt_toy", "deit_toy"):
         model, _ = toy_checkpoints[name]
         for size in (56, 96):
-            stored = torch.load(out / "predictions" / f"{name}_{size}.pt", weights_only=True)
+            stored = cell_predictions(out, name, size)
             cpvt_eval.models.adapt_to_size(model, size)
             ref = reference_top5(model, imagefolder, relpaths, size)
             assert torch.equal(stored["top5"].long(), ref), (name, size)

@@ -1,0 +1,46 @@
+"""``cpvt-eval compare``: a CI gate between a baseline run and the current one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import console
+from .cli import app, guarded
+from .errors import EXIT_CHECK_FAILED
+
+
+@app.command(
+    "compare",
+    epilog=(
+        "Example: cpvt-eval compare runs/baseline runs/current --max-drop 0.1 --max-slowdown 0.1   "
+        "Exit codes: 0 within tolerance; 1 a top-1 drop or a slowdown beyond it; 2 the runs cannot be compared."
+    ),
+)
+def compare_cmd(
+    baseline: Annotated[Path, typer.Argument(help="Baseline run directory (or its rows.jsonl / results.json).")],
+    current: Annotated[Path, typer.Argument(help="Current run directory (or its rows.jsonl / results.json).")],
+    max_drop: Annotated[float, typer.Option(help="Largest allowed top-1 drop, in points.")] = 0.1,
+    max_slowdown: Annotated[float, typer.Option(help="Largest allowed images/s drop, as a ratio (0.1 = 10%).")] = 0.1,
+    json_out: Annotated[bool, typer.Option("--json", help="Write only the comparison as JSON on stdout.")] = False,
+) -> None:
+    """Match the cells of two runs, print the differences, and fail (exit 1) on a regression."""
+    from . import report
+
+    with guarded():
+        result = report.compare_runs(report.load_rows(baseline), report.load_rows(current), max_drop, max_slowdown)
+    if json_out:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        typer.echo(report.comparison_markdown(result))
+        for name in result.only_baseline:
+            console.warn(f"{name} is only in the baseline")
+        for name in result.only_current:
+            console.info(f"{name} is new in the current run")
+        verdict = "ok" if result.ok else "REGRESSION"
+        console.info(f"{verdict}: tolerance {max_drop} points top-1, {max_slowdown:.0%} images/s")
+    if not result.ok:
+        raise typer.Exit(code=EXIT_CHECK_FAILED)

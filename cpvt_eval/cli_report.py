@@ -1,0 +1,54 @@
+"""``cpvt-eval report``: re-render the tables and plots of a run directory from its stored results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import console
+from .cli import app, guarded
+
+
+@app.command(
+    "report",
+    epilog=(
+        "Example: cpvt-eval report runs/tiny --format md,tex,png --pairs   "
+        "(writes results.md, results.tex and the plots into runs/tiny)"
+    ),
+)
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cpvt-eval resolution`.")],
+    formats: Annotated[
+        str, typer.Option("--format", "-f", help="Comma-separated: md, csv, tex, json, png.")
+    ] = "md,csv,tex,json,png",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write here (default: RUN_DIR).")] = None,
+    pairs: Annotated[
+        bool, typer.Option("--pairs", help="Add exact McNemar tests between models at the same size.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Write only the report as JSON on stdout.")] = False,
+) -> None:
+    """Tables (top-1 by size with 95% intervals, change from native size and from the paper; throughput),
+    LaTeX (booktabs), JSON and plots, rendered from stored results without recomputing anything.
+    """
+    from . import report
+    from .results import RunStore
+
+    with guarded():
+        chosen = report.parse_formats(formats)
+        store = RunStore.existing(run_dir)
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+        written = report.render(store, chosen, out, pairs=pairs)
+        if json_out:
+            runs = store.provenance()
+            doc = report.json_report(
+                store.rows(), report.pair_records(store, store.rows()) if pairs else None, runs[-1] if runs else None
+            )
+            doc["files"] = [str(p) for p in written]
+            print(json.dumps(doc, indent=2, ensure_ascii=False))
+        else:
+            for path in written:
+                console.info(f"wrote {path}")
