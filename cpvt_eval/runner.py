@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import report
-from .checkpoints import fetch_pretrained, load_checkpoint
+from .checkpoints import load_checkpoint
 from .config import RunConfig
 from .data import ImageSet, default_workers, open_dataset
 from .engine import CellOutput, EvalModel, EvalSettings, Progress, sweep
@@ -63,9 +64,7 @@ def build_model(
     if checkpoint:
         load = load_checkpoint(module, checkpoint, ema=ema)
     elif spec.default_weights:
-        path = fetch_pretrained(spec.default_weights)
-        load = load_checkpoint(module, path, ema=ema)
-        load.source = f"timm:{spec.default_weights}"
+        load = load_checkpoint(module, f"timm:{spec.default_weights}", ema=ema)
     else:
         raise ModelError(f"{spec.name} has no published weights: pass a checkpoint with --checkpoint {name}=PATH")
     log(f"{spec.name}: loaded {load.summary()}")
@@ -182,6 +181,7 @@ def run_resolution(
     models = prepare_models(cfg, device, log)
     store = RunStore(cfg.out)
     store.write_provenance(argv or [], str(device), {"config": _config_summary(cfg)})
+    store.write_text("load_reports.json", json.dumps({m.key: m.load_report for m in models}, indent=2) + "\n")
     settings = EvalSettings(
         device=device,
         batch_size=cfg.batch_size,

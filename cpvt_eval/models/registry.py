@@ -144,6 +144,28 @@ _add(
     "deit_base_patch16_224.fb_in1k",
     description="DeiT-B, learned absolute PE",
 )
+for _size, _alias, _title in (("tiny", "ti", "Ti"), ("small", "s", "S"), ("base", "b", "B")):
+    # timm's distilled DeiT: cls and dist tokens (two prefix tokens, kept as they are when the PE is resampled);
+    # in eval mode the output is the mean of the class and distillation heads, as in DeiT's code.
+    _add(
+        f"deit_{_size}_distilled_patch16_224",
+        "deit",
+        "ape-learned",
+        (f"deit_{_alias}_distilled",),
+        f"deit_{_size}_distilled_patch16_224.fb_in1k",
+        description=f"DeiT-{_title} distilled: cls + dist tokens, mean of both heads",
+    )
+for _kind, _title in (("pcpvt", "PCPVT"), ("svt", "SVT")):
+    for _size in ("small", "base", "large"):
+        # Twins: a pyramid of four stages, a PEG (PosConv) after the first block of each; sizes multiple of 32
+        _add(
+            f"twins_{_kind}_{_size}",
+            "twins",
+            "peg-stages",
+            weights=f"twins_{_kind}_{_size}.in1k",
+            patch=32,
+            description=f"Twins-{_title}-{_size[0].upper()}: PEG after the first block of each stage",
+        )
 _add("deit_tiny_sincos", "deit", "ape-sincos", description="DeiT-Ti with fixed 2-D sin-cos PE (ablation)")
 _add("deit_tiny_nope", "deit", "none", description="DeiT-Ti without position encoding (ablation)")
 
