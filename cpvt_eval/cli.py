@@ -252,40 +252,6 @@ def _check_dtype(dtype: str) -> str:
     return dtype
 
 
-@app.command("models")
-def models_cmd(
-    all_models: Annotated[bool, typer.Option("--all", help="Include the offline demo's toy models.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Write the list as JSON on stdout.")] = False,
-) -> None:
-    """List registered models with PE kind, parameter count, native size and default weights.
-
-    Example: cpvt-eval models --json
-    """
-    from .models.registry import list_specs
-    from .runner import count_params
-
-    with guarded():
-        specs = list_specs(include_demo=all_models)
-        params = {s.name: count_params(s) for s in specs}
-        if json_out:
-            rows = [
-                {
-                    "name": s.name,
-                    "aliases": list(s.aliases),
-                    "family": s.family,
-                    "pe": s.pe,
-                    "params": params[s.name],
-                    "native_size": s.native_size,
-                    "patch_size": s.patch_size,
-                    "default_weights": s.default_weights,
-                }
-                for s in specs
-            ]
-            print(json.dumps(rows, indent=2))
-        else:
-            console.out.print(console.models_table(specs, params))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``cpvt-eval`` and ``python -m cpvt_eval``; returns the exit code."""
     try:
@@ -301,3 +267,4 @@ def entry() -> None:
 
 # Subcommands that live in their own modules register themselves on `app` when imported here.
 # (one import per command module, keep sorted)
+from . import cli_models  # noqa: E402, F401

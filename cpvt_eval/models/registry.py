@@ -6,8 +6,12 @@ neither knows is an error that suggests close names.
 
 from __future__ import annotations
 
+import csv
 import difflib
+import io
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
 
 import timm
 from torch import nn
@@ -42,6 +46,11 @@ class ModelSpec:
     create_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
     description: str = ""
 
+    @property
+    def published(self) -> dict[int, tuple[float, str]]:
+        """Published top-1 by size for this model, with the confidence grade: ``{224: (72.4, "secondary-x3")}``."""
+        return published_top1(self.name)
+
     def create(self, **overrides) -> nn.Module:
         """Build the model with random weights (checkpoints are loaded by ``cpvt_eval.checkpoints``)."""
         kwargs = {**self.create_kwargs, **overrides}
@@ -51,6 +60,21 @@ class ModelSpec:
             raise
         except (TypeError, ValueError, AssertionError) as e:
             raise ModelError(f"cannot build {self.name} with {kwargs}: {e}") from None
+
+
+@lru_cache(maxsize=1)
+def published_results() -> tuple[dict, ...]:
+    """Rows of the shipped ``published_results.csv`` (model, pe, protocol, img_size, top1, confidence, source)."""
+    text = resources.files("cpvt_eval.resources").joinpath("published_results.csv").read_text(encoding="utf-8")
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({**row, "img_size": int(row["img_size"]), "top1": float(row["top1"])})
+    return tuple(rows)
+
+
+def published_top1(name: str) -> dict[int, tuple[float, str]]:
+    """``{size: (top1, confidence)}`` of a model in the published table (empty when the paper has no number)."""
+    return {r["img_size"]: (r["top1"], r["confidence"]) for r in published_results() if r["model"] == name}
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
