@@ -100,6 +100,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # not a refused object: the file is simply not a checkpoint
+            raise CheckpointError(f"cannot read checkpoint {path}: not a PyTorch checkpoint ({e})") from None
         # weights_only refused an object: loading it would run arbitrary code. Never retried unsafely.
         first = str(e).strip().splitlines()
         detail = next((ln for ln in first if "Unsupported" in ln or "global" in ln.lower()), first[0] if first else "")
