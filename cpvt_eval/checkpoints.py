@@ -407,7 +407,9 @@ def download_url(url: str, sha256: str | None = None, root: Path | None = None, 
             )
         return path
     if is_offline():
-        raise CheckpointError(f"offline and {url} is not in the cache ({path}); download it or pass a local file")
+        raise CheckpointError(
+            f"offline and {url} is not in the cache ({path}); pass a local file with --checkpoint NAME=PATH"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     digest = hashlib.sha256()
@@ -465,8 +467,11 @@ def fetch_hf_hub(repo: str, filename: str | None = None, cache: str | os.PathLik
             )
             if not not_there:
                 break
-    where = "in the hub cache (offline)" if offline else "on the hub"
-    raise CheckpointError(f"cannot get {repo} {where}: {_hub_error(last)}; pass a local file instead")
+    if offline:
+        reason = f"offline and not in the hub cache ({', '.join(names)})"
+    else:
+        reason = f"hub: {_hub_error(last)}"
+    raise CheckpointError(f"cannot get {repo}: {reason}; pass a local file with --checkpoint NAME=PATH")
 
 
 def fetch_pretrained(tag: str, cache: str | os.PathLike | None = None) -> Path:
