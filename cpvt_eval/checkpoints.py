@@ -478,9 +478,14 @@ def fetch_pretrained(tag: str, cache: str | os.PathLike | None = None) -> Path:
     """The weights file of a timm pretrained tag (hub cache or download); fails fast when offline or unreachable."""
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(tag)
+    try:
+        cfg = timm.models.get_pretrained_cfg(tag)
+    except RuntimeError:  # a known architecture with an unknown tag
+        cfg = None
     if cfg is None:
-        raise CheckpointError(f"timm has no pretrained weights named {tag!r}")
+        known = timm.list_pretrained(tag.partition(".")[0] + ".*")
+        hint = f" (known: {', '.join(known[:6])})" if known else ""
+        raise CheckpointError(f"timm has no pretrained weights named {tag!r}{hint}")
     if cfg.hf_hub_id:
         repo, _, name = cfg.hf_hub_id.partition("/")
         if "/" in name:  # "org/name/file" spelling

@@ -58,3 +58,9 @@ def toy_checkpoints(tmp_path):
         save_file(model.state_dict(), str(tmp_path / f"{name}.safetensors"))
         out[name] = (model, path)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _user_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Downloads and cached model costs go to a per-session temp dir, never the user's real cache."""
+    monkeypatch.setenv("CPVT_EVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cpvt-eval-cache"))
