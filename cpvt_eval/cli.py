@@ -109,7 +109,7 @@ def parse_checkpoints(values: list[str], models: tuple[str, ...]) -> dict[str, s
     out: dict[str, str] = {}
     for value in values:
         name, sep, path = value.partition("=")
-        if not sep or "/" in name or os.sep in name or not name:
+        if not sep or "/" in name or os.sep in name or "#" in name or not name:  # '#': PATH#drop=... fragment
             if len(models) != 1:
                 raise CpvtEvalError(f"--checkpoint {value}: with several models, write NAME=PATH")
             name, path = models[0], value
@@ -181,7 +181,14 @@ def resolution(
         ),
     ] = None,
     checkpoint: Annotated[
-        list[str], typer.Option("--checkpoint", "-c", help="NAME=PATH (or PATH with one model): .pth/.pt/.safetensors.")
+        list[str],
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="NAME=SOURCE (or SOURCE with one model): a .pth/.pt/.safetensors file, an https:// URL (cached; "
+            "#sha256=<hex> pins it), hf-hub:org/name, or a timm tag like deit_tiny_patch16_224.fb_in1k; "
+            "#drop=<glob>,... leaves keys out.",
+        ),
     ] = [],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<models>].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Deterministic class-stratified subset of N images.")] = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.server
+import json
 import os
 import socket
 import threading
@@ -357,3 +358,30 @@ def test_pin_is_checked_for_local_files_too(tmp_path):
         pytest.fail("a wrong pin on a local file must fail")
     good = hashlib.sha256(path.read_bytes()).hexdigest()
     assert load_checkpoint(_model("cpvt_toy"), f"{path}#sha256={good}").sha256 == good
+
+
+def test_cli_takes_a_pinned_url_and_refuses_a_malicious_pickle(http_root, imagefolder, tmp_path):
+    from typer.testing import CliRunner
+
+    from cpvt_eval.cli import app
+
+    root, base = http_root
+    source = _model("cpvt_toy", seed=1, num_classes=1000)
+    save_file(source.state_dict(), str(root / "w.safetensors"))
+    digest = hashlib.sha256((root / "w.safetensors").read_bytes()).hexdigest()
+    common = ["resolution", "-m", "cpvt_toy", "-s", "56", "--data", str(imagefolder), "--model-arg", "num_classes=1000"]
+    common += ["--no-throughput", "--workers", "0"]
+    result = CliRunner().invoke(
+        app, [*common, "-c", f"{base}/w.safetensors#sha256={digest}", "--out", str(tmp_path / "ok")]
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads((tmp_path / "ok" / "rows.jsonl").read_text().splitlines()[0])
+    assert row["checkpoint"] == f"{base}/w.safetensors#sha256={digest}" and row["checkpoint_sha256"] == digest
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": source.state_dict(), "x": _Payload(marker)}, evil)
+    result = CliRunner().invoke(app, [*common, "-c", str(evil), "--out", str(tmp_path / "bad")])
+    assert result.exit_code == 2 and not marker.exists()
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "refusing" in lines[0] and "Traceback" not in result.output
