@@ -289,6 +289,32 @@ def test_models_json_has_flops_with_attention_params_and_published_numbers():
     assert math.isclose(rows["deit_toy"]["gflops"], round(_vit_flops(197, 196, 64, 4, 4, 10) / 1e9, 3))
 
 
+def test_models_lists_every_registered_model(monkeypatch):
+    import cpvt_eval.cli_models as cli_models
+    from cpvt_eval.models import list_specs
+
+    monkeypatch.setattr(cli_models, "model_cost", lambda spec: (1, 0.5))  # the costs are tested above
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    names = [r["name"] for r in json.loads(result.stdout)]
+    assert names == [s.name for s in list_specs(include_demo=False)] and "cpvt_toy" not in names
+    assert {"cpvt_b_gap_plus", "deit_base_distilled_patch16_224", "twins_pcpvt_large"} <= set(names)
+    result = runner.invoke(app, ["models", "--all", "--json"])
+    assert "cpvt_toy" in [r["name"] for r in json.loads(result.stdout)]
+
+
+def test_model_cost_is_cached_in_the_user_cache(monkeypatch, tmp_path):
+    import cpvt_eval.cli_models as cli_models
+
+    monkeypatch.setenv("CPVT_EVAL_CACHE", str(tmp_path))
+    first = cli_models.model_cost(resolve("deit_toy"))
+    assert len(list((tmp_path / "model-cost").glob("*.json"))) == 1
+    import cpvt_eval.throughput as throughput
+
+    monkeypatch.setattr(throughput, "count_flops", lambda *a, **k: pytest.fail("recomputed, not read from cache"))
+    assert cli_models.model_cost(resolve("deit_toy")) == first
+
+
 def test_models_table_and_unknown_name():
     result = runner.invoke(app, ["models", "twins_svt_small", "cpvt_ti_plus"])
     assert result.exit_code == 0, result.output
