@@ -385,3 +385,30 @@ def test_cli_takes_a_pinned_url_and_refuses_a_malicious_pickle(http_root, imagef
     assert result.exit_code == 2 and not marker.exists()
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "refusing" in lines[0] and "Traceback" not in result.output
+
+
+def test_no_pe_ablation_loads_and_a_stray_pos_embed_can_be_dropped_by_request(tmp_path):
+    source = _model("deit_toy_nope", seed=1)
+    assert "pos_embed" not in source.state_dict()
+    with_pe = dict(source.state_dict(), pos_embed=torch.zeros(1, 197, 64))  # an APE left in by the training code
+    path = tmp_path / "nope.pth"
+    torch.save({"model": with_pe}, path)
+    with pytest.raises(CheckpointError, match="unexpected 1 key\\(s\\): pos_embed"):
+        load_checkpoint(_model("deit_toy_nope"), path)
+    target = _model("deit_toy_nope", seed=2)
+    report = load_checkpoint(target, path, drop=["pos_embed"])
+    assert report.dropped == ["pos_embed"] and "dropped pos_embed" in report.summary()
+    _assert_same_logits(source, target)
+    _assert_same_logits(source, target, size=96)
+
+
+def test_twins_checkpoint_in_its_own_layout_loads(tmp_path):
+    kw = dict(embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 2, 4], depths=[1, 1, 1, 1], num_classes=10)
+    source = _model("twins_svt_small", seed=1, **kw)
+    assert "pos_block.0.proj.0.weight" in source.state_dict()
+    path = tmp_path / "twins.pth"
+    torch.save({"model": source.state_dict()}, path)
+    target = _model("twins_svt_small", seed=2, **kw)
+    report = load_checkpoint(target, path)
+    assert report.renamed == []  # Twins' own PosConv keys are the model's keys
+    _assert_same_logits(source, target, size=224)
