@@ -21,6 +21,21 @@ from .models.posenc import APE_INTERPOLATIONS, PEOptions
 
 # Options that take several values after one flag (`--sizes 224 384 512`), as users type them.
 MULTI_VALUE_OPTIONS = {"--sizes", "-s", "--model", "-m"}
+# Options whose value may be left out (`--real-labels` alone): the value they then take.
+OPTIONAL_VALUE_OPTIONS = {"--real-labels": "timm"}
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """``--real-labels`` followed by nothing or by another option gets its default value."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--":
+            out.extend(args[i + 1 :])
+            break
+        if arg in OPTIONAL_VALUE_OPTIONS and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUE_OPTIONS[arg])
+    return out
 
 
 def expand_multi_value(args: list[str]) -> list[str]:
@@ -47,7 +62,7 @@ def expand_multi_value(args: list[str]) -> list[str]:
 
 class MultiValueCommand(TyperCommand):
     def parse_args(self, ctx, args):
-        return super().parse_args(ctx, expand_multi_value(list(args)))
+        return super().parse_args(ctx, expand_multi_value(fill_optional_values(list(args))))
 
 
 app = typer.Typer(
@@ -177,7 +192,7 @@ def resolution(
     data: Annotated[
         Optional[Path],
         typer.Option(
-            "--data", "-d", envvar="CPVT_EVAL_DATA", help="ImageNet val in ImageFolder layout (WordNet-id folders)."
+            "--data", "-d", envvar="CPVT_EVAL_DATA", help="ImageNet val: a folder in any --layout, or a manifest CSV."
         ),
     ] = None,
     checkpoint: Annotated[
@@ -214,6 +229,24 @@ def resolution(
     throughput_repeats: Annotated[int, typer.Option(min=1)] = 5,
     json_out: Annotated[bool, typer.Option("--json", help="Write the rows as JSON on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show checkpoint load reports.")] = False,
+    layout: Annotated[
+        str, typer.Option(help="Dataset layout: auto, imagefolder, flat, imagenetv2 (folders 0..999) or manifest.")
+    ] = "auto",
+    labels: Annotated[
+        Optional[Path],
+        typer.Option(help="Label file: devkit ground truth, Kaggle LOC_val_solution.csv or a path,label manifest."),
+    ] = None,
+    classes: Annotated[Optional[Path], typer.Option(help="File of WordNet ids: evaluate only these classes.")] = None,
+    real_labels: Annotated[
+        Optional[str],
+        typer.Option("--real-labels", metavar="[FILE]", help="Add ImageNet-ReaL top-1 (alone: the labels timm ships)."),
+    ] = None,
+    on_bad_image: Annotated[
+        str, typer.Option(help="stop: exit before any cell at the first bad file; skip: leave it out, record it.")
+    ] = "stop",
+    decode_draft: Annotated[
+        bool, typer.Option(help="Decode JPEGs at a reduced scale with PIL draft() (faster, changes pixels).")
+    ] = False,
 ) -> None:
     """Top-1/top-5 and images/s of each model at each size, without fine-tuning.
 
@@ -242,6 +275,12 @@ def resolution(
             pe=PEOptions(ape_interpolation=ape_interp, antialias=antialias, sincos=sincos),
             ema=ema,
             throughput=ThroughputConfig(enabled=throughput, batch_size=throughput_batch, repeats=throughput_repeats),
+            layout=layout,
+            labels=labels,
+            classes=classes,
+            real_labels=real_labels,
+            on_bad_image=on_bad_image,
+            decode_draft=decode_draft,
         )
         log = console.info if verbose else (lambda _m: None)
         outcome = run_resolution(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]])
@@ -274,4 +313,5 @@ def entry() -> None:
 
 # Subcommands that live in their own modules register themselves on `app` when imported here.
 # (one import per command module, keep sorted)
-from . import cli_models  # noqa: E402, F401
+from . import cli_check_data  # noqa: E402, F401, I001
+from . import cli_models  # noqa: E402, F401, I001

@@ -34,6 +34,12 @@ class RunConfig:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``fp32``, ``bf16`` or ``fp16`` (autocast).
         ema: take EMA weights (True), plain weights (False), or plain-if-present (None).
+        layout: dataset layout (``auto``, ``imagefolder``, ``flat``, ``imagenetv2``, ``manifest``).
+        labels: label file (devkit ground truth, Kaggle LOC_val_solution.csv or a path,label manifest).
+        classes: file of WordNet ids: evaluate only these classes.
+        real_labels: add ImageNet-ReaL top-1; ``"timm"`` for the copy timm ships, else a path.
+        on_bad_image: ``stop`` before any cell at the first bad file, or ``skip`` and record it.
+        decode_draft: let PIL decode JPEGs at a reduced DCT scale (faster, changes pixels; recorded).
     """
 
     models: tuple[str, ...]
@@ -52,3 +58,9 @@ class RunConfig:
     pe: PEOptions = PEOptions()
     ema: bool | None = None
     throughput: ThroughputConfig = ThroughputConfig()
+    layout: str = "auto"
+    labels: Path | None = None
+    classes: Path | None = None
+    real_labels: str | None = None
+    on_bad_image: str = "stop"
+    decode_draft: bool = False

@@ -136,3 +136,24 @@ def models_table(rows: list[dict]) -> Table:
             weights,
         )
     return table
+
+
+def print_data_check(summary: dict) -> None:
+    """``check-data``'s findings on stderr: a summary line, then every bad file and every odd one."""
+    full = "the full ImageNet validation set" if summary["full_val"] else "partial (not the full 50,000-image set)"
+    info(
+        f"{summary['root']}: {summary['layout']} layout, {summary['n_images']:,} images in "
+        f"{summary['n_classes']:,} classes, {full}, fingerprint {summary['fingerprint']}"
+        + (f", labels from {summary['label_source']}" if summary["label_source"] else "")
+    )
+    # Plain lines, one per file, so the list can be grepped and no path is cut by the terminal width.
+    if summary["problems"]:
+        err.print(f"[bold red]{len(summary['problems'])} bad file(s):[/]")
+        for item in summary["problems"]:
+            info(f"  {item['path']}: {item['problem']}")
+    if summary["notes"]:
+        info(f"{len(summary['notes'])} odd but valid file(s):")
+        for item in summary["notes"]:
+            info(f"  {item['path']}: {item['note']}")
+    if not summary["problems"]:
+        info("every image decodes")

@@ -108,4 +108,28 @@ def markdown_report(rows: list[ResultRow], title: str = "Resolution generalizati
         f"- versions: {first.versions}",
         "",
     ]
+    out += data_notes(rows)
     return "\n".join(out)
+
+
+def data_notes(rows: list[ResultRow]) -> list[str]:
+    """Markdown lines on how the data was read: layout and labels, skipped bad files, draft decoding, ReaL top-1."""
+    first = rows[0]
+    out = []
+    if first.layout:
+        out.append(
+            f"- layout `{first.layout}`" + (f", labels from `{first.label_source}`" if first.label_source else "")
+        )
+    if first.n_skipped:
+        out.append(f"- {first.n_skipped} bad image(s) skipped (listed in skipped.tsv): `{first.skipped_files}`")
+    if any(r.decode_draft for r in rows):
+        out.append("- JPEGs decoded with PIL draft() (reduced DCT scale): pixels differ from a full decode")
+    if out:
+        out.append("")
+    models, sizes, real = pivot(rows, "real_top1")
+    if any(v is not None for v in real.values()):
+        out += ["## ImageNet-ReaL top-1 (%)", ""]
+        body = [[m] + [_fmt(real.get((m, s)), ".2f") for s in sizes] for m in models]
+        out += [_md_table(["model"] + [f"{s}px" for s in sizes], body)]
+        out += ["", f"Images without a ReaL label are left out: {first.real_excluded} of {first.n_images}.", ""]
+    return out

@@ -61,6 +61,14 @@ class ResultRow:
     started_at: str
     duration_s: float
     extra: dict = field(default_factory=dict)
+    # The data layer's columns: how the set was read, which bad files were left out, ImageNet-ReaL top-1.
+    layout: str = ""
+    label_source: str = ""
+    skipped_files: str = ""  # ";"-separated relative paths of the images left out (n_skipped of them)
+    decode_draft: bool = False
+    real_top1: float | None = None
+    real_n: int | None = None  # images with ReaL labels (the denominator of real_top1)
+    real_excluded: int | None = None  # images without ReaL labels, left out of real_top1
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,7 +16,7 @@ import torch
 from . import report
 from .checkpoints import load_checkpoint
 from .config import RunConfig
-from .data import ImageSet, default_workers, open_dataset
+from .data import ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset, real_score
 from .engine import CellOutput, EvalModel, EvalSettings, Progress, sweep
 from .errors import CpvtEvalError, ModelError
 from .models.posenc import patch_size_of, pe_kind_of
@@ -176,11 +176,18 @@ def run_resolution(
     device = resolve_device(cfg.device)
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
-    image_set = open_dataset(cfg.data, cfg.limit)
+    image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes)
+    image_set.decode_draft = cfg.decode_draft
     log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
+    apply_bad_image_policy(
+        image_set, cfg.on_bad_image, default_workers() if cfg.workers is None else cfg.workers, progress
+    )
+    real = load_real_labels(cfg.real_labels).for_image_set(image_set) if cfg.real_labels else None
     models = prepare_models(cfg, device, log)
     store = RunStore(cfg.out)
     store.write_provenance(argv or [], str(device), {"config": _config_summary(cfg)})
+    if image_set.skipped:
+        store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
     store.write_text("load_reports.json", json.dumps({m.key: m.load_report for m in models}, indent=2) + "\n")
     settings = EvalSettings(
         device=device,
@@ -205,6 +212,7 @@ def run_resolution(
             ips = t.images_per_sec
             gflops = count_flops(m.module, cell.size, device)
         row = make_row(m, cell, cfg, image_set, device, started, ips, batch, gflops)
+        add_data_columns(row, cell, image_set, real)
         store.append(row)
         store.save_predictions(
             f"{m.key}_{cell.size}",
@@ -214,6 +222,20 @@ def run_resolution(
         write_reports(store)
         log(f"{m.key} @ {cell.size}px: top-1 {row.top1:.2f}%  top-5 {row.top5:.2f}%  ({cell.n} images)")
     return outcome
+
+
+def add_data_columns(row: ResultRow, cell: CellOutput, image_set: ImageSet, real: list | None) -> None:
+    """The data layer's columns of a row: layout, label source, skipped files, draft decoding, ReaL top-1."""
+    row.layout = image_set.layout
+    row.label_source = image_set.label_source
+    row.n_skipped = len(image_set.skipped)
+    row.skipped_files = ";".join(rel for rel, _ in image_set.skipped)
+    row.decode_draft = image_set.decode_draft
+    if real is not None:
+        score = real_score(real, cell.indices, cell.top5[:, 0])
+        row.real_top1 = None if score.top1 is None else round(score.top1, 4)
+        row.real_n = score.n
+        row.real_excluded = score.excluded
 
 
 def write_reports(store: RunStore) -> list[Path]:
@@ -232,6 +254,12 @@ def _config_summary(cfg: RunConfig) -> dict:
         "checkpoints": {k: str(v) for k, v in cfg.checkpoints.items()},
         "model_args": cfg.model_args,
         "limit": cfg.limit,
+        "layout": cfg.layout,
+        "labels": None if cfg.labels is None else str(cfg.labels),
+        "classes": None if cfg.classes is None else str(cfg.classes),
+        "real_labels": cfg.real_labels,
+        "on_bad_image": cfg.on_bad_image,
+        "decode_draft": cfg.decode_draft,
         "crop_pct": cfg.crop_pct,
         "interpolation": cfg.interpolation,
         "batch_size": cfg.batch_size,

@@ -202,6 +202,9 @@ def bad_inputs(tmp_path, imagefolder, toy_checkpoints):
     empty.mkdir()
     odd = tmp_path / "odd"
     (odd / "cats").mkdir(parents=True)
+    oddwnid = tmp_path / "oddwnid"
+    (oddwnid / "n99999999").mkdir(parents=True)
+    (oddwnid / "n99999999" / "a.JPEG").write_bytes(next((imagefolder / "n01440764").glob("*.JPEG")).read_bytes())
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     wrong = tmp_path / "wrong.pth"
@@ -212,6 +215,7 @@ def bad_inputs(tmp_path, imagefolder, toy_checkpoints):
     return {
         "empty": empty,
         "odd": odd,
+        "oddwnid": oddwnid,
         "junk": junk,
         "wrong": wrong,
         "data": imagefolder,
@@ -227,12 +231,13 @@ def bad_inputs(tmp_path, imagefolder, toy_checkpoints):
             ["-m", "cpvt_toy", "-s", "56", "--data", "{tmp}/nowhere", "-c", "{ckpt}"],
             "data directory not found",
         ),
-        ("empty data", ["-m", "cpvt_toy", "-s", "56", "--data", "{empty}", "-c", "{ckpt}"], "no class folders"),
+        ("empty data", ["-m", "cpvt_toy", "-s", "56", "--data", "{empty}", "-c", "{ckpt}"], "is empty"),
         (
             "unknown class",
             ["-m", "cpvt_toy", "-s", "56", "--data", "{odd}", "-c", "{ckpt}"],
-            "is not an ImageNet-1k class",
+            "folder cats is neither a WordNet id nor a class index",
         ),
+        ("unknown wnid", ["-m", "cpvt_toy", "-s", "56", "--data", "{oddwnid}", "-c", "{ckpt}"], "n99999999"),
         (
             "unreadable checkpoint",
             ["-m", "cpvt_toy", "-s", "56", "--data", "{data}", "-c", "{junk}"],

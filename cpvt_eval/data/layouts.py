@@ -1,0 +1,371 @@
+"""The layouts ImageNet validation sets come in, detected or forced, each read into the same ``ImageSet``.
+
+* ``imagefolder``: one folder per WordNet id (``n01440764/...``);
+* ``flat``: ``ILSVRC2012_val_00000001.JPEG`` ... in one folder; labels from the shipped per-image list, from
+  Kaggle's ``LOC_val_solution.csv``, or the shipped list checked against the devkit's ground truth;
+* ``imagenetv2``: integer folders ``0`` ... ``999`` naming the canonical index (numeric, not lexicographic);
+* ``manifest``: a CSV of ``path,label`` (label as WordNet id or index), paths relative to the CSV's folder.
+
+Every layout yields canonical indices, so the same images give the same (file -> label) map in each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from .labels import (
+    FULL_VAL_CLASSES,
+    FULL_VAL_IMAGES,
+    WNID,
+    find_label_file,
+    imagenet_synsets,
+    label_file_kind,
+    label_of_val_number,
+    read_label_file,
+    read_manifest,
+    read_wnid_list,
+    val_number,
+)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+LAYOUTS = ("auto", "imagefolder", "flat", "imagenetv2", "manifest")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: path relative to the dataset root, canonical class index."""
+
+    relpath: str
+    label: int
+
+    @property
+    def name(self) -> str:
+        return self.relpath.rsplit("/", 1)[-1]
+
+
+@dataclass
+class ImageSet:
+    """An indexed dataset: its root, its samples in a fixed order, and where it came from.
+
+    Attributes:
+        root: the folder sample paths are relative to.
+        samples: the images to evaluate, in a fixed order.
+        layout: one of ``imagefolder``, ``flat``, ``imagenetv2``, ``manifest``.
+        classes: index -> class name (WordNet id).
+        limit: the ``--limit`` applied, if any.
+        fingerprint: hash of the sorted relative paths, byte sizes and labels of ``samples``.
+        label_source: the label file the labels came from or were checked against (empty: the layout itself).
+        class_filter: the ``--classes`` file applied, if any.
+        skipped: ``(relative path, reason)`` of every bad image left out under ``--on-bad-image skip``.
+        decode_draft: JPEGs decoded with PIL's ``draft()`` (reduced DCT scale; changes pixels).
+    """
+
+    root: Path
+    samples: list[Sample]
+    layout: str
+    classes: tuple[str, ...]
+    limit: int | None = None
+    fingerprint: str = ""
+    label_source: str = ""
+    class_filter: str | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    decode_draft: bool = False
+
+    @property
+    def is_full_imagenet_val(self) -> bool:
+        if len(self.samples) != FULL_VAL_IMAGES:
+            return False
+        counts: dict[int, int] = {}
+        for s in self.samples:
+            counts[s.label] = counts.get(s.label, 0) + 1
+        return len(counts) == FULL_VAL_CLASSES and all(c == 50 for c in counts.values())
+
+    def label_map(self) -> dict[str, int]:
+        """File name -> canonical index (the view that must agree across layouts of the same images)."""
+        return {s.name: s.label for s in self.samples}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+def _more(items: list, shown: int = 1) -> str:
+    return f" (+{len(items) - shown} more)" if len(items) > shown else ""
+
+
+def _walk_images(folder: Path, root: Path) -> list[str]:
+    out = []
+    for dirpath, dirnames, files in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in files:
+            if _is_image(name):
+                out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+    return out
+
+
+def _check_root(root: Path) -> None:
+    if not root.exists():
+        raise DataError(f"data directory not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"data path is not a directory: {root}")
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def _top_images(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_file() and _is_image(e.name))
+
+
+def _manifests_in(root: Path) -> list[Path]:
+    out = []
+    for e in sorted(os.scandir(root), key=lambda e: e.name):
+        if e.is_file() and e.name.lower().endswith(".csv"):
+            try:
+                if label_file_kind(Path(e.path)) == "manifest":
+                    out.append(Path(e.path))
+            except DataError:
+                continue
+    return out
+
+
+def scan_imagefolder(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> ImageSet:
+    """Index an ImageFolder (one folder per class) with labels from the canonical class list.
+
+    Args:
+        root: the dataset directory.
+        classes: the canonical class names in index order (default: the ImageNet-1k WordNet ids). A folder
+            whose name is not among them is an error.
+    """
+    root = Path(root)
+    _check_root(root)
+    classes = classes or imagenet_synsets()
+    index = {c: i for i, c in enumerate(classes)}
+    folders = _class_folders(root)
+    if not folders:
+        raise DataError(f"no class folders in {root} (expected one folder per WordNet id, e.g. n01440764/)")
+    unknown = [f for f in folders if f not in index]
+    if unknown:
+        raise DataError(f"folder {root / unknown[0]} is not an ImageNet-1k class (WordNet id){_more(unknown)}")
+    samples = [Sample(rel, index[folder]) for folder in folders for rel in _walk_images(root / folder, root)]
+    if not samples:
+        raise DataError(f"no images found under {root}")
+    samples.sort(key=lambda s: s.relpath)
+    return ImageSet(root=root, samples=samples, layout="imagefolder", classes=tuple(classes))
+
+
+def scan_imagenetv2(root: str | os.PathLike) -> ImageSet:
+    """Integer folders ``0`` ... ``999``: the folder's number is the canonical index."""
+    root = Path(root)
+    _check_root(root)
+    folders = _class_folders(root)
+    if not folders:
+        raise DataError(f"no class folders in {root} (expected integer folders 0 ... 999)")
+    bad = [f for f in folders if not (f.isdigit() and str(int(f)) == f and int(f) < FULL_VAL_CLASSES)]
+    if bad:
+        raise DataError(f"folder {root / bad[0]} is not a class index 0 ... 999{_more(bad)}")
+    # Numeric order: folder "10" is class 10, whatever its place in a lexicographic listing.
+    samples = [Sample(rel, int(f)) for f in sorted(folders, key=int) for rel in sorted(_walk_images(root / f, root))]
+    if not samples:
+        raise DataError(f"no images found under {root}")
+    return ImageSet(root=root, samples=samples, layout="imagenetv2", classes=imagenet_synsets())
+
+
+def scan_flat(root: str | os.PathLike, labels: str | os.PathLike | None = None) -> ImageSet:
+    """``ILSVRC2012_val_*.JPEG`` in one folder, labelled by a Kaggle CSV, or by the shipped per-image list
+    (checked against the devkit's ground truth when that file is given or lies next to the images)."""
+    root = Path(root)
+    _check_root(root)
+    names = _top_images(root)
+    if not names:
+        raise DataError(f"no images in {root} (the flat layout expects ILSVRC2012_val_*.JPEG files)")
+    label_path = Path(labels) if labels is not None else find_label_file(root)
+    label_file = read_label_file(label_path) if label_path is not None else None
+    if label_file is not None and label_file.kind == "manifest":
+        raise DataError(f"{label_path} is a manifest: use --layout manifest (or leave --layout auto)")
+    samples = []
+    if label_file is not None and label_file.kind == "kaggle":
+        listed = label_file.by_name
+        present = set()
+        for name in names:
+            stem = name.rsplit(".", 1)[0]
+            if stem not in listed:
+                raise DataError(f"image {root / name} is not listed in {label_path}")
+            present.add(stem)
+            samples.append(Sample(name, listed[stem]))
+        missing = sorted(set(listed) - present)
+        if missing:
+            raise DataError(
+                f"{label_path} lists {len(missing)} image(s) that are not in {root}, e.g. {missing[0]}; "
+                "evaluate a subset with --limit or --classes instead"
+            )
+    else:
+        for name in names:
+            number = val_number(name)
+            if number is None:
+                raise DataError(f"image {root / name} has no label: flat images must be named ILSVRC2012_val_NNNNNNNN")
+            samples.append(Sample(name, label_of_val_number(number)))
+    return ImageSet(
+        root=root,
+        samples=samples,
+        layout="flat",
+        classes=imagenet_synsets(),
+        label_source=str(label_path) if label_path is not None else "",
+    )
+
+
+def scan_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageSet:
+    """A ``path,label`` CSV; paths relative to ``root`` (default: the CSV's folder). Every listed file must exist."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise DataError(f"manifest not found: {manifest}")
+    root = Path(root) if root is not None else manifest.parent
+    _check_root(root)
+    listed = read_manifest(manifest)
+    missing = [rel for rel in listed if not (root / rel).is_file()]
+    if missing:
+        raise DataError(f"{manifest} lists {root / missing[0]}, which does not exist{_more(missing)}")
+    samples = sorted((Sample(rel, label) for rel, label in listed.items()), key=lambda s: s.relpath)
+    return ImageSet(
+        root=root, samples=samples, layout="manifest", classes=imagenet_synsets(), label_source=str(manifest)
+    )
+
+
+def detect_layout(root: Path, labels: Path | None = None) -> str:
+    """The layout of ``root``: a manifest (given or found in the folder) wins, then class folders (WordNet ids
+    or integers), then images at the top level (flat)."""
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return "manifest"
+        raise DataError(f"data path is not a directory: {root}")
+    _check_root(root)
+    if labels is not None and label_file_kind(labels) == "manifest":
+        return "manifest"
+    if _manifests_in(root):
+        return "manifest"
+    folders = _class_folders(root)
+    top = _top_images(root)
+    if folders:
+        if all(WNID.match(f) for f in folders):
+            return "imagefolder"
+        if all(f.isdigit() for f in folders):
+            return "imagenetv2"
+        if not top:
+            odd = [f for f in folders if not WNID.match(f) and not f.isdigit()]
+            raise DataError(
+                f"cannot tell the layout of {root}: folder {odd[0]} is neither a WordNet id nor a class index "
+                "(use --layout, or --labels with a manifest)"
+            )
+    if top:
+        return "flat"
+    if not any(True for _ in os.scandir(root)):
+        raise DataError(f"data directory {root} is empty")
+    raise DataError(f"no images found in {root}")
+
+
+def scan(root: str | os.PathLike, layout: str = "auto", labels: str | os.PathLike | None = None) -> ImageSet:
+    """Index a dataset in the given (or detected) layout."""
+    root = Path(root)
+    labels = Path(labels) if labels is not None else None
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if labels is not None and not labels.is_file():
+        raise DataError(f"label file not found: {labels}")
+    if layout == "auto":
+        layout = detect_layout(root, labels)
+    if layout == "manifest":
+        if labels is not None:
+            if label_file_kind(labels) != "manifest":
+                raise DataError(f"--labels {labels} is not a manifest (a CSV with a path,label header)")
+            return scan_manifest(labels, root)
+        if root.is_file():
+            return scan_manifest(root)
+        _check_root(root)
+        found = _manifests_in(root)
+        if len(found) != 1:
+            what = "no manifest CSV" if not found else f"{len(found)} manifest CSVs"
+            raise DataError(f"{what} in {root}: pass the manifest with --labels FILE")
+        return scan_manifest(found[0], root)
+    if layout == "flat":
+        return scan_flat(root, labels)
+    if labels is not None:
+        raise DataError(f"--labels applies to the flat and manifest layouts; the {layout} layout is labelled by folder")
+    if layout == "imagenetv2":
+        return scan_imagenetv2(root)
+    return scan_imagefolder(root)
+
+
+def select_classes(image_set: ImageSet, classes_file: str | os.PathLike) -> None:
+    """Keep only the images of the classes (WordNet ids) listed in ``classes_file``."""
+    wanted = read_wnid_list(Path(classes_file))
+    present = {s.label for s in image_set.samples}
+    absent = [i for i in wanted if i not in present]
+    if absent:
+        raise DataError(
+            f"--classes {classes_file} names {imagenet_synsets()[absent[0]]}, which has no image in "
+            f"{image_set.root}{_more(absent)}"
+        )
+    keep = set(wanted)
+    image_set.samples = [s for s in image_set.samples if s.label in keep]
+    image_set.class_filter = str(classes_file)
+
+
+def stratified_subset(samples: list[Sample], limit: int) -> list[Sample]:
+    """The first ``limit`` samples of a round-robin over classes (each class in file-name order): deterministic,
+    as balanced as ``limit`` allows, and the same images whatever the layout. The result keeps the input order."""
+    if limit <= 0:
+        raise DataError(f"--limit must be positive, got {limit}")
+    if limit >= len(samples):
+        return list(samples)
+    by_class: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_class.setdefault(s.label, []).append(i)
+    queues = [sorted(by_class[k], key=lambda i: (samples[i].name, samples[i].relpath)) for k in sorted(by_class)]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < limit:
+        for q in queues:
+            if depth < len(q):
+                chosen.append(q[depth])
+                if len(chosen) == limit:
+                    break
+        depth += 1
+    return [samples[i] for i in sorted(chosen)]
+
+
+def fingerprint(image_set: ImageSet) -> str:
+    """A short hash of the sorted relative paths, byte sizes and labels: the same files give the same value."""
+    digest = hashlib.sha256()
+    for s in sorted(image_set.samples, key=lambda s: s.relpath):
+        try:
+            size = (image_set.root / s.relpath).stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"image not found: {image_set.root / s.relpath}") from None
+        digest.update(f"{s.relpath}\t{size}\t{s.label}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def open_dataset(
+    root: str | os.PathLike,
+    limit: int | None = None,
+    layout: str = "auto",
+    labels: str | os.PathLike | None = None,
+    classes: str | os.PathLike | None = None,
+) -> ImageSet:
+    """Index ``root`` in its layout, keep ``--classes``, apply ``--limit``, and fingerprint the result."""
+    image_set = scan(root, layout, labels)
+    if classes is not None:
+        select_classes(image_set, classes)
+    if limit is not None:
+        image_set.samples = stratified_subset(image_set.samples, limit)
+        image_set.limit = limit
+    image_set.fingerprint = fingerprint(image_set)
+    return image_set
