@@ -19,7 +19,9 @@ import hashlib
 import os
 import pickle
 import re
+import socket
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -439,15 +441,42 @@ def _hub_error(e: Exception) -> str:
     return text[0] if text else type(e).__name__
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub endpoint cannot be reached (name lookup or TCP connect), or None when it can.
+
+    The hub client retries a failing request with back-off for most of a minute; asking first keeps a machine
+    without network to an error within seconds. The lookup runs in a thread so a slow resolver cannot stall it.
+    """
+    import huggingface_hub.constants
+
+    url = urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def attempt():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(f"{host}:{port} unreachable ({e.strerror or e})")
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout + 2.0)
+    return outcome[0] if outcome else f"{host}:{port} did not answer within {timeout + 2.0:.0f} s"
+
+
 def fetch_hf_hub(repo: str, filename: str | None = None, cache: str | os.PathLike | None = None) -> Path:
     """A file of a Hugging Face Hub repo (``model.safetensors``, else ``pytorch_model.bin`` when not named).
 
-    Offline, only the hub cache is looked at (``local_files_only``), so a missing file fails at once.
+    Offline, or when the hub cannot be reached, only the hub cache is looked at (``local_files_only``), so a
+    missing file fails at once.
     """
     from huggingface_hub import hf_hub_download
 
     names = (filename,) if filename else ("model.safetensors", "pytorch_model.bin")
     offline = is_offline()
+    unreachable = None if offline else hub_unreachable()
     last: Exception | None = None
     for name in names:
         try:
@@ -456,7 +485,7 @@ def fetch_hf_hub(repo: str, filename: str | None = None, cache: str | os.PathLik
                     repo,
                     filename=name,
                     cache_dir=cache,
-                    local_files_only=offline,
+                    local_files_only=offline or unreachable is not None,
                     etag_timeout=DOWNLOAD_TIMEOUT_S,
                 )
             )
@@ -469,6 +498,8 @@ def fetch_hf_hub(repo: str, filename: str | None = None, cache: str | os.PathLik
                 break
     if offline:
         reason = f"offline and not in the hub cache ({', '.join(names)})"
+    elif unreachable:
+        reason = f"hub {unreachable} and not in the hub cache ({', '.join(names)})"
     else:
         reason = f"hub: {_hub_error(last)}"
     raise CheckpointError(f"cannot get {repo}: {reason}; pass a local file with --checkpoint NAME=PATH")

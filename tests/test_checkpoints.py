@@ -412,3 +412,27 @@ def test_twins_checkpoint_in_its_own_layout_loads(tmp_path):
     report = load_checkpoint(target, path)
     assert report.renamed == []  # Twins' own PosConv keys are the model's keys
     _assert_same_logits(source, target, size=224)
+
+
+def test_unreachable_hub_uses_the_cache_or_fails_at_once(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from cpvt_eval.checkpoints import hub_unreachable
+
+    with socket.socket() as s:  # a port nobody listens on stands for a machine without network
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert "unreachable" in hub_unreachable()
+    with pytest.raises(CheckpointError, match=f"hub 127.0.0.1:{port} unreachable .*not in the hub cache"):
+        fetch_hf_hub("someone/absent")
+    _fake_hub_cache(cache, "someone/present", {"model.safetensors": b"w"})
+    assert fetch_hf_hub("someone/present").read_bytes() == b"w"
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        assert hub_unreachable() is None
