@@ -19,7 +19,7 @@ from .config import RunConfig
 from .data import ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset, real_score
 from .engine import CellOutput, EvalModel, EvalSettings, Progress, sweep
 from .errors import CpvtEvalError, ModelError
-from .models.posenc import patch_size_of, pe_kind_of
+from .models.posenc import check_runs_at, patch_size_of, pe_kind_of
 from .models.registry import ModelSpec, resolve
 from .results import ResultRow, RunStore, format_ci, now_iso, versions_string
 from .throughput import count_flops, measure_throughput
@@ -162,6 +162,7 @@ def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> l
     for name, spec in zip(cfg.models, specs, strict=True):
         m = build_model(name, canonical_ckpt.get(spec.name), canonical_args.get(spec.name), device, cfg.ema, log)
         check_sizes(cfg.sizes, patch_size_of(m.module), spec.name)
+        check_runs_at(m.module, cfg.sizes)
         models.append(m)
     return models
 

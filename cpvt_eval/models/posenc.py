@@ -230,6 +230,14 @@ def _probe(model: nn.Module, size: int) -> None:
         raise ModelError(f"{name} cannot run at {size}px without changes this tool does not make: {detail}") from None
 
 
+def check_runs_at(model: nn.Module, sizes) -> None:
+    """Before any data pass: a model of another family (a timm model by name) must run at every size asked for,
+    so that a sweep does not stop at its last size after hours of work. Known families are not run here."""
+    if not _runs_anywhere(model):
+        for size in sizes:
+            _probe(model, size)
+
+
 def adapt_to_size(model: nn.Module, size: int, options: PEOptions = PEOptions()) -> str:
     """Prepare ``model`` for ``size`` px inputs in place; return the PE policy name recorded in result rows.
 
