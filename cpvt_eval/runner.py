@@ -254,6 +254,7 @@ def _config_summary(cfg: RunConfig) -> dict:
         "data": str(cfg.data),
         "checkpoints": {k: str(v) for k, v in cfg.checkpoints.items()},
         "model_args": cfg.model_args,
+        "ema": cfg.ema,
         "limit": cfg.limit,
         "layout": cfg.layout,
         "labels": None if cfg.labels is None else str(cfg.labels),

@@ -343,6 +343,7 @@ def test_model_args_and_load_report_are_recorded_with_the_results(imagefolder, t
     report = json.loads((out / "load_reports.json").read_text())["cpvt_toy"]
     assert report["ema"] is True and report["nested_under"] == "model_ema" and len(report["renamed"]) == 4
     assert report["sha256"] == row["checkpoint_sha256"]
+    assert json.loads((out / "provenance.json").read_text())["config"]["ema"] is True
 
 
 def test_timm_model_that_cannot_run_at_a_size_stops_before_any_data_pass(imagefolder, tmp_path):
