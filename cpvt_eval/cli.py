@@ -222,7 +222,11 @@ def resolution(
     ] = [],
     ema: Annotated[
         Optional[bool],
-        typer.Option("--ema/--no-ema", help="Take EMA weights from training checkpoints [default: plain if present]."),
+        typer.Option(
+            "--ema/--no-ema",
+            help="Take the EMA weights (model_ema, state_dict_ema) or the plain ones; unset: plain when both exist. "
+            "Recorded in load_reports.json.",
+        ),
     ] = None,
     throughput: Annotated[bool, typer.Option(help="Measure model-only images/s per cell.")] = True,
     throughput_batch: Annotated[Optional[int], typer.Option(min=1, help="[default: --batch-size]")] = None,

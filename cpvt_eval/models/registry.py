@@ -29,7 +29,7 @@ class ModelSpec:
         family: ``cpvt``, ``deit``, ``twins``, ``demo`` or ``timm``.
         pe: position encoding label, as in the published-results table (``ape-learned``, ``peg-0``, ...).
         native_size: the training resolution; the reference point of "change from native" columns.
-        patch_size: the patch size (sizes must be multiples of it); 0 when not a single-patch model.
+        patch_size: what sizes must be multiples of: the patch size, or a pyramid's total stride (Twins: 32).
         aliases: short names that resolve to ``name``.
         default_weights: timm pretrained tag loaded when no checkpoint is given, or None (a checkpoint is needed).
         create_kwargs: keyword arguments for ``timm.create_model`` (fixed by the spec).
