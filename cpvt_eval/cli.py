@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand
 
-from . import console
+from . import console, distributed
 from .config import RunConfig, ThroughputConfig
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, CpvtEvalError
 from .models.posenc import APE_INTERPOLATIONS, PEOptions
@@ -287,13 +287,20 @@ def resolution(
             decode_draft=decode_draft,
         )
         log = console.info if verbose else (lambda _m: None)
-        outcome = run_resolution(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]])
-        rows = outcome.store.rows()
-        if json_out:
-            print(json.dumps([r.to_dict() for r in rows], indent=2))
-        else:
-            console.print_results(rows)
-            console.info(f"results: {outcome.store.root / 'results.csv'}, {outcome.store.root / 'results.md'}")
+        # Under torchrun every process runs this command; only rank 0 reports. The session is left only after
+        # rank 0 has printed (its result or the error of any rank).
+        with distributed.session(cfg.device) as dist, guarded():
+            if not dist.is_main:
+                console.silence()
+            outcome = run_resolution(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]], dist=dist)
+            if outcome.store is None:
+                return
+            rows = outcome.store.rows()
+            if json_out:
+                print(json.dumps([r.to_dict() for r in rows], indent=2))
+            else:
+                console.print_results(rows)
+                console.info(f"results: {outcome.store.root / 'results.csv'}, {outcome.store.root / 'results.md'}")
 
 
 def _check_dtype(dtype: str) -> str:

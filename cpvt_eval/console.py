@@ -28,6 +28,12 @@ def error(message: str) -> None:
     err.print(f"[bold red]error:[/] {first}", soft_wrap=True, markup=True)
 
 
+def silence() -> None:
+    """Mute messages and tables (the processes other than rank 0 of a torchrun job)."""
+    err.quiet = True
+    out.quiet = True
+
+
 def info(message: str) -> None:
     err.print(message, soft_wrap=True, markup=False)
 

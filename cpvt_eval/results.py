@@ -60,6 +60,13 @@ class ResultRow:
     versions: str
     started_at: str
     duration_s: float
+    # Scale-out: processes of the run; how images_per_sec was measured ("model-only": the model alone on one
+    # device; "model-only per rank": the same on rank 0's device of a torchrun job); the data-parallel rate of
+    # the whole pass (images / wall time of the data pass at this size, all processes, decode and every model of
+    # the pass included). The two figures answer different questions and are never mixed in one column.
+    world_size: int = 1
+    throughput_scope: str = ""
+    aggregate_images_per_sec: float | None = None
     extra: dict = field(default_factory=dict)
     # The data layer's columns: how the set was read, which bad files were left out, ImageNet-ReaL top-1.
     layout: str = ""

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import torch
 
-from . import report
+from . import distributed, report
 from .checkpoints import load_checkpoint
 from .config import RunConfig
 from .data import ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset, real_score
+from .distributed import DistContext
 from .engine import CellOutput, EvalModel, EvalSettings, Progress, sweep
 from .errors import CpvtEvalError, ModelError
 from .models.posenc import check_runs_at, patch_size_of, pe_kind_of
@@ -93,7 +94,7 @@ def _pe_label(m: EvalModel) -> str:
 
 @dataclass
 class RunOutcome:
-    store: RunStore
+    store: RunStore | None  # None on the ranks other than 0 of a torchrun job
     rows: list[ResultRow] = field(default_factory=list)
 
 
@@ -172,9 +173,27 @@ def run_resolution(
     progress: Progress | None = None,
     log: Log = _quiet,
     argv: list[str] | None = None,
+    dist: DistContext | None = None,
 ) -> RunOutcome:
-    """Evaluate every model at every size of ``cfg`` and write the run directory. Returns the rows."""
-    device = resolve_device(cfg.device)
+    """Evaluate every model at every size of ``cfg`` and write the run directory. Returns the rows.
+
+    Under torchrun every process calls this: each evaluates its shard, rank 0 gathers the predictions and alone
+    writes the run directory, reports progress and logs; the other ranks return an outcome without a store.
+    ``dist`` is the caller's ``distributed.session``; without one the call opens its own.
+    """
+    if dist is None:
+        with distributed.session(cfg.device) as dist:
+            return run_resolution(cfg, progress, log, argv, dist)
+    if not dist.is_main:
+        progress, log = None, _quiet
+    with dist.shared_failures():
+        return _run_resolution(cfg, progress, log, argv, dist)
+
+
+def _run_resolution(
+    cfg: RunConfig, progress: Progress | None, log: Log, argv: list[str] | None, dist: DistContext
+) -> RunOutcome:
+    device = dist.device if dist.enabled else resolve_device(cfg.device)
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
     image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes)
@@ -185,15 +204,19 @@ def run_resolution(
     )
     real = load_real_labels(cfg.real_labels).for_image_set(image_set) if cfg.real_labels else None
     models = prepare_models(cfg, device, log)
-    store = RunStore(cfg.out)
-    store.write_provenance(argv or [], str(device), {"config": _config_summary(cfg)})
-    if image_set.skipped:
-        store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
-    store.write_text("load_reports.json", json.dumps({m.key: m.load_report for m in models}, indent=2) + "\n")
+    store = RunStore(cfg.out) if dist.is_main else None
+    dist.check_inputs(image_set, models)
+    if store is not None:
+        store.write_provenance(
+            argv or [], str(device), {"config": _config_summary(cfg), "distributed": dist.describe()}
+        )
+        if image_set.skipped:
+            store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
+        store.write_text("load_reports.json", json.dumps({m.key: m.load_report for m in models}, indent=2) + "\n")
     settings = EvalSettings(
         device=device,
         batch_size=cfg.batch_size,
-        workers=default_workers() if cfg.workers is None else cfg.workers,
+        workers=default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers,
         crop_pct=cfg.crop_pct,
         interpolation=cfg.interpolation,
         dtype=cfg.dtype,
@@ -202,7 +225,8 @@ def run_resolution(
     by_key = {m.key: m for m in models}
     outcome = RunOutcome(store=store)
     started = now_iso()
-    for cell in sweep(models, image_set, cfg.sizes, settings, progress):
+    shard = dist.shard(image_set, cfg.batch_size)
+    for cell in dist.gather_cells(sweep(models, shard.image_set, cfg.sizes, settings, progress), shard):
         m = by_key[cell.model]
         ips = batch = gflops = None
         if cfg.throughput.enabled:
@@ -214,6 +238,7 @@ def run_resolution(
             gflops = count_flops(m.module, cell.size, device)
         row = make_row(m, cell, cfg, image_set, device, started, ips, batch, gflops)
         add_data_columns(row, cell, image_set, real)
+        _scale_out_columns(row, cell, dist)
         store.append(row)
         store.save_predictions(
             f"{m.key}_{cell.size}",
@@ -237,6 +262,15 @@ def add_data_columns(row: ResultRow, cell: CellOutput, image_set: ImageSet, real
         row.real_top1 = None if score.top1 is None else round(score.top1, 4)
         row.real_n = score.n
         row.real_excluded = score.excluded
+
+
+def _scale_out_columns(row: ResultRow, cell: CellOutput, dist: DistContext) -> None:
+    """Say how the speed figures were measured, keeping the model-only and the data-parallel figures apart."""
+    row.world_size = dist.world_size
+    if row.images_per_sec is not None:
+        row.throughput_scope = "model-only per rank" if dist.enabled else "model-only"
+    if cell.duration_s > 0:
+        row.aggregate_images_per_sec = round(cell.n / cell.duration_s, 2)
 
 
 def write_reports(store: RunStore) -> list[Path]:

@@ -144,13 +144,13 @@ class EvalDataset(Dataset):
         return self.transform(img), s.label, i
 
 
-def default_workers() -> int:
-    """Data workers sized to the cores this process may use."""
+def default_workers(processes: int = 1) -> int:
+    """Data workers sized to the cores this process may use, shared among ``processes`` on the same node."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return max(0, min(8, cores))
+    return max(0, min(8, cores // max(1, processes)))
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
