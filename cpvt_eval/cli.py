@@ -144,7 +144,7 @@ def parse_checkpoints(values: list[str], models: tuple[str, ...]) -> dict[str, s
     out: dict[str, str] = {}
     for value in values:
         name, sep, path = value.partition("=")
-        if not sep or "/" in name or os.sep in name or not name:
+        if not sep or "/" in name or os.sep in name or "#" in name or not name:  # '#': PATH#drop=... fragment
             if len(models) != 1:
                 raise CpvtEvalError(f"--checkpoint {value}: with several models, write NAME=PATH")
             name, path = models[0], value
@@ -216,7 +216,14 @@ def resolution(
         ),
     ] = None,
     checkpoint: Annotated[
-        list[str], typer.Option("--checkpoint", "-c", help="NAME=PATH (or PATH with one model): .pth/.pt/.safetensors.")
+        list[str],
+        typer.Option(
+            "--checkpoint",
+            "-c",
+            help="NAME=SOURCE (or SOURCE with one model): a .pth/.pt/.safetensors file, an https:// URL (cached; "
+            "#sha256=<hex> pins it), hf-hub:org/name, or a timm tag like deit_tiny_patch16_224.fb_in1k; "
+            "#drop=<glob>,... leaves keys out.",
+        ),
     ] = [],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory [default: runs/<models>].")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Deterministic class-stratified subset of N images.")] = None,
@@ -235,7 +242,11 @@ def resolution(
     ] = [],
     ema: Annotated[
         Optional[bool],
-        typer.Option("--ema/--no-ema", help="Take EMA weights from training checkpoints [default: plain if present]."),
+        typer.Option(
+            "--ema/--no-ema",
+            help="Take the EMA weights (model_ema, state_dict_ema) or the plain ones; unset: plain when both exist. "
+            "Recorded in load_reports.json.",
+        ),
     ] = None,
     throughput: Annotated[bool, typer.Option(help="Measure model-only images/s per cell.")] = True,
     throughput_batch: Annotated[Optional[int], typer.Option(min=1, help="[default: --batch-size]")] = None,
@@ -336,40 +347,6 @@ def _check_dtype(dtype: str) -> str:
     return dtype
 
 
-@app.command("models")
-def models_cmd(
-    all_models: Annotated[bool, typer.Option("--all", help="Include the offline demo's toy models.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Write the list as JSON on stdout.")] = False,
-) -> None:
-    """List registered models with PE kind, parameter count, native size and default weights.
-
-    Example: cpvt-eval models --json
-    """
-    from .models.registry import list_specs
-    from .runner import count_params
-
-    with guarded():
-        specs = list_specs(include_demo=all_models)
-        params = {s.name: count_params(s) for s in specs}
-        if json_out:
-            rows = [
-                {
-                    "name": s.name,
-                    "aliases": list(s.aliases),
-                    "family": s.family,
-                    "pe": s.pe,
-                    "params": params[s.name],
-                    "native_size": s.native_size,
-                    "patch_size": s.patch_size,
-                    "default_weights": s.default_weights,
-                }
-                for s in specs
-            ]
-            print(json.dumps(rows, indent=2))
-        else:
-            console.out.print(console.models_table(specs, params))
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``cpvt-eval`` and ``python -m cpvt_eval``; returns the exit code."""
     try:
@@ -387,4 +364,5 @@ def entry() -> None:
 # (one import per command module, keep sorted)
 from . import cli_check_data  # noqa: E402, F401, I001
 from . import cli_compare  # noqa: E402, F401
+from . import cli_models  # noqa: E402, F401
 from . import cli_report  # noqa: E402, F401

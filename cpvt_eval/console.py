@@ -116,26 +116,30 @@ def print_results(rows) -> None:
     err.print(results_table(rows))
 
 
-def models_table(specs, params: dict[str, int]) -> Table:
-    table = Table(title="registered models", title_style="bold")
-    for col, justify in (
-        ("name", "left"),
-        ("aliases", "left"),
-        ("PE", "left"),
-        ("params", "right"),
-        ("native", "right"),
-        ("default weights", "left"),
-    ):
-        table.add_column(col, justify=justify)
-    for s in specs:
-        p = params.get(s.name)
+def models_table(rows: list[dict]) -> Table:
+    """The rows of ``cpvt-eval models``: one line per model, aliases under the name, the grade under top-1."""
+    table = Table(title="models (GFLOPs at the native size, attention included)", title_style="bold")
+    table.add_column("name", no_wrap=True)
+    table.add_column("PE", overflow="fold")
+    table.add_column("params", justify="right")
+    table.add_column("GFLOPs", justify="right")
+    table.add_column("native", justify="right")
+    table.add_column("paper top-1", justify="right", overflow="fold")
+    table.add_column("default weights", overflow="fold")  # a reference table: fold, never cut a name short
+    for r in rows:
+        top1 = r["published_top1"]
+        name = r["name"] + (f"\n({', '.join(r['aliases'])})" if r["aliases"] else "")
+        weights = r["default_weights"] or "checkpoint needed"
+        if weights.startswith(r["name"] + "."):
+            weights = weights[len(r["name"]) :]  # the tag: the full name is in the first column
         table.add_row(
-            s.name,
-            ", ".join(s.aliases),
-            s.pe,
-            f"{p / 1e6:.2f}M" if p else "",
-            str(s.native_size),
-            s.default_weights or "checkpoint needed",
+            name,
+            r["pe"],
+            f"{r['params'] / 1e6:.2f}M",
+            f"{r['gflops']:.2f}",
+            str(r["native_size"]),
+            f"{top1:.1f}\n{r['published_confidence']}" if top1 is not None else "–",
+            weights,
         )
     return table
 

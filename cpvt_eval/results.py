@@ -84,6 +84,7 @@ class ResultRow:
     label_source: str = ""
     skipped_files: str = ""  # ";"-separated relative paths of the images left out (n_skipped of them)
     decode_draft: bool = False
+    ema: bool = False  # the checkpoint's EMA weights were evaluated (same file, other weights)
     real_top1: float | None = None
     real_n: int | None = None  # images with ReaL labels (the denominator of real_top1)
     real_excluded: int | None = None  # images without ReaL labels, left out of real_top1
@@ -119,6 +120,7 @@ KEY_FIELDS = (
     "dataset_fingerprint",
     "limit",
     "decode_draft",
+    "ema",
 )
 
 
@@ -135,6 +137,7 @@ def cell_key(
     dataset_fingerprint: str,
     limit: int | None,
     decode_draft: bool = False,
+    ema: bool = False,
 ) -> str:
     """A short stable hash of the fields that define a cell (``KEY_FIELDS``)."""
     payload = {
@@ -151,6 +154,8 @@ def cell_key(
     }
     if decode_draft:  # draft() decoding changes pixels; absent otherwise so that existing keys stay the same
         payload["decode_draft"] = True
+    if ema:  # EMA weights of the same file are other weights
+        payload["ema"] = True
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

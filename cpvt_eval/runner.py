@@ -9,6 +9,7 @@ skips the cells whose key (``results.cell_key``) is already stored.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,13 @@ from pathlib import Path
 import torch
 
 from . import distributed, report
-from .checkpoints import fetch_pretrained, load_checkpoint
+from .checkpoints import load_checkpoint
 from .config import RunConfig
 from .data import ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset, real_score
 from .distributed import DistContext
 from .engine import CellOutput, EvalModel, EvalSettings, Progress, sweep
 from .errors import CpvtEvalError, ModelError
-from .models.posenc import PEOptions, patch_size_of, pe_kind_of
+from .models.posenc import PEOptions, check_runs_at, patch_size_of, pe_kind_of
 from .models.registry import ModelSpec, resolve
 from .results import (
     ResultRow,
@@ -79,9 +80,7 @@ def build_model(
     if checkpoint:
         load = load_checkpoint(module, checkpoint, ema=ema)
     elif spec.default_weights:
-        path = fetch_pretrained(spec.default_weights)
-        load = load_checkpoint(module, path, ema=ema)
-        load.source = f"timm:{spec.default_weights}"
+        load = load_checkpoint(module, f"timm:{spec.default_weights}", ema=ema)
     else:
         raise ModelError(f"{spec.name} has no published weights: pass a checkpoint with --checkpoint {name}=PATH")
     log(f"{spec.name}: loaded {load.summary()}")
@@ -161,6 +160,7 @@ def make_row(
         pe_options=pe_options_of(m, cfg.pe),
         native_size=m.spec.native_size,
         predictions=predictions,
+        ema=bool(m.load_report.get("ema")),
     )
 
 
@@ -196,6 +196,7 @@ def key_of(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet) -> str:
         dataset_fingerprint=image_set.fingerprint,
         limit=image_set.limit,
         decode_draft=image_set.decode_draft,
+        ema=bool(m.load_report.get("ema")),
     )
 
 
@@ -230,6 +231,7 @@ def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> l
     for name, spec in zip(cfg.models, specs, strict=True):
         m = build_model(name, canonical_ckpt.get(spec.name), canonical_args.get(spec.name), device, cfg.ema, log)
         check_sizes(cfg.sizes, patch_size_of(m.module), spec.name)
+        check_runs_at(m.module, cfg.sizes)
         models.append(m)
     return models
 
@@ -325,6 +327,7 @@ class _Job:
             store.record_provenance(record)
             if image_set.skipped:
                 store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
+            store.write_text("load_reports.json", json.dumps({m.key: m.load_report for m in models}, indent=2) + "\n")
         settings = EvalSettings(
             device=device,
             batch_size=cfg.batch_size,
@@ -409,6 +412,7 @@ def _config_summary(cfg: RunConfig) -> dict:
         "data": str(cfg.data),
         "checkpoints": {k: str(v) for k, v in cfg.checkpoints.items()},
         "model_args": cfg.model_args,
+        "ema": cfg.ema,
         "limit": cfg.limit,
         "layout": cfg.layout,
         "labels": None if cfg.labels is None else str(cfg.labels),

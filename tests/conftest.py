@@ -67,3 +67,9 @@ def cell_predictions(run_dir, model: str, size: int) -> dict:
     store = RunStore(run_dir)
     (row,) = [r for r in store.rows() if r.model == model and r.img_size == size]
     return {k: torch.from_numpy(v.astype("int64")) for k, v in store.load_predictions(row).items()}
+
+
+@pytest.fixture(autouse=True)
+def _user_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Downloads and cached model costs go to a per-session temp dir, never the user's real cache."""
+    monkeypatch.setenv("CPVT_EVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cpvt-eval-cache"))

@@ -292,7 +292,7 @@ def test_bad_input_is_one_line_and_exit_2(case, args, message, bad_inputs, tmp_p
 
 
 def test_models_command_lists_name_pe_and_params():
-    result = runner.invoke(app, ["models", "--json"])
+    result = runner.invoke(app, ["models", "cpvt_ti", "deit_ti", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["cpvt_ti"]["params"] == 5_681_512 and rows["cpvt_ti"]["pe"] == "peg-0"

@@ -120,6 +120,7 @@ def test_every_key_field_changes_the_key(name):
         "dataset_fingerprint": "e" * 16,
         "limit": 8,
         "decode_draft": True,
+        "ema": True,
     }[name]
     assert row_key(replace(row, **{name: changed})) != row_key(row)
 

@@ -82,15 +82,23 @@ def resample_abs_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
-def sincos_2d_pos_embed(dim: int, grid: tuple[int, int], temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding ``(1, H*W, dim)`` in the MoCo v3 layout.
+SINCOS_ORDERS = ("rc", "cr")
 
-    Tokens run row-major over the ``(H, W)`` grid. Channels are four quarters
-    ``[sin(r * w_k), cos(r * w_k), sin(c * w_k), cos(c * w_k)]`` with ``r`` the row, ``c`` the column and
-    ``w_k = 1 / temperature ** (k / (dim / 4))``. Computed in float64 and returned as float32.
+
+def sincos_2d_pos_embed(
+    dim: int, grid: tuple[int, int], temperature: float = 10000.0, order: str = "rc"
+) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding ``(1, H*W, dim)``.
+
+    Tokens run row-major over the ``(H, W)`` grid. With ``order="rc"`` (MoCo v3 layout) the channels are four
+    quarters ``[sin(r * w_k), cos(r * w_k), sin(c * w_k), cos(c * w_k)]`` with ``r`` the row, ``c`` the column and
+    ``w_k = 1 / temperature ** (k / (dim / 4))``; ``order="cr"`` (MAE layout) puts the column quarters first.
+    Computed in float64 and returned as float32.
     """
     if dim % 4:
         raise ModelError(f"sin-cos position embedding needs a dim divisible by 4, got {dim}")
+    if order not in SINCOS_ORDERS:
+        raise ModelError(f"unknown sin-cos channel order {order!r}; choose one of {', '.join(SINCOS_ORDERS)}")
     h, w = grid
     rows, cols = torch.meshgrid(
         torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
@@ -99,8 +107,29 @@ def sincos_2d_pos_embed(dim: int, grid: tuple[int, int], temperature: float = 10
     omega = 1.0 / temperature ** (torch.arange(pos_dim, dtype=torch.float64) / pos_dim)
     out_r = rows.flatten()[:, None] * omega[None, :]
     out_c = cols.flatten()[:, None] * omega[None, :]
-    emb = torch.cat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], dim=1)
+    first, second = (out_r, out_c) if order == "rc" else (out_c, out_r)
+    emb = torch.cat([first.sin(), first.cos(), second.sin(), second.cos()], dim=1)
     return emb.float().unsqueeze(0)
+
+
+def sincos_order_of(table: torch.Tensor, grid: tuple[int, int], atol: float = 1e-3) -> str:
+    """Which channel order a loaded sin-cos table ``(1, H*W, D)`` uses; an error when it is neither.
+
+    Regenerating a table in another layout than the one the model was trained with would silently scramble
+    positions, so a table that matches no known layout is refused (``--sincos resample`` still works).
+    ``atol`` leaves room for tables stored in half precision.
+    """
+    best = None
+    for order in SINCOS_ORDERS:
+        ref = sincos_2d_pos_embed(table.shape[-1], grid, order=order)
+        diff = float((table.detach().float().cpu() - ref).abs().max())
+        if diff <= atol:
+            return order
+        best = diff if best is None else min(best, diff)
+    raise ModelError(
+        f"the model's sin-cos position table is not the 2-D sin-cos formula at {grid[0]}x{grid[1]} "
+        f"(max difference {best:.3g}); it cannot be regenerated exactly, use --sincos resample"
+    )
 
 
 @dataclass(frozen=True)
@@ -120,13 +149,24 @@ class PEOptions:
             raise ModelError(f"--sincos must be 'regenerate' or 'resample', got {self.sincos!r}")
 
 
+def _side(value) -> int:
+    return int(value[0] if isinstance(value, (tuple, list)) else value)
+
+
 def patch_size_of(model: nn.Module) -> int:
-    """The (square) patch size of a timm-style model, or 0 when it has no single patch embedding."""
+    """What every input size must be a multiple of: the patch size of a ViT-style model, the total stride of the
+    patch embeddings of a pyramid model (Twins: 4*2*2*2 = 32), or 0 when there is no patch embedding."""
+    stages = getattr(model, "patch_embeds", None)
+    if isinstance(stages, nn.ModuleList) and len(stages):
+        total = 1
+        for stage in stages:
+            total *= _side(getattr(stage, "patch_size", 1))
+        return total
     pe = getattr(model, "patch_embed", None)
     ps = getattr(pe, "patch_size", None)
     if ps is None:
         return 0
-    return int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+    return _side(ps)
 
 
 def grid_of(model: nn.Module) -> tuple[int, int] | None:
@@ -167,25 +207,63 @@ def _set_patch_grid(model: nn.Module, size: int, grid: tuple[int, int]) -> None:
         pe.strict_img_size = False
 
 
+def _runs_anywhere(model: nn.Module) -> bool:
+    """Model classes whose forward is known to take any size that is a multiple of ``patch_size_of``."""
+    from timm.models.twins import Twins
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, (VisionTransformer, Twins))
+
+
+def _probe(model: nn.Module, size: int) -> None:
+    """Run one blank image at ``size`` so that a model which cannot take that size fails here, clearly."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    chans = int(cfg.get("input_size", (3,))[0])
+    name = cfg.get("architecture") or type(model).__name__
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, chans, size, size, device=device))
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
+        detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise ModelError(f"{name} cannot run at {size}px without changes this tool does not make: {detail}") from None
+
+
+def check_runs_at(model: nn.Module, sizes) -> None:
+    """Before any data pass: a model of another family (a timm model by name) must run at every size asked for,
+    so that a sweep does not stop at its last size after hours of work. Known families are not run here."""
+    if not _runs_anywhere(model):
+        for size in sizes:
+            _probe(model, size)
+
+
 def adapt_to_size(model: nn.Module, size: int, options: PEOptions = PEOptions()) -> str:
     """Prepare ``model`` for ``size`` px inputs in place; return the PE policy name recorded in result rows.
 
-    Resampling always starts from the embedding as loaded, so evaluating 384 then 512 never compounds.
+    Resampling always starts from the embedding as loaded, so evaluating 384 then 512 never compounds. Models
+    of other families (timm models by name) are tried once at ``size``, so one that cannot run there fails
+    with a clear message before the data pass.
     """
     patch = patch_size_of(model)
     if patch and size % patch:
         raise ModelError(f"size {size} is not a multiple of the patch size {patch}")
     kind = pe_kind_of(model)
-    if not patch:
-        return "native"
+    if not _runs_anywhere(model):
+        # left as it is: its own forward either takes the size or the probe says why not
+        _probe(model, size)
+        return "peg-native" if kind == "peg" else "native"
+    if not patch or getattr(model, "patch_embed", None) is None:
+        return "peg-native" if kind == "peg" else "native"
     grid = (size // patch, size // patch)
     if kind in ("ape-learned", "ape-sincos"):
         native, native_grid = _native_pos_embed(model)
         num_prefix = 0 if getattr(model, "no_embed_class", False) else int(getattr(model, "num_prefix_tokens", 1))
         if kind == "ape-sincos" and options.sincos == "regenerate":
-            new = sincos_2d_pos_embed(native.shape[-1], grid).to(native.dtype)
+            order = sincos_order_of(native[:, num_prefix:], native_grid)
+            new = sincos_2d_pos_embed(native.shape[-1], grid, order=order).to(native.dtype)
             new = torch.cat([native[:, :num_prefix], new], dim=1)
-            policy = "sincos-regenerate"
+            policy = "sincos-regenerate" if order == "rc" else f"sincos-regenerate-{order}"
         else:
             new = resample_abs_pos_embed(
                 native, grid, native_grid, num_prefix, options.ape_interpolation, options.antialias

@@ -6,8 +6,12 @@ neither knows is an error that suggests close names.
 
 from __future__ import annotations
 
+import csv
 import difflib
+import io
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
 
 import timm
 from torch import nn
@@ -25,7 +29,7 @@ class ModelSpec:
         family: ``cpvt``, ``deit``, ``twins``, ``demo`` or ``timm``.
         pe: position encoding label, as in the published-results table (``ape-learned``, ``peg-0``, ...).
         native_size: the training resolution; the reference point of "change from native" columns.
-        patch_size: the patch size (sizes must be multiples of it); 0 when not a single-patch model.
+        patch_size: what sizes must be multiples of: the patch size, or a pyramid's total stride (Twins: 32).
         aliases: short names that resolve to ``name``.
         default_weights: timm pretrained tag loaded when no checkpoint is given, or None (a checkpoint is needed).
         create_kwargs: keyword arguments for ``timm.create_model`` (fixed by the spec).
@@ -42,6 +46,11 @@ class ModelSpec:
     create_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
     description: str = ""
 
+    @property
+    def published(self) -> dict[int, tuple[float, str]]:
+        """Published top-1 by size for this model, with the confidence grade: ``{224: (72.4, "secondary-x3")}``."""
+        return published_top1(self.name)
+
     def create(self, **overrides) -> nn.Module:
         """Build the model with random weights (checkpoints are loaded by ``cpvt_eval.checkpoints``)."""
         kwargs = {**self.create_kwargs, **overrides}
@@ -51,6 +60,21 @@ class ModelSpec:
             raise
         except (TypeError, ValueError, AssertionError) as e:
             raise ModelError(f"cannot build {self.name} with {kwargs}: {e}") from None
+
+
+@lru_cache(maxsize=1)
+def published_results() -> tuple[dict, ...]:
+    """Rows of the shipped ``published_results.csv`` (model, pe, protocol, img_size, top1, confidence, source)."""
+    text = resources.files("cpvt_eval.resources").joinpath("published_results.csv").read_text(encoding="utf-8")
+    rows = []
+    for row in csv.DictReader(io.StringIO(text)):
+        rows.append({**row, "img_size": int(row["img_size"]), "top1": float(row["top1"])})
+    return tuple(rows)
+
+
+def published_top1(name: str) -> dict[int, tuple[float, str]]:
+    """``{size: (top1, confidence)}`` of a model in the published table (empty when the paper has no number)."""
+    return {r["img_size"]: (r["top1"], r["confidence"]) for r in published_results() if r["model"] == name}
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -144,6 +168,28 @@ _add(
     "deit_base_patch16_224.fb_in1k",
     description="DeiT-B, learned absolute PE",
 )
+for _size, _alias, _title in (("tiny", "ti", "Ti"), ("small", "s", "S"), ("base", "b", "B")):
+    # timm's distilled DeiT: cls and dist tokens (two prefix tokens, kept as they are when the PE is resampled);
+    # in eval mode the output is the mean of the class and distillation heads, as in DeiT's code.
+    _add(
+        f"deit_{_size}_distilled_patch16_224",
+        "deit",
+        "ape-learned",
+        (f"deit_{_alias}_distilled",),
+        f"deit_{_size}_distilled_patch16_224.fb_in1k",
+        description=f"DeiT-{_title} distilled: cls + dist tokens, mean of both heads",
+    )
+for _kind, _title in (("pcpvt", "PCPVT"), ("svt", "SVT")):
+    for _size in ("small", "base", "large"):
+        # Twins: a pyramid of four stages, a PEG (PosConv) after the first block of each; sizes multiple of 32
+        _add(
+            f"twins_{_kind}_{_size}",
+            "twins",
+            "peg-stages",
+            weights=f"twins_{_kind}_{_size}.in1k",
+            patch=32,
+            description=f"Twins-{_title}-{_size[0].upper()}: PEG after the first block of each stage",
+        )
 _add("deit_tiny_sincos", "deit", "ape-sincos", description="DeiT-Ti with fixed 2-D sin-cos PE (ablation)")
 _add("deit_tiny_nope", "deit", "none", description="DeiT-Ti without position encoding (ablation)")
 

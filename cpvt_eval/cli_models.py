@@ -1,0 +1,109 @@
+"""``cpvt-eval models``: the reference table of registered models."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from . import console
+from .cli import app, guarded
+
+
+def model_cost(spec) -> tuple[int, float]:
+    """Parameters and GFLOPs (at the native size, attention included, multiply-add = 2) of a spec.
+
+    The model is built on the meta device, so nothing is allocated and no weights are read. Building and
+    tracing every model takes tens of seconds on a small CPU, so the figures are cached per spec and versions
+    in the user cache dir (never inside the package).
+    """
+    import hashlib
+
+    import timm
+    import torch
+
+    from . import __version__
+    from .checkpoints import cache_dir
+    from .results import atomic_write_text
+    from .throughput import count_flops
+
+    ident = json.dumps(
+        [
+            spec.name,
+            spec.native_size,
+            sorted(map(str, spec.create_kwargs.items())),
+            __version__,
+            timm.__version__,
+            torch.__version__,
+        ],
+    )
+    path = cache_dir() / "model-cost" / (hashlib.sha256(ident.encode()).hexdigest()[:20] + ".json")
+    try:
+        cached = json.loads(path.read_text())
+        return int(cached["params"]), float(cached["gflops"])
+    except (OSError, ValueError, KeyError):
+        pass
+    with torch.device("meta"):
+        module = spec.create().eval()
+    params = sum(p.numel() for p in module.parameters())
+    gflops = count_flops(module, spec.native_size, torch.device("meta"))
+    try:
+        atomic_write_text(path, json.dumps({"name": spec.name, "params": params, "gflops": gflops}))
+    except OSError:
+        pass  # a read-only home only costs the recomputation next time
+    return params, gflops
+
+
+def model_rows(names: list[str] | None = None, include_demo: bool = False) -> list[dict]:
+    """One dict per model: names, PE, parameters and GFLOPs at the native size, published top-1, weights."""
+    from .models.registry import list_specs, resolve
+
+    specs = [resolve(n) for n in names] if names else list_specs(include_demo=include_demo)
+    rows = []
+    for spec in specs:
+        params, gflops = model_cost(spec)
+        published = spec.published.get(spec.native_size)
+        rows.append(
+            {
+                "name": spec.name,
+                "aliases": list(spec.aliases),
+                "family": spec.family,
+                "pe": spec.pe,
+                "params": params,
+                "gflops": round(gflops, 3),
+                "gflops_img_size": spec.native_size,
+                "native_size": spec.native_size,
+                "patch_size": spec.patch_size,
+                "published_top1": published[0] if published else None,
+                "published_confidence": published[1] if published else None,
+                "published_by_size": {str(k): {"top1": v[0], "confidence": v[1]} for k, v in spec.published.items()},
+                "default_weights": spec.default_weights,
+                "description": spec.description,
+            }
+        )
+    return rows
+
+
+@app.command("models")
+def models_cmd(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Only these models (names, aliases or any timm model).")
+    ] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Include the offline demo's toy models.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Write the list as JSON on stdout.")] = False,
+) -> None:
+    """Registered models: PE kind, parameters, GFLOPs at the native size (224 px; attention included), native
+    size, the paper's top-1 there (with its confidence grade) and the default weights.
+
+    Any other timm model also works by name (`--model vit_small_patch16_224`), and timm pretrained tags choose
+    weights (`--model deit_tiny_patch16_224.fb_in1k`).
+
+    Example: cpvt-eval models --json; cpvt-eval models cpvt_ti_plus deit_ti
+    """
+    with guarded():
+        rows = model_rows(names or None, include_demo=all_models)
+        if json_out:
+            print(json.dumps(rows, indent=2))
+        else:
+            console.out.print(console.models_table(rows))
