@@ -301,3 +301,4 @@ def entry() -> None:
 
 # Subcommands that live in their own modules register themselves on `app` when imported here.
 # (one import per command module, keep sorted)
+from . import cli_throughput  # noqa: E402, F401
