@@ -127,8 +127,9 @@ class ChunkedForward:
     The chunk size persists across batches, so after one OOM the rest of the pass runs at the smaller size.
     """
 
-    def __init__(self, module: nn.Module, chunk: int, device: torch.device, dtype: str):
+    def __init__(self, module: nn.Module, chunk: int, device: torch.device, dtype: str, name: str = "the model"):
         self.module = module
+        self.name = name
         self.chunk = chunk
         self.device = device
         self.dtype = dtype
@@ -146,7 +147,9 @@ class ChunkedForward:
                 return torch.cat(preds) if len(preds) > 1 else preds[0]
             except torch.OutOfMemoryError:
                 if self.chunk == 1:
-                    raise
+                    raise CpvtEvalError(
+                        f"{self.name} does not fit in {self.device} memory even at batch 1 ({tuple(x.shape[1:])} input)"
+                    ) from None
                 preds = logits = None  # drop references to the failed attempt's tensors before freeing
                 release_cached_memory(self.device)
                 self.chunk = max(1, min(self.chunk, x.shape[0]) // 2)
@@ -190,7 +193,7 @@ def evaluate_size(
     progress.start(f"{size}px · {', '.join(m.key for m in models)}", n_total)
     t0 = time.perf_counter()
     non_blocking = settings.device.type == "cuda"
-    runners = [ChunkedForward(m.module, settings.batch_size, settings.device, settings.dtype) for m in models]
+    runners = [ChunkedForward(m.module, settings.batch_size, settings.device, settings.dtype, m.key) for m in models]
     try:
         with torch.inference_mode():
             for images, target, idx in loader:
