@@ -21,7 +21,7 @@ from .errors import CpvtEvalError, ModelError
 from .models.posenc import patch_size_of, pe_kind_of
 from .models.registry import ModelSpec, resolve
 from .results import ResultRow, RunStore, format_ci, now_iso, versions_string
-from .throughput import count_flops, measure_throughput
+from .throughput import benchmark_model, row_extra
 
 Log = Callable[[str], None]
 
@@ -197,14 +197,22 @@ def run_resolution(
     for cell in sweep(models, image_set, cfg.sizes, settings, progress):
         m = by_key[cell.model]
         ips = batch = gflops = None
+        extra = {"eval_batch": cell.batch_size, "eval_oom_retries": cell.oom_retries}
         if cfg.throughput.enabled:
-            batch = cfg.throughput.batch_size or cfg.batch_size
-            t = measure_throughput(
-                m.module, cell.size, device, batch, cfg.dtype, cfg.throughput.warmup, cfg.throughput.repeats
+            t = benchmark_model(
+                m.module,
+                cell.size,
+                device,
+                cfg.throughput.batch_size or cfg.batch_size,
+                cfg.dtype,
+                cfg.throughput.warmup,
+                cfg.throughput.repeats,
+                name=m.key,
             )
-            ips = t.images_per_sec
-            gflops = count_flops(m.module, cell.size, device)
+            ips, batch, gflops = t.images_per_sec, t.batch_size, t.gflops_per_image
+            extra.update(row_extra(t))
         row = make_row(m, cell, cfg, image_set, device, started, ips, batch, gflops)
+        row.extra.update(extra)
         store.append(row)
         store.save_predictions(
             f"{m.key}_{cell.size}",

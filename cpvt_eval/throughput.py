@@ -69,6 +69,33 @@ class ThroughputResult:
         return self
 
 
+# The figures a ``resolution`` row carries besides images_per_sec / throughput_batch / gflops_per_image: in the
+# row's ``extra`` under ``throughput_<name>``, so every row says how its throughput was measured.
+ROW_EXTRA_FIELDS = (
+    "ms_per_batch",
+    "ms_per_batch_min",
+    "ms_per_batch_max",
+    "spread_pct",
+    "repeats",
+    "warmup",
+    "threads",
+    "device_name",
+    "channels_last",
+    "compile",
+    "batch_policy",
+    "oom_retries",
+    "achieved_gflops_per_sec",
+    "peak_gflops_per_sec",
+    "peak_fraction",
+)
+
+
+def row_extra(result: ThroughputResult) -> dict:
+    """The measurement conditions and FLOP-rate figures of ``result`` for a result row's ``extra``."""
+    d = result.to_dict()
+    return {f"throughput_{k}": d[k] for k in ROW_EXTRA_FIELDS}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -335,4 +362,5 @@ __all__ = [
     "measure_throughput",
     "prepare_for_timing",
     "resolve_batch",
+    "row_extra",
 ]

@@ -198,3 +198,32 @@ def test_throughput_command_bad_input_exits_2(extra, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert "Traceback" not in result.output
+
+
+def test_resolution_rows_carry_the_throughput_figures(imagefolder, toy_checkpoints, tmp_path):
+    from cpvt_eval.config import RunConfig, ThroughputConfig
+    from cpvt_eval.results import RunStore
+    from cpvt_eval.runner import run_resolution
+    from cpvt_eval.throughput import ROW_EXTRA_FIELDS
+
+    cfg = RunConfig(
+        models=("cpvt_toy",),
+        sizes=(56,),
+        data=imagefolder,
+        out=tmp_path / "run",
+        checkpoints={"cpvt_toy": str(toy_checkpoints["cpvt_toy"][1])},
+        model_args={"cpvt_toy": {"num_classes": 1000}},
+        batch_size=4,
+        device="cpu",
+        workers=0,
+        throughput=ThroughputConfig(batch_size=2, warmup=1, repeats=2),
+    )
+    run_resolution(cfg)
+    (row,) = RunStore(cfg.out).rows()  # read back from disk: the figures survive the run directory
+    assert row.images_per_sec > 0 and row.throughput_batch == 2 and row.dtype == "fp32"
+    model = cpvt_eval.create_model("cpvt_toy", num_classes=1000).eval()
+    assert row.gflops_per_image == pytest.approx(count_flops(model, 56), rel=1e-3)
+    for name in ROW_EXTRA_FIELDS:
+        assert row.extra[f"throughput_{name}"] is not None, name
+    assert row.extra["throughput_repeats"] == 2 and row.extra["throughput_threads"] == torch.get_num_threads()
+    assert row.extra["eval_batch"] == 4 and row.extra["eval_oom_retries"] == 0
