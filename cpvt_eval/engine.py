@@ -109,11 +109,6 @@ def autocast_context(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
-def is_oom(e: BaseException) -> bool:
-    """A device out-of-memory error (``torch.OutOfMemoryError``, also what the CUDA caching allocator raises)."""
-    return isinstance(e, torch.OutOfMemoryError)
-
-
 def release_cached_memory(device: torch.device) -> None:
     # After an OOM the caching allocator still holds the blocks of the failed attempt; give them back before
     # retrying at a smaller batch, or the retry can fail for fragmentation alone.
@@ -146,14 +141,17 @@ class ChunkedForward:
                     preds.append(logits.float().topk(k, dim=1).indices)
                 return torch.cat(preds) if len(preds) > 1 else preds[0]
             except torch.OutOfMemoryError:
-                if self.chunk == 1:
-                    raise CpvtEvalError(
-                        f"{self.name} does not fit in {self.device} memory even at batch 1 ({tuple(x.shape[1:])} input)"
-                    ) from None
-                preds = logits = None  # drop references to the failed attempt's tensors before freeing
-                release_cached_memory(self.device)
-                self.chunk = max(1, min(self.chunk, x.shape[0]) // 2)
-                self.retries += 1
+                # Handled after the except block: the traceback's frames hold the failed attempt's activations,
+                # and they are only freed once the block is left.
+                pass
+            if self.chunk == 1:
+                raise CpvtEvalError(
+                    f"{self.name} does not fit in {self.device} memory even at batch 1 ({tuple(x.shape[1:])} input)"
+                )
+            preds = logits = None
+            release_cached_memory(self.device)
+            self.chunk = max(1, min(self.chunk, x.shape[0]) // 2)
+            self.retries += 1
 
 
 def _clean_worker_error(e: Exception) -> Exception:

@@ -193,9 +193,10 @@ def measure_throughput(
         except torch.OutOfMemoryError:
             if batch == 1:
                 raise
-            release_cached_memory(device)
-            batch //= 2
-            retries += 1
+        # Out of the except block, so the failed attempt's tensors (held by the traceback) are gone before freeing.
+        release_cached_memory(device)
+        batch //= 2
+        retries += 1
     med = statistics.median(times)
     return ThroughputResult(
         img_size=size,
@@ -241,10 +242,10 @@ def find_max_batch(
                 model(_input(batch, size, device, channels_last))
             _sync(device)
         except torch.OutOfMemoryError:
-            release_cached_memory(device)
             break
         best = batch
         batch *= 2
+    release_cached_memory(device)
     if best == 0:
         raise CpvtEvalError(f"not even one {size}px image fits in {device} memory")
     return best
