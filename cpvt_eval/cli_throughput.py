@@ -22,7 +22,7 @@ from .errors import CpvtEvalError
 def throughput_cmd(
     model: Annotated[list[str], typer.Option("--model", "-m", help="Model name or alias; repeat or list several.")],
     sizes: Annotated[
-        Optional[list[str]], typer.Option("--sizes", "-s", help="Sizes in px: `224 384` or `224,384` [default: 224].")
+        Optional[list[str]], typer.Option("--sizes", "-s", help="Sizes in px: `224 384` or `224,384` (default 224).")
     ] = None,
     batch_size: Annotated[
         str, typer.Option("--batch-size", "-b", help="Images per timed forward, or auto (CUDA: largest power of 2).")
@@ -31,7 +31,7 @@ def throughput_cmd(
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast); the peak is measured in it too.")] = "fp32",
     warmup: Annotated[int, typer.Option(min=0, help="Untimed forwards before timing.")] = 3,
     repeats: Annotated[int, typer.Option(min=1, help="Timed forwards; the figure is their median.")] = 10,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch [default: torch's].")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's own).")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Channels-last input and weights.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="Time torch.compile(model) (warm-up compiles).")] = False,
     flops: Annotated[bool, typer.Option(help="Count GFLOPs per image and measure the matmul peak.")] = True,
@@ -39,9 +39,11 @@ def throughput_cmd(
 ) -> None:
     """Model-only throughput: synthetic input, warm-up, device-synchronised timing, median of repeated runs.
 
-    Weights do not change the speed, so models are built with random weights (no checkpoint, no download).
-    Each row states batch, dtype, threads, device, layout and compilation next to images/s and ms/batch, with
-    GFLOPs per image (attention included), the GFLOP/s achieved and the device's measured dense-matmul peak.
+    Weights do not change the speed: models are built with random weights (no checkpoint, no download).
+
+    Each row states batch, dtype, threads, device, layout and compilation next to images/s and ms/batch.
+
+    GFLOPs per image count attention; the achieved GFLOP/s is set against the device's dense-matmul peak.
     """
     import torch
 
