@@ -9,8 +9,9 @@ start a process per cell, which is not charged to the naive loop here). Runs alt
 naive, ...) and the table reports medians and the median of the per-round ratios; top-1 and the per-image
 top-1 predictions are asserted identical.
 
-The models are small on purpose (the toy CPVT/DeiT/CPVT-GAP at patch 32, depth 2) so that, as on a GPU, the
-data path rather than the model dominates the cost of a cell.
+The models are small on purpose (the toy CPVT/DeiT/CPVT-GAP at patch 32, width 32, depth 1, 0.14M parameters)
+so that, as on a GPU, the data path rather than the model dominates the cost of a cell; the script prints the
+models' own cost per image (``measure_throughput``) next to the result so that this can be checked.
 
 ``--memory`` instead runs the shared sweep in a fresh process on two dataset sizes and reports peak RSS, to
 show that memory does not grow with the dataset (streaming).
@@ -46,9 +47,10 @@ from cpvt_eval.data import open_dataset  # noqa: E402
 from cpvt_eval.engine import EvalModel, EvalSettings, sweep  # noqa: E402
 from cpvt_eval.models.posenc import adapt_to_size  # noqa: E402
 from cpvt_eval.models.registry import resolve  # noqa: E402
+from cpvt_eval.throughput import measure_throughput  # noqa: E402
 
 MODELS = ("cpvt_toy", "deit_toy", "cpvt_toy_gap")
-MODEL_ARGS = dict(patch_size=32, img_size=224, depth=2, num_classes=1000)
+MODEL_ARGS = dict(patch_size=32, img_size=224, embed_dim=32, depth=1, num_heads=2, num_classes=1000)
 SIZES = (224, 384, 448, 512)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -159,6 +161,16 @@ def run_speed(args) -> None:
         f"\nmedian speed-up (naive / shared, per round): **{median(ratios):.2f}x** (rounds: "
         + ", ".join(f"{x:.2f}" for x in ratios)
         + ")"
+    )
+    cost = {}
+    for size in SIZES:
+        for m in models:
+            adapt_to_size(m.module, size)
+            r = measure_throughput(m.module, size, torch.device("cpu"), args.batch_size, warmup=1, repeats=3)
+            cost[size] = cost.get(size, 0.0) + r.ms_per_batch / r.batch_size
+    print(
+        "model-only cost, ms per image, all three models together (batch "
+        f"{args.batch_size}): " + ", ".join(f"{s} px {v:.2f}" for s, v in cost.items())
     )
     print("top-1 identical in every cell and round:", json.dumps({f"{k[0]}@{k[1]}": v for k, v in top1.items()}))
 
