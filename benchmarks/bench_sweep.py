@@ -118,7 +118,8 @@ def timed(fn, *args):
 def run_speed(args) -> None:
     data = make_jpeg_imagefolder(args.data, args.images)
     stats = dataset_stats(data)
-    image_set = open_dataset(data)
+    image_set = open_dataset(data, args.images)  # the folder may hold more images from an earlier, larger run
+    stats["n"] = len(image_set)
     models = build_models()
     labels = torch.tensor([s.label for s in image_set.samples])
     times = {"naive": [], "shared": []}
