@@ -191,8 +191,9 @@ def measure_throughput(
             times = _time_runs(model, _input(batch, size, device, channels_last), device, dtype, warmup, repeats)
             break
         except torch.OutOfMemoryError:
-            if batch == 1:
-                raise
+            pass
+        if batch == 1:
+            raise CpvtEvalError(f"not even one {size}px image fits in {device} memory")
         # Out of the except block, so the failed attempt's tensors (held by the traceback) are gone before freeing.
         release_cached_memory(device)
         batch //= 2
