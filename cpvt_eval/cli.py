@@ -225,12 +225,16 @@ def resolution(
             "#drop=<glob>,... leaves keys out.",
         ),
     ] = [],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL+MODEL...).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Run directory (default: runs/MODEL+MODEL...).")
+    ] = None,
     limit: Annotated[Optional[int], typer.Option(help="Deterministic class-stratified subset of N images.")] = None,
     crop_pct: Annotated[float, typer.Option(help="Resize shorter side to floor(size / crop_pct), then crop.")] = 0.875,
     interpolation: Annotated[str, typer.Option(help="Image resize interpolation.")] = "bicubic",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help="Data loader workers (default: the cores).")] = None,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", "-j", min=0, help="Data loader workers (default: the cores).")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
     ape_interp: Annotated[str, typer.Option(help="APE resampling: " + ", ".join(APE_INTERPOLATIONS))] = "bicubic",
@@ -249,7 +253,9 @@ def resolution(
         ),
     ] = None,
     throughput: Annotated[bool, typer.Option(help="Measure model-only images/s per cell.")] = True,
-    throughput_batch: Annotated[Optional[int], typer.Option(min=1, help="Batch of the timing runs (default: --batch-size).")] = None,
+    throughput_batch: Annotated[
+        Optional[int], typer.Option(min=1, help="Batch of the timing runs (default: --batch-size).")
+    ] = None,
     throughput_repeats: Annotated[int, typer.Option(min=1)] = 5,
     force: Annotated[
         bool, typer.Option("--force", help="Recompute every cell, even those already finished in the run directory.")
@@ -366,3 +372,4 @@ from . import cli_check_data  # noqa: E402, F401, I001
 from . import cli_compare  # noqa: E402, F401
 from . import cli_models  # noqa: E402, F401
 from . import cli_report  # noqa: E402, F401
+from . import cli_throughput  # noqa: E402, F401

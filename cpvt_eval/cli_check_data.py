@@ -27,7 +27,9 @@ def check_data(
         Optional[Path], typer.Option(help="Devkit ground truth, Kaggle LOC_val_solution.csv or a path,label manifest.")
     ] = None,
     classes: Annotated[Optional[Path], typer.Option(help="File of WordNet ids: check only these classes.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help="Data loader workers (default: the cores).")] = None,
+    workers: Annotated[
+        Optional[int], typer.Option("--workers", "-j", min=0, help="Data loader workers (default: the cores).")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Write the findings as JSON on stdout.")] = False,
 ) -> None:
     """Decode every image of a validation set and list every problem (empty, not an image, truncated).

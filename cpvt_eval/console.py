@@ -163,3 +163,32 @@ def print_data_check(summary: dict) -> None:
             info(f"  {item['path']}: {item['note']}")
     if not summary["problems"]:
         info("every image decodes")
+
+
+def throughput_table(rows: list[dict]) -> Table:
+    """One line per (model, size): images/s with its spread, and how far the achieved GFLOP/s is from the peak."""
+    table = Table(title="model-only throughput (median of timed runs)", title_style="bold")
+    for col in ("model", "size", "batch", "images/s", "ms/batch", "spread", "GFLOPs/img", "GFLOP/s", "% of peak"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in rows:
+        peak = r.get("peak_fraction")
+        table.add_row(
+            r["model"],
+            str(r["img_size"]),
+            str(r["batch_size"]),
+            f"{r['images_per_sec']:,.1f}",
+            f"{r['ms_per_batch']:.2f}",
+            f"{r['spread_pct']:.1f}%",
+            "" if r.get("gflops_per_image") is None else f"{r['gflops_per_image']:.3f}",
+            "" if r.get("achieved_gflops_per_sec") is None else f"{r['achieved_gflops_per_sec']:,.1f}",
+            "" if peak is None else f"{100 * peak:.1f}%",
+        )
+    if rows:
+        r = rows[0]
+        peak_gflops = r.get("peak_gflops_per_sec")
+        table.caption = (
+            f"{r['device_name']} · {r['dtype']} · {r['threads']} threads · warm-up {r['warmup']}, "
+            f"{r['repeats']} timed runs · channels_last={r['channels_last']} · compile={r['compile']}"
+            + ("" if peak_gflops is None else f" · matmul peak {peak_gflops:,.1f} GFLOP/s")
+        )
+    return table

@@ -2,7 +2,11 @@
 
 For each size there is one pass over the dataset, and every model of the run sees each batch of that pass: an
 image is decoded, resized and cropped once per size whatever the number of models. Batches travel as uint8 and
-are normalised on the device with each model's own mean/std.
+are normalised on the device with each model's own mean/std. On CUDA the loader pins memory and the copies are
+non-blocking; an autocast dtype (bf16/fp16) is optional and recorded.
+
+When a model runs out of device memory on a batch, that model (only) halves its batch and retries, splitting every
+later batch of the pass into chunks of the smaller size; the batch it finally ran at is recorded in its cell.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class CellOutput:
     indices: torch.Tensor  # (n,) positions in the ImageSet
     labels: torch.Tensor  # (n,)
     top5: torch.Tensor  # (n, k) predicted class indices, best first
+    batch_size: int = 0  # the batch the model finally ran at (smaller than the loader's after an OOM)
+    oom_retries: int = 0
 
     @property
     def top1(self) -> float:
@@ -103,6 +109,51 @@ def autocast_context(device: torch.device, dtype: str):
     return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
 
 
+def release_cached_memory(device: torch.device) -> None:
+    # After an OOM the caching allocator still holds the blocks of the failed attempt; give them back before
+    # retrying at a smaller batch, or the retry can fail for fragmentation alone.
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+class ChunkedForward:
+    """Run a model on a batch in chunks of at most ``chunk`` images; on OOM halve ``chunk`` and redo the batch.
+
+    The chunk size persists across batches, so after one OOM the rest of the pass runs at the smaller size.
+    """
+
+    def __init__(self, module: nn.Module, chunk: int, device: torch.device, dtype: str, name: str = "the model"):
+        self.module = module
+        self.name = name
+        self.chunk = chunk
+        self.device = device
+        self.dtype = dtype
+        self.retries = 0
+
+    def topk(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Top-``k`` class indices of every image of ``x``, best first."""
+        while True:
+            try:
+                preds = []
+                for start in range(0, x.shape[0], self.chunk):
+                    with autocast_context(self.device, self.dtype):
+                        logits = self.module(x[start : start + self.chunk])
+                    preds.append(logits.float().topk(k, dim=1).indices)
+                return torch.cat(preds) if len(preds) > 1 else preds[0]
+            except torch.OutOfMemoryError:
+                # Handled after the except block: the traceback's frames hold the failed attempt's activations,
+                # and they are only freed once the block is left.
+                pass
+            if self.chunk == 1:
+                raise CpvtEvalError(
+                    f"{self.name} does not fit in {self.device} memory even at batch 1 ({tuple(x.shape[1:])} input)"
+                )
+            preds = logits = None
+            release_cached_memory(self.device)
+            self.chunk = max(1, min(self.chunk, x.shape[0]) // 2)
+            self.retries += 1
+
+
 def _clean_worker_error(e: Exception) -> Exception:
     # A DataLoader worker re-raises our error wrapped in its own traceback text; keep the last line only.
     text = str(e).strip().splitlines()
@@ -140,6 +191,7 @@ def evaluate_size(
     progress.start(f"{size}px · {', '.join(m.key for m in models)}", n_total)
     t0 = time.perf_counter()
     non_blocking = settings.device.type == "cuda"
+    runners = [ChunkedForward(m.module, settings.batch_size, settings.device, settings.dtype, m.key) for m in models]
     try:
         with torch.inference_mode():
             for images, target, idx in loader:
@@ -151,9 +203,7 @@ def evaluate_size(
                     key = (m.mean, m.std)
                     if key not in normalized:
                         normalized[key] = normalize_batch(images, m.mean, m.std)
-                    with autocast_context(settings.device, settings.dtype):
-                        logits = m.module(normalized[key])
-                    pred = logits.float().topk(k[j], dim=1).indices
+                    pred = runners[j].topk(normalized[key], k[j])
                     hits = pred.eq(target_dev.view(-1, 1))
                     correct1[j] += int(hits[:, 0].sum())
                     correct5[j] += int(hits.any(dim=1).sum())
@@ -186,6 +236,8 @@ def evaluate_size(
                 indices=indices.clone(),
                 labels=labels.clone(),
                 top5=top5[j],
+                batch_size=runners[j].chunk,
+                oom_retries=runners[j].retries,
             )
         )
     return outputs

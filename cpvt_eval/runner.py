@@ -35,7 +35,7 @@ from .results import (
     provenance_record,
     versions_string,
 )
-from .throughput import count_flops, measure_throughput
+from .throughput import benchmark_model, row_extra
 
 Log = Callable[[str], None]
 
@@ -347,17 +347,25 @@ class _Job:
             for cell in dist.gather_cells(sweep(models, shard.image_set, cfg.sizes, settings, progress, todo), shard):
                 m = by_key[cell.model]
                 ips = batch = gflops = None
+                extra = {"eval_batch": cell.batch_size, "eval_oom_retries": cell.oom_retries}
                 if cfg.throughput.enabled:
-                    batch = cfg.throughput.batch_size or cfg.batch_size
-                    t = measure_throughput(
-                        m.module, cell.size, device, batch, cfg.dtype, cfg.throughput.warmup, cfg.throughput.repeats
+                    t = benchmark_model(
+                        m.module,
+                        cell.size,
+                        device,
+                        cfg.throughput.batch_size or cfg.batch_size,
+                        cfg.dtype,
+                        cfg.throughput.warmup,
+                        cfg.throughput.repeats,
+                        name=m.key,
                     )
-                    ips = t.images_per_sec
-                    gflops = count_flops(m.module, cell.size, device)
+                    ips, batch, gflops = t.images_per_sec, t.batch_size, t.gflops_per_image
+                    extra.update(row_extra(t))
                 key = keys[(m.key, cell.size)]
                 # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
                 rel = store.save_predictions(key, m.key, cell.size, prediction_arrays(cell))
                 row = make_row(m, cell, cfg, image_set, device, started, ips, batch, gflops, rel)
+                row.extra.update(extra)
                 add_data_columns(row, cell, image_set, self.real)
                 _scale_out_columns(row, cell, dist)
                 store.append(row)

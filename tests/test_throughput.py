@@ -1,0 +1,229 @@
+"""Throughput rows, FLOP counts with attention, the matmul peak, auto batch and OOM halving, the CLI command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from typer.testing import CliRunner
+
+import cpvt_eval
+from cpvt_eval.cli import app
+from cpvt_eval.errors import CpvtEvalError
+from cpvt_eval.models.posenc import adapt_to_size
+from cpvt_eval.throughput import (
+    ThroughputResult,
+    benchmark_model,
+    count_flops,
+    find_max_batch,
+    matmul_peak_gflops,
+    measure_throughput,
+    prepare_for_timing,
+    resolve_batch,
+)
+
+CPU = torch.device("cpu")
+
+
+def toy(name="cpvt_toy", size=56):
+    model = cpvt_eval.create_model(name).eval()
+    adapt_to_size(model, size)
+    return model
+
+
+def vit_flops(grid: int, dim: int, depth: int, patch: int, classes: int, mlp_ratio: int = 4) -> tuple[float, float]:
+    """(linear part, attention part) of a cls-token ViT's FLOPs per image; a multiply-add counts 2."""
+    n = grid * grid + 1
+    patch_embed = 2 * grid * grid * 3 * patch * patch * dim
+    per_block = 2 * n * (3 * dim * dim + dim * dim + 2 * mlp_ratio * dim * dim)
+    head = 2 * dim * classes
+    attention = depth * 2 * (2 * n * n * dim)  # QK^T and AV, each n*n*dim multiply-adds per block
+    return patch_embed + depth * per_block + head, attention
+
+
+def test_deit_ti_flops_at_224_match_the_published_gmacs():
+    model = toy("deit_ti", 224)
+    gflops = count_flops(model, 224)
+    assert gflops == pytest.approx(2 * 1.26, rel=0.02)
+    linear, attention = vit_flops(14, 192, 12, 16, 1000)
+    assert gflops * 1e9 == pytest.approx(linear + attention, rel=1e-3)
+
+
+def test_attention_flops_grow_with_the_token_count_squared():
+    model = cpvt_eval.create_model("deit_toy").eval()
+    residuals = {}
+    for size in (32, 56, 96):
+        adapt_to_size(model, size)
+        grid = size // 4
+        linear, attention = vit_flops(grid, 64, 4, 4, 10)
+        residual = count_flops(model, size) * 1e9 - linear
+        assert residual == pytest.approx(attention, rel=1e-6)
+        residuals[grid * grid + 1] = residual
+    n_small, n_big = min(residuals), max(residuals)
+    assert residuals[n_big] / residuals[n_small] == pytest.approx((n_big / n_small) ** 2, rel=1e-9)
+
+
+def test_the_default_flop_counter_misses_the_fused_attention_this_count_includes():
+    model = toy("deit_toy", 56)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(torch.zeros(1, 3, 56, 56))
+    linear, attention = vit_flops(14, 64, 4, 4, 10)
+    assert counter.get_total_flops() == pytest.approx(linear, rel=1e-3)  # what torch alone sees on CPU
+    assert count_flops(model, 56) * 1e9 == pytest.approx(linear + attention, rel=1e-6)
+
+
+def test_a_throughput_row_carries_all_its_fields():
+    model = toy()
+    r = benchmark_model(model, 56, CPU, batch_size=4, warmup=1, repeats=3, name="cpvt_toy")
+    d = r.to_dict()
+    for key, value in d.items():
+        assert value is not None, key
+    assert (r.model, r.img_size, r.batch_size, r.repeats, r.warmup, r.dtype) == ("cpvt_toy", 56, 4, 3, 1, "fp32")
+    assert (r.device, r.threads, r.batch_policy, r.oom_retries) == ("cpu", torch.get_num_threads(), "fixed", 0)
+    assert r.device_name and not r.channels_last and not r.compile
+    assert r.ms_per_batch_min <= r.ms_per_batch <= r.ms_per_batch_max
+    assert r.images_per_sec == pytest.approx(4 / (r.ms_per_batch / 1000))
+    assert r.spread_pct == pytest.approx(100 * (r.ms_per_batch_max - r.ms_per_batch_min) / r.ms_per_batch)
+    assert r.params == sum(p.numel() for p in model.parameters())
+    assert r.gflops_per_image == pytest.approx(count_flops(model, 56))
+    assert r.achieved_gflops_per_sec == pytest.approx(r.gflops_per_image * r.images_per_sec)
+    assert r.peak_gflops_per_sec == matmul_peak_gflops(CPU, "fp32") > 0
+    assert r.peak_fraction == pytest.approx(r.achieved_gflops_per_sec / r.peak_gflops_per_sec)
+    assert set(d) == {f for f in ThroughputResult.__dataclass_fields__}
+
+
+def test_matmul_peak_is_measured_per_dtype_and_cached():
+    fp32 = matmul_peak_gflops(CPU, "fp32", n=256, repeats=2)
+    assert fp32 > 0 and matmul_peak_gflops(CPU, "fp32", n=256, repeats=2) == fp32
+    assert matmul_peak_gflops(CPU, "bf16", n=256, repeats=2) > 0
+    with pytest.raises(CpvtEvalError):
+        matmul_peak_gflops(CPU, "fp64")
+
+
+def test_channels_last_and_bf16_are_recorded():
+    r = benchmark_model(toy(), 56, CPU, batch_size=2, dtype="bf16", warmup=1, repeats=2, channels_last=True, peak=False)
+    assert (r.dtype, r.channels_last, r.peak_gflops_per_sec, r.peak_fraction) == ("bf16", True, None, None)
+    assert r.images_per_sec > 0
+
+
+def test_compile_times_the_compiled_module():
+    model = toy()
+    assert isinstance(prepare_for_timing(model, compile=True), torch._dynamo.eval_frame.OptimizedModule)
+    r = benchmark_model(model, 56, CPU, batch_size=2, warmup=1, repeats=2, compile=True, compile_backend="eager")
+    assert r.compile and r.images_per_sec > 0
+
+
+class OOMAbove(torch.nn.Module):
+    """A fake allocator error: ``torch.OutOfMemoryError`` for batches above ``limit``."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+        self.proj = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (fake) at batch {x.shape[0]}")
+        return self.proj(x.mean(dim=(2, 3)))
+
+
+def test_oom_halves_the_timed_batch_and_records_it():
+    r = measure_throughput(OOMAbove(5), 8, CPU, batch_size=16, warmup=1, repeats=2)
+    assert (r.batch_size, r.oom_retries) == (4, 2)
+    with pytest.raises(CpvtEvalError, match="not even one 8px image"):
+        measure_throughput(OOMAbove(0), 8, CPU, batch_size=4, warmup=1, repeats=1)
+
+
+def test_auto_batch_is_the_largest_power_of_two_that_fits():
+    assert find_max_batch(OOMAbove(37), 8, CPU) == 32
+    assert find_max_batch(OOMAbove(64), 8, CPU) == 64
+    assert find_max_batch(OOMAbove(10**6), 8, CPU, cap=128) == 128
+    with pytest.raises(CpvtEvalError, match="not even one"):
+        find_max_batch(OOMAbove(0), 8, CPU)
+
+
+def test_resolve_batch():
+    model = OOMAbove(100)
+    assert resolve_batch("32", model, 8, CPU, "fp32", False) == (32, "fixed")
+    assert resolve_batch("auto", model, 8, CPU, "fp32", False) == (64, "auto-cpu-default")
+    for bad in ("0", "-3", "big", "1.5"):
+        with pytest.raises(CpvtEvalError, match="--batch-size"):
+            resolve_batch(bad, model, 8, CPU, "fp32", False)
+
+
+runner = CliRunner()
+
+
+def test_throughput_command_json_rows():
+    args = ["throughput", "--model", "cpvt_toy", "deit_toy", "--sizes", "56", "64", "--batch-size", "2"]
+    result = runner.invoke(app, [*args, "--warmup", "1", "--repeats", "2", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["model"], r["img_size"]) for r in rows] == [
+        ("cpvt_toy", 56),
+        ("cpvt_toy", 64),
+        ("deit_toy", 56),
+        ("deit_toy", 64),
+    ]
+    for r in rows:
+        assert r["batch_size"] == 2 and r["repeats"] == 2 and r["warmup"] == 1 and r["device"] == "cpu"
+        assert r["images_per_sec"] > 0 and r["gflops_per_image"] > 0 and r["peak_fraction"] > 0
+    # the attention part makes 64 px cost more than (64/56)^2 times 56 px
+    assert rows[1]["gflops_per_image"] / rows[0]["gflops_per_image"] > (64 / 56) ** 2
+
+
+def test_throughput_command_table():
+    result = runner.invoke(
+        app, ["throughput", "-m", "cpvt_toy", "-s", "56", "-b", "2", "--repeats", "1", "--warmup", "0", "--no-flops"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "model-only throughput" in result.output and "compile=False" in result.output
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--model", "no_such_model"], "unknown model"),
+        (["--model", "cpvt_toy", "--sizes", "57"], "patch size"),
+        (["--model", "cpvt_toy", "--batch-size", "lots"], "--batch-size"),
+        (["--model", "cpvt_toy", "--dtype", "fp64"], "--dtype"),
+        (["--model", "cpvt_toy", "--device", "tpu9"], "device"),
+    ],
+)
+def test_throughput_command_bad_input_exits_2(extra, message):
+    result = runner.invoke(app, ["throughput", *extra, "--repeats", "1", "--warmup", "0"])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_resolution_rows_carry_the_throughput_figures(imagefolder, toy_checkpoints, tmp_path):
+    from cpvt_eval.config import RunConfig, ThroughputConfig
+    from cpvt_eval.results import RunStore
+    from cpvt_eval.runner import run_resolution
+    from cpvt_eval.throughput import ROW_EXTRA_FIELDS
+
+    cfg = RunConfig(
+        models=("cpvt_toy",),
+        sizes=(56,),
+        data=imagefolder,
+        out=tmp_path / "run",
+        checkpoints={"cpvt_toy": str(toy_checkpoints["cpvt_toy"][1])},
+        model_args={"cpvt_toy": {"num_classes": 1000}},
+        batch_size=4,
+        device="cpu",
+        workers=0,
+        throughput=ThroughputConfig(batch_size=2, warmup=1, repeats=2),
+    )
+    run_resolution(cfg)
+    (row,) = RunStore(cfg.out).rows()  # read back from disk: the figures survive the run directory
+    assert row.images_per_sec > 0 and row.throughput_batch == 2 and row.dtype == "fp32"
+    model = cpvt_eval.create_model("cpvt_toy", num_classes=1000).eval()
+    assert row.gflops_per_image == pytest.approx(count_flops(model, 56), rel=1e-3)
+    for name in ROW_EXTRA_FIELDS:
+        assert row.extra[f"throughput_{name}"] is not None, name
+    assert row.extra["throughput_repeats"] == 2 and row.extra["throughput_threads"] == torch.get_num_threads()
+    assert row.extra["eval_batch"] == 4 and row.extra["eval_oom_retries"] == 0
