@@ -384,23 +384,10 @@ class RunStore:
 
     def save_predictions(self, key: str, model: str, size: int, arrays: dict) -> str:
         """Write one cell's per-image predictions (numpy arrays) atomically; return the path relative to the root."""
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save
 
         rel = f"predictions/{_safe_name(model)}_{size}px_{key}.safetensors"
-        path = self.root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(arrays, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, _file_mode())
-            os.replace(tmp, path)
-        except BaseException:
-            with _suppress_oserror():
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(self.root / rel, save(arrays))
         return rel
 
     def load_predictions(self, row: ResultRow) -> dict:
