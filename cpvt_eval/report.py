@@ -231,8 +231,16 @@ def rows_frame(rows: list[ResultRow]) -> pd.DataFrame:
 
 
 def to_csv(rows: list[ResultRow]) -> str:
-    """The flat rows, one per cell, with the run conditions as columns."""
-    return rows_frame(rows).to_csv(index=False, float_format="%.4f", lineterminator="\n")
+    """The flat rows, one per cell, with the run conditions as columns, and the paper's top-1 for the cell (with
+    its confidence grade and our difference to it) where the paper has one."""
+    df = rows_frame(rows)
+    published = [published_top1(m, int(s)) for m, s in zip(df["model"], df["img_size"], strict=True)]
+    df["published_top1"] = [None if p is None else p[0] for p in published]
+    df["published_confidence"] = [None if p is None else p[1] for p in published]
+    df["top1_vs_published"] = [
+        None if p is None else round(t - p[0], 4) for t, p in zip(df["top1"], published, strict=True)
+    ]
+    return df.to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 
 def _md_table(header: list[str], body: list[list[str]], align_right_from: int = 1) -> str:

@@ -249,3 +249,23 @@ def test_report_rerenders_a_real_run_without_recomputing(tmp_path, imagefolder, 
     assert (out / "results.csv").read_text() == before["results.csv"]
     assert (out / "results.tex").read_text() == before["results.tex"]
     assert "## Paired differences" in (out / "results.md").read_text()
+
+
+def test_csv_carries_the_published_number_and_the_difference():
+    import io
+
+    import pandas as pd
+    from test_results import make_row
+
+    from cpvt_eval.report import published_top1, to_csv
+
+    rows = [
+        make_row(model="deit_tiny_patch16_224", img_size=384, correct1=700, n_images=1000, top1=70.0),
+        make_row(model="cpvt_toy", img_size=56, correct1=1, n_images=10, top1=10.0),
+    ]
+    df = pd.read_csv(io.StringIO(to_csv(rows)))
+    assert published_top1("deit_tiny_patch16_224", 384) == (71.2, "secondary-x3")
+    deit = df[df["model"] == "deit_tiny_patch16_224"].iloc[0]
+    assert deit["published_top1"] == 71.2 and deit["published_confidence"] == "secondary-x3"
+    assert deit["top1_vs_published"] == pytest.approx(-1.2)
+    assert pd.isna(df[df["model"] == "cpvt_toy"].iloc[0]["published_top1"])
