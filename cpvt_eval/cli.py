@@ -347,4 +347,5 @@ def entry() -> None:
 
 # Subcommands that live in their own modules register themselves on `app` when imported here.
 # (one import per command module, keep sorted)
-from . import cli_check_data  # noqa: E402, F401
+from . import cli_check_data  # noqa: E402, F401, I001
+from . import cli_demo  # noqa: E402, F401
