@@ -37,7 +37,7 @@ from torchvision import transforms
 
 import cpvt_eval
 from cpvt_eval.data import EvalTransform, normalize_batch
-from cpvt_eval.demo.dataset import CLASSES, render_jpeg
+from cpvt_eval.demo.dataset import CLASSES, materialize, render_jpeg
 from cpvt_eval.demo.run import DEMO_MODELS, NATIVE_SIZE
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -65,6 +65,12 @@ class JpegSet(Dataset):
 
 def render_split(per_class: int, seed: int, split: str, first: int = 0) -> list[tuple[bytes, int]]:
     return [(render_jpeg(c, seed, first + i, split), c) for c in range(len(CLASSES)) for i in range(per_class)]
+
+
+def load_split(per_class: int, seed: int) -> list[tuple[bytes, int]]:
+    """The training split as JPEG bytes, materialised once in the user cache (shared by parallel trainings)."""
+    root, _ = materialize(per_class, seed, split="train")
+    return [(f.read_bytes(), c) for c, name in enumerate(CLASSES) for f in sorted((root / name).glob("*.jpg"))]
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -155,7 +161,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    train_items = render_split(args.per_class, args.seed, "train")
+    train_items = load_split(args.per_class, args.seed)
     # a small held-out slice of the train split (indices past the training images) to watch progress at 56 px
     holdout = render_split(20, args.seed, "train", first=args.per_class)
     holdout_loader = DataLoader(JpegSet(holdout, EvalTransform(NATIVE_SIZE)), batch_size=256)

@@ -73,15 +73,15 @@ def test_materialize_rebuilds_an_incomplete_copy(tmp_path):
 
 def test_open_dataset_with_own_classes(tmp_path):
     path, _ = ds.materialize(per_class=1, seed=0, root=tmp_path)
-    image_set = open_dataset(path, classes=ds.CLASSES)
+    image_set = open_dataset(path, class_names=ds.CLASSES)
     assert sorted({s.label for s in image_set.samples}) == list(range(len(ds.CLASSES)))
     for s in image_set.samples:
         assert s.relpath.split("/")[0] == ds.CLASSES[s.label]
-    with pytest.raises(DataError, match="not an ImageNet-1k class"):
+    with pytest.raises(DataError, match="neither a WordNet id"):
         open_dataset(path)  # the demo's folders are not WordNet ids
     (path / "stray").mkdir()
     with pytest.raises(DataError, match="not one of the dataset's classes"):
-        open_dataset(path, classes=ds.CLASSES)
+        open_dataset(path, class_names=ds.CLASSES)
 
 
 @pytest.mark.parametrize("name", DEMO_MODELS)

@@ -183,13 +183,14 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "cpvt-eval"
 
 
-def dataset_dir(per_class: int, seed: int, root: Path | None = None) -> Path:
+def dataset_dir(per_class: int, seed: int, root: Path | None = None, split: str = "val") -> Path:
     root = cache_root() if root is None else Path(root)
-    return root / f"demo-v{DATASET_VERSION}-seed{seed}-{per_class}x{len(CLASSES)}"
+    tag = "" if split == "val" else f"-{split}"
+    return root / f"demo-v{DATASET_VERSION}-seed{seed}{tag}-{per_class}x{len(CLASSES)}"
 
 
-def materialize(per_class: int = 50, seed: int = 0, root: Path | None = None) -> tuple[Path, bool]:
-    """Write the validation split as an ImageFolder (one folder per class) once; reuse it afterwards.
+def materialize(per_class: int = 50, seed: int = 0, root: Path | None = None, split: str = "val") -> tuple[Path, bool]:
+    """Write a split (the demo evaluates ``val``) as an ImageFolder (one folder per class) once; reuse it afterwards.
 
     The folder is built in a temporary sibling and renamed into place when complete, so an interrupted run never
     leaves a half-written dataset that a later run would trust.
@@ -199,7 +200,9 @@ def materialize(per_class: int = 50, seed: int = 0, root: Path | None = None) ->
     """
     if per_class <= 0:
         raise DataError(f"images per class must be positive, got {per_class}")
-    target = dataset_dir(per_class, seed, root)
+    if split not in SPLITS:
+        raise DataError(f"unknown demo split {split!r}; choose one of {', '.join(SPLITS)}")
+    target = dataset_dir(per_class, seed, root, split)
     if (target / "COMPLETE").is_file():
         return target, False
     try:
@@ -210,9 +213,9 @@ def materialize(per_class: int = 50, seed: int = 0, root: Path | None = None) ->
     try:
         for name in CLASSES:
             (tmp / name).mkdir()
-        for c, i, data in iter_images(per_class, seed):
+        for c, i, data in iter_images(per_class, seed, split):
             (tmp / CLASSES[c] / f"{CLASSES[c]}_{i:04d}.jpg").write_bytes(data)
-        (tmp / "COMPLETE").write_text(f"version {DATASET_VERSION}\nseed {seed}\nper_class {per_class}\n")
+        (tmp / "COMPLETE").write_text(f"version {DATASET_VERSION}\nseed {seed}\nsplit {split}\nper_class {per_class}\n")
         if target.exists():  # an incomplete copy from an interrupted run
             shutil.rmtree(target)
         os.replace(tmp, target)
