@@ -33,7 +33,7 @@ import torch
 BUDGET_S = 120.0
 
 
-def run_once(extra: list[str]) -> dict:
+def run_once(extra: list[str]) -> tuple[dict, str]:
     from cpvt_eval.demo.dataset import materialize
 
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
@@ -49,7 +49,8 @@ def run_once(extra: list[str]) -> dict:
         t0 = time.perf_counter()
         materialize(per_class=50, seed=0, root=tmp / "data-only")
         dataset = time.perf_counter() - t0
-    return {"end_to_end_s": round(end_to_end, 1), "dataset_s": round(dataset, 1), "load_avg_1m": round(load, 2)}
+        table = (tmp / "run" / "paper.md").read_text()
+    return {"end_to_end_s": round(end_to_end, 1), "dataset_s": round(dataset, 1), "load_avg_1m": round(load, 2)}, table
 
 
 def main() -> None:
@@ -58,7 +59,8 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("extra", nargs="*", help="arguments for `cpvt-eval demo` (after --)")
     args = p.parse_args()
-    runs = [run_once(args.extra) for _ in range(args.repeats)]
+    outcomes = [run_once(args.extra) for _ in range(args.repeats)]
+    runs = [r for r, _ in outcomes]
     median = statistics.median(r["end_to_end_s"] for r in runs)
     result = {
         "benchmark": "cpvt-eval demo, cold cache",
@@ -71,6 +73,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
+        "paper_table_last_run": outcomes[-1][1],
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -86,6 +89,8 @@ def main() -> None:
         f"\nmedian {median:.1f}s, {'within' if result['within_budget'] else 'OVER'} the {BUDGET_S:.0f}s budget "
         f"({result['cpus']} cpus, torch {result['torch']}, {result['torch_threads']} threads)"
     )
+    print("\nthe last run's table (paper.md):\n")
+    print(outcomes[-1][1])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ encoding:
   ``--seed``; disjoint from the ``val`` split the demo evaluates), JPEG-encoded like the eval images;
 * augmentation: RandomResizedCrop to 56 px (scale 0.4-1, ratio 3/4-4/3, bicubic) only. No flips: left/right
   is part of the class. No mixup/cutmix/colour jitter (colours are random already);
-* optimiser: AdamW, lr 2e-3 at batch 64, weight decay 0.05, 1 warm-up epoch then cosine to 0, label smoothing
+* optimiser: AdamW, lr 5e-4 at batch 64, weight decay 0.05, 1 warm-up epoch then cosine to 0, label smoothing
   0.1, ``--epochs`` epochs, fp32 on CPU with ``--threads`` threads (default 1; one process per model uses more
   cores).
 
@@ -43,7 +43,7 @@ from cpvt_eval.demo.run import DEMO_MODELS, NATIVE_SIZE
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 RECIPE = {
     "augmentation": "RandomResizedCrop(56, scale=(0.4, 1), ratio=(3/4, 4/3), bicubic); no flip",
-    "optimizer": "AdamW(lr=2e-3, weight_decay=0.05), batch 64",
+    "optimizer": "AdamW(lr=5e-4, weight_decay=0.05), batch 64",
     "schedule": "1 warm-up epoch, cosine to 0",
     "label_smoothing": 0.1,
 }
@@ -154,7 +154,8 @@ def main() -> None:
     p.add_argument("--per-class", type=int, default=600)
     p.add_argument("--epochs", type=int, default=7)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
+    # 5e-4: at 2e-3 and 1e-3 the toy DeiT stayed at chance for 4 epochs (the PEG models learned at 2e-3)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     # One thread: on a shared 2-core machine two OpenMP threads wait on each other and ran 2.5x slower.
     p.add_argument("--threads", type=int, default=1)
