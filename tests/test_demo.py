@@ -19,8 +19,6 @@ from cpvt_eval.errors import DataError
 from cpvt_eval.models.registry import resolve
 from cpvt_eval.results import ResultRow
 
-SHIPPED = ("deit_toy", "cpvt_toy", "cpvt_toy_gap")
-
 
 def _tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.jpg"))}
@@ -86,7 +84,7 @@ def test_open_dataset_with_own_classes(tmp_path):
         open_dataset(path, class_names=ds.CLASSES)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", DEMO_MODELS)
 def test_shipped_checkpoint_loads_strictly(name):
     path = checkpoint_path(name)
     assert path.stat().st_size <= 5 * 1024 * 1024
