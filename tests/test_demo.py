@@ -158,3 +158,15 @@ def test_paper_table_maps_sizes_to_the_same_grid():
     assert lines[2] == "| deit_toy (demo) | ape-learned | 80.0 | 70.0 (-10.0) |"
     # DeiT-Ti: 72.2 at 224 and 71.2 at 384 in the shipped published results
     assert lines[3] == "| DeiT-Ti (paper, ImageNet) | ape-learned | 72.2 | 71.2 (-1.0) |"
+
+
+def test_demo_all_includes_the_ablations(tmp_path):
+    args = ["demo", "--all", "--out", str(tmp_path / "run"), "--per-class", "1", "--sizes", "96", "--no-throughput"]
+    args += ["--workers", "0", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["model"] for r in rows] == list(DEMO_MODELS)
+    pe = {r["model"]: r["pe"] for r in rows}
+    assert pe["deit_toy_sincos"] == "ape-sincos" and pe["deit_toy_nope"] == "none"
+    assert all(r["grid"] == "24x24" for r in rows)

@@ -8,8 +8,8 @@ position and fine detail, and cannot win on colour or on a bag of patches:
   square-left-of-disk, or disk-inside-square. The two "above" classes (and the two "left" ones) contain the same
   parts and differ only in where they are, so a model without any position encoding cannot tell them apart
   (its tokens are an unordered set); no horizontal flip is allowed in training for the same reason.
-* **fine detail** (2 ways): both objects are filled with stripes or with a checkerboard of a period of 7-10 px
-  at the original resolution, i.e. 3-4.5 px at the native 56 px eval size: near the limit of a 4 px patch, so a
+* **fine detail** (2 ways): both objects are filled with stripes or with a checkerboard of a period of 8-11 px
+  at the original resolution, i.e. 3.5-5 px at the native 56 px eval size: near the limit of a 4 px patch, so a
   larger eval size shows the texture more clearly (as ImageNet objects show more detail at 384 than at 224).
 * **clutter**: a textured, noisy background and small distractor shapes (solid, or dotted: a third texture that
   belongs to no class) around the objects; colours, sizes, positions, texture angle and period are random.
@@ -147,14 +147,13 @@ def render(class_index: int, seed: int, index: int, split: str = "val") -> Image
     cx, cy = w / 2 + rng.uniform(-6, 6), h / 2 + rng.uniform(-6, 6)
     (dx, dy, r), (sx, sy, half) = _place_pair(rng, layout, cx, cy)
     period = rng.uniform(8, 11)
-    for kind, mask in (("square", _square(xx, yy, sx, sy, half)), ("disk", _disk(xx, yy, dx, dy, r))):
+    for mask in (_square(xx, yy, sx, sy, half), _disk(xx, yy, dx, dy, r)):  # the disk may sit on the square
         fg = rng.uniform(0, 255, 3)
         bg = _contrasting(rng, fg, 70)
         pattern = _texture(texture, xx, yy, period, rng.uniform(0, math.pi), rng.uniform(0, 6.3))
         fill = bg * (1 - pattern[..., None]) + fg * pattern[..., None]
         m = mask[..., None]
         canvas = canvas * (1 - m) + fill * m
-        del kind
 
     canvas += rng.normal(0, 5, canvas.shape)
     return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB")
