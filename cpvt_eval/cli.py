@@ -370,6 +370,7 @@ def entry() -> None:
 # (one import per command module, keep sorted)
 from . import cli_check_data  # noqa: E402, F401, I001
 from . import cli_compare  # noqa: E402, F401
+from . import cli_demo  # noqa: E402, F401
 from . import cli_models  # noqa: E402, F401
 from . import cli_report  # noqa: E402, F401
 from . import cli_throughput  # noqa: E402, F401

@@ -37,6 +37,8 @@ class RunConfig:
         layout: dataset layout (``auto``, ``imagefolder``, ``flat``, ``imagenetv2``, ``manifest``).
         labels: label file (devkit ground truth, Kaggle LOC_val_solution.csv or a path,label manifest).
         classes: file of WordNet ids: evaluate only these classes.
+        class_names: class folder names in label order, for an ImageFolder that is not ImageNet (the offline
+            demo); None means the canonical ImageNet-1k WordNet ids.
         real_labels: add ImageNet-ReaL top-1; ``"timm"`` for the copy timm ships, else a path.
         on_bad_image: ``stop`` before any cell at the first bad file, or ``skip`` and record it.
         decode_draft: let PIL decode JPEGs at a reduced DCT scale (faster, changes pixels; recorded).
@@ -61,6 +63,7 @@ class RunConfig:
     layout: str = "auto"
     labels: Path | None = None
     classes: Path | None = None
+    class_names: tuple[str, ...] | None = None
     real_labels: str | None = None
     on_bad_image: str = "stop"
     decode_draft: bool = False

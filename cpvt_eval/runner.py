@@ -279,7 +279,7 @@ def _run_resolution(
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
-    image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes)
+    image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes, cfg.class_names)
     image_set.decode_draft = cfg.decode_draft
     log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
     workers = default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers
@@ -425,6 +425,7 @@ def _config_summary(cfg: RunConfig) -> dict:
         "layout": cfg.layout,
         "labels": None if cfg.labels is None else str(cfg.labels),
         "classes": None if cfg.classes is None else str(cfg.classes),
+        "class_names": None if cfg.class_names is None else list(cfg.class_names),
         "real_labels": cfg.real_labels,
         "on_bad_image": cfg.on_bad_image,
         "decode_draft": cfg.decode_draft,

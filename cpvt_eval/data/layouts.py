@@ -154,7 +154,8 @@ def scan_imagefolder(root: str | os.PathLike, classes: tuple[str, ...] | None = 
         raise DataError(f"no class folders in {root} (expected one folder per WordNet id, e.g. n01440764/)")
     unknown = [f for f in folders if f not in index]
     if unknown:
-        raise DataError(f"folder {root / unknown[0]} is not an ImageNet-1k class (WordNet id){_more(unknown)}")
+        what = "an ImageNet-1k class (WordNet id)" if classes == imagenet_synsets() else "one of the dataset's classes"
+        raise DataError(f"folder {root / unknown[0]} is not {what}{_more(unknown)}")
     samples = [Sample(rel, index[folder]) for folder in folders for rel in _walk_images(root / folder, root)]
     if not samples:
         raise DataError(f"no images found under {root}")
@@ -359,9 +360,18 @@ def open_dataset(
     layout: str = "auto",
     labels: str | os.PathLike | None = None,
     classes: str | os.PathLike | None = None,
+    class_names: tuple[str, ...] | None = None,
 ) -> ImageSet:
-    """Index ``root`` in its layout, keep ``--classes``, apply ``--limit``, and fingerprint the result."""
-    image_set = scan(root, layout, labels)
+    """Index ``root`` in its layout, keep ``--classes``, apply ``--limit``, and fingerprint the result.
+
+    ``class_names`` is for an ImageFolder that is not ImageNet (the offline demo): its folder names in label order.
+    """
+    if class_names is not None:
+        if layout not in ("auto", "imagefolder") or labels is not None or classes is not None:
+            raise DataError("a dataset with its own class names is an ImageFolder without label or class files")
+        image_set = scan_imagefolder(root, tuple(class_names))
+    else:
+        image_set = scan(root, layout, labels)
     if classes is not None:
         select_classes(image_set, classes)
     if limit is not None:
