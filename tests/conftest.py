@@ -73,3 +73,13 @@ def cell_predictions(run_dir, model: str, size: int) -> dict:
 def _user_cache_in_tmp(tmp_path_factory, monkeypatch):
     """Downloads and cached model costs go to a per-session temp dir, never the user's real cache."""
     monkeypatch.setenv("CPVT_EVAL_CACHE", str(tmp_path_factory.getbasetemp() / "cpvt-eval-cache"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one intra-op thread for a module: the toy models do microseconds of work per op, and extra
+    threads only add contention on a small shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

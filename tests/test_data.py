@@ -430,21 +430,7 @@ def test_stop_policy_names_the_file_before_any_cell(tmp_path, toy_checkpoints):
     for name in ("empty.JPEG", "notes.JPEG"):
         (root / imagenet_synsets()[999] / name).unlink()
     _, ckpt = toy_checkpoints["cpvt_toy"]
-    args = [
-        "resolution",
-        "-m",
-        "cpvt_toy",
-        "--model-arg",
-        "num_classes=1000",
-        "-c",
-        str(ckpt),
-        "--data",
-        str(root),
-        "--sizes",
-        "56",
-        "-j",
-        "0",
-    ]
+    args = _toy_resolution_args(ckpt, root)
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run"), "--no-throughput"])
     assert result.exit_code == 2, result.output
     assert "truncated.JPEG" in result.output and "Traceback" not in result.output
@@ -623,7 +609,20 @@ def test_same_results_in_every_layout(tmp_path, layouts, toy_checkpoints, real):
 def test_cli_real_labels_and_layout_flags(tmp_path, layouts, toy_checkpoints):
     _, ckpt = toy_checkpoints["cpvt_toy"]
     root, _ = layouts["flat"]
-    args = [
+    args = _toy_resolution_args(ckpt, root)
+    args += ["--out", str(tmp_path / "run"), "--no-throughput", "--layout", "flat", "--limit", "4"]
+    result = CliRunner().invoke(app, [*args, "--real-labels", "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["layout"] == "flat" and row["n_images"] == 4 and row["limit"] == 4
+    assert row["real_n"] + row["real_excluded"] == 4 and row["real_top1"] is not None
+    result = CliRunner().invoke(app, [*args, "--on-bad-image", "ignore"])
+    assert result.exit_code == 2 and "--on-bad-image must be stop or skip" in result.output
+
+
+def _toy_resolution_args(ckpt, root) -> list[str]:
+    """``resolution`` of the toy CPVT (1000 classes) on ``root`` at 56 px, without data workers."""
+    return [
         "resolution",
         "-m",
         "cpvt_toy",
@@ -638,11 +637,3 @@ def test_cli_real_labels_and_layout_flags(tmp_path, layouts, toy_checkpoints):
         "-j",
         "0",
     ]
-    args += ["--out", str(tmp_path / "run"), "--no-throughput", "--layout", "flat", "--limit", "4"]
-    result = CliRunner().invoke(app, [*args, "--real-labels", "--json"])
-    assert result.exit_code == 0, result.output
-    (row,) = json.loads(result.stdout)
-    assert row["layout"] == "flat" and row["n_images"] == 4 and row["limit"] == 4
-    assert row["real_n"] + row["real_excluded"] == 4 and row["real_top1"] is not None
-    result = CliRunner().invoke(app, [*args, "--on-bad-image", "ignore"])
-    assert result.exit_code == 2 and "--on-bad-image must be stop or skip" in result.output

@@ -32,13 +32,7 @@ from cpvt_eval.runner import run_resolution
 FAST = ("md", "csv")  # the runner tests skip the plots; tests/test_report.py covers them
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The toy models do microseconds of work per op; on a shared machine intra-op threads only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_row(**over) -> ResultRow:

@@ -50,13 +50,7 @@ sys.exit(main(argv))
 VOLATILE = {"started_at", "duration_s", "aggregate_images_per_sec"}  # wall-clock figures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The toy models do microseconds of work per op; on a shared machine intra-op threads only add contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env() -> dict:
