@@ -61,7 +61,7 @@ def build_models() -> list[EvalModel]:
         torch.manual_seed(i)
         spec = resolve(name)
         module = spec.create(**MODEL_ARGS).eval()
-        models.append(EvalModel(key=name, spec=spec, module=module, mean=MEAN, std=STD))
+        models.append(EvalModel(name=name, spec=spec, module=module, mean=MEAN, std=STD))
     return models
 
 
@@ -100,13 +100,13 @@ def naive(models, image_set, sizes, batch, workers) -> dict:
             with torch.no_grad():
                 for x, _ in loader:
                     out.append(m.module(x).argmax(dim=1))
-            preds[(m.key, size)] = torch.cat(out)
+            preds[(m.name, size)] = torch.cat(out)
     return preds
 
 
 def shared(models, image_set, sizes, batch, workers) -> dict:
     settings = EvalSettings(device=torch.device("cpu"), batch_size=batch, workers=workers)
-    return {(c.model, c.size): c.top5[:, 0].long() for c in sweep(models, image_set, sizes, settings)}
+    return {(c.model, c.size): c.topk[:, 0].long() for c in sweep(models, image_set, sizes, settings)}
 
 
 def timed(fn, *args):

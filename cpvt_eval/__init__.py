@@ -8,20 +8,50 @@ Public API::
     outcome = cpvt_eval.evaluate(cpvt_eval.RunConfig(models=("cpvt_ti",), sizes=(224, 384), data=..., out=...,
                                                      checkpoints={"cpvt_ti": "cpvt_ti.pth"}))
     cpvt_eval.measure_throughput(model, 224, torch.device("cpu"))
+
+The names are imported on first use, so that ``import cpvt_eval`` (and ``cpvt-eval --help``) stays light: torch,
+timm and pandas load only when a model, a job or a report needs them.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .config import RunConfig, ThroughputConfig  # noqa: E402
-from .models import ModelSpec, resolve  # noqa: E402
-from .runner import build_model, run_resolution  # noqa: E402
-from .throughput import count_flops, measure_throughput  # noqa: E402
+import importlib
 
-evaluate = run_resolution
+__version__ = "0.2.0"
+
+# public name -> (module, attribute)
+_LAZY = {
+    "RunConfig": ("config", "RunConfig"),
+    "ThroughputConfig": ("config", "ThroughputConfig"),
+    "Hooks": ("config", "Hooks"),
+    "ModelSpec": ("models.registry", "ModelSpec"),
+    "resolve": ("models.registry", "resolve"),
+    "build_model": ("models.build", "build_model"),
+    "evaluate": ("jobs.resolution", "run_resolution"),
+    "count_flops": ("throughput", "count_flops"),
+    "measure_throughput": ("throughput", "measure_throughput"),
+}
+
+__all__ = sorted([*_LAZY, "__version__", "create_model", "list_models"])
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 def create_model(name: str, **kwargs):
     """Build a registered (or timm) model by name or alias, with random weights."""
+    from .models import resolve
+
     return resolve(name).create(**kwargs)
 
 
@@ -30,19 +60,3 @@ def list_models(include_demo: bool = True) -> list[str]:
     from .models import list_specs
 
     return [s.name for s in list_specs(include_demo)]
-
-
-__all__ = [
-    "ModelSpec",
-    "RunConfig",
-    "ThroughputConfig",
-    "__version__",
-    "build_model",
-    "count_flops",
-    "create_model",
-    "evaluate",
-    "list_models",
-    "measure_throughput",
-    "resolve",
-    "run_resolution",
-]

@@ -2,10 +2,63 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .models.posenc import PEOptions
+from .errors import ModelError
+
+REPORT_FORMATS = ("md", "csv", "tex", "json", "png")
+APE_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+class Progress:
+    """Progress hook of a data pass; the CLI connects a rich bar to it. The default does nothing."""
+
+    def start(self, label: str, total: int) -> None:  # noqa: B027 (a no-op default is the point)
+        pass
+
+    def advance(self, n: int) -> None:  # noqa: B027
+        pass
+
+    def finish(self) -> None:  # noqa: B027
+        pass
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How a job talks back to its caller, without printing: progress of each data pass, details (``log``,
+    shown with ``--verbose``) and what a user should always see (``notify``, e.g. which finished cells a rerun
+    skips). The defaults say nothing."""
+
+    progress: Progress = field(default_factory=Progress)
+    log: Callable[[str], None] = _quiet
+    notify: Callable[[str], None] = _quiet
+
+    @classmethod
+    def silent(cls) -> Hooks:
+        return cls()
+
+
+@dataclass(frozen=True)
+class PEOptions:
+    """How absolute position embeddings meet a new grid (recorded in every result row as ``pe_policy``)."""
+
+    ape_interpolation: str = "bicubic"
+    antialias: bool = False
+    sincos: str = "regenerate"  # or "resample"
+
+    def __post_init__(self):
+        if self.ape_interpolation not in APE_INTERPOLATIONS:
+            raise ModelError(
+                f"unknown APE interpolation {self.ape_interpolation!r}; choose one of {', '.join(APE_INTERPOLATIONS)}"
+            )
+        if self.sincos not in ("regenerate", "resample"):
+            raise ModelError(f"--sincos must be 'regenerate' or 'resample', got {self.sincos!r}")
 
 
 @dataclass(frozen=True)
@@ -42,6 +95,9 @@ class RunConfig:
         real_labels: add ImageNet-ReaL top-1; ``"timm"`` for the copy timm ships, else a path.
         on_bad_image: ``stop`` before any cell at the first bad file, or ``skip`` and record it.
         decode_draft: let PIL decode JPEGs at a reduced DCT scale (faster, changes pixels; recorded).
+        force: recompute cells already finished in the run directory.
+        report_formats: the reports rendered at the end (Markdown and CSV are also rewritten after every cell).
+        argv: the command line, for provenance.
     """
 
     models: tuple[str, ...]
@@ -67,3 +123,6 @@ class RunConfig:
     real_labels: str | None = None
     on_bad_image: str = "stop"
     decode_draft: bool = False
+    force: bool = False
+    report_formats: tuple[str, ...] = REPORT_FORMATS
+    argv: tuple[str, ...] = ()

@@ -16,7 +16,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from .engine import Progress
+from .config import Progress
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)

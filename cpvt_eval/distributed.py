@@ -24,7 +24,7 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 import torch.distributed as dist
@@ -134,25 +134,19 @@ def shard_image_set(image_set: ImageSet, world_size: int, rank: int, batch_size:
 
 
 def cell_payload(cell: CellOutput, shard: Shard) -> dict:
-    """What a rank sends for one cell: counts and its per-image predictions under global indices."""
-    return {
-        "model": cell.model,
-        "size": cell.size,
-        "pe_policy": cell.pe_policy,
-        "grid": cell.grid,
-        "resize_size": cell.resize_size,
-        "correct1": cell.correct1,
-        "correct5": cell.correct5,
-        "n": cell.n,
-        "duration_s": cell.duration_s,
-        "indices": cell.indices + shard.start,
-        "labels": cell.labels,
-        "top5": cell.top5,
-    }
+    """What a rank sends for one cell: every field of the cell, its per-image predictions under global indices."""
+    payload = {f.name: getattr(cell, f.name) for f in fields(CellOutput)}
+    payload["indices"] = cell.indices + shard.start
+    return payload
+
+
+_COMBINE = {"sum": sum, "max": max, "min": min}
 
 
 def merge_cells(parts: list[dict], n_total: int) -> CellOutput:
     """Join the ranks' payloads of one cell (in rank order) into the cell of the whole dataset.
+
+    Each field is combined as its ``merge`` metadata in ``CellOutput`` says, so a new field cannot be left out.
 
     Raises:
         DistributedError: the ranks sent different cells, or an image is missing or was evaluated twice.
@@ -182,22 +176,17 @@ def merge_cells(parts: list[dict], n_total: int) -> CellOutput:
             f"gathered predictions of {first['model']} at {first['size']}px are incomplete: {'; '.join(what)}"
         )
     order = torch.argsort(indices)
-    return CellOutput(
-        model=first["model"],
-        size=first["size"],
-        pe_policy=first["pe_policy"],
-        grid=first["grid"],
-        resize_size=first["resize_size"],
-        correct1=sum(p["correct1"] for p in parts),
-        correct5=sum(p["correct5"] for p in parts),
-        n=sum(p["n"] for p in parts),
-        # The ranks start a pass together (each pass begins after a round), so the slowest rank's time is the
-        # wall time of the data-parallel pass.
-        duration_s=max(p["duration_s"] for p in parts),
-        indices=indices[order],
-        labels=torch.cat([p["labels"] for p in parts])[order],
-        top5=torch.cat([p["top5"] for p in parts])[order],
-    )
+    merged = {}
+    for f in fields(CellOutput):
+        how = f.metadata["merge"]
+        values = [p[f.name] for p in parts]
+        if how == "same":
+            merged[f.name] = values[0]
+        elif how == "samples":
+            merged[f.name] = torch.cat(values)[order]
+        else:
+            merged[f.name] = _COMBINE[how](values)
+    return CellOutput(**merged)
 
 
 def check_same_inputs(parts: list[dict]) -> list[dict]:
@@ -375,7 +364,7 @@ class DistContext:
             "device": str(self.device),
             "n": len(image_set),
             "fingerprint": image_set.fingerprint,
-            "checkpoints": {m.key: m.checkpoint_sha256 for m in models},
+            "checkpoints": {m.name: m.checkpoint_sha256 for m in models},
         }
         self.ranks = self._round(mine, check_same_inputs)
 
@@ -392,10 +381,10 @@ class DistContext:
         not see it at all), and every rank must evaluate the same cells."""
         if todo is None or not self.enabled:
             return todo
-        cells = {(m.key, s) for m in models for s in sizes if todo(m, s)} if self.is_main else None
+        cells = {(m.name, s) for m in models for s in sizes if todo(m, s)} if self.is_main else None
         agreed = self.agree(sorted(cells) if cells is not None else None)
         wanted = {tuple(c) for c in agreed}
-        return lambda m, s: (m.key, s) in wanted
+        return lambda m, s: (m.name, s) in wanted
 
     def gather_cells(self, cells: Iterable[CellOutput], shard: Shard) -> Iterator[CellOutput]:
         """The cells of the whole dataset, on rank 0; the other ranks evaluate their shards and yield nothing.

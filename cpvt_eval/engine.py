@@ -11,7 +11,7 @@ later batch of the pass into chunks of the smaller size; the batch it finally ra
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -19,19 +19,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .config import Progress
 from .data import EvalDataset, EvalTransform, ImageSet, make_loader, normalize_batch
 from .errors import CpvtEvalError, DataError
 from .models.posenc import PEOptions, adapt_to_size, grid_of
 from .models.registry import ModelSpec
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+from .runtime import autocast_context, release_cached_memory
 
 
 @dataclass
 class EvalModel:
-    """A model ready to evaluate: its row name, spec, module (on the device), and preprocessing constants."""
+    """A model ready to evaluate: its canonical name, spec, module (on the device), and preprocessing constants."""
 
-    key: str
+    name: str
     spec: ModelSpec
     module: nn.Module
     mean: tuple[float, float, float]
@@ -50,45 +50,40 @@ class EvalModel:
         return int(getattr(self.module, "num_classes", 1000))
 
 
+def _merged(how: str, default=dataclasses.MISSING):
+    """A ``CellOutput`` field and how the shards of a torchrun job combine it (see ``distributed.merge_cells``):
+    ``same`` (every rank has the same value), ``sum``, ``max``, ``min``, or ``samples`` (per-image tensors,
+    concatenated and put back in dataset order)."""
+    return field(default=default, metadata={"merge": how})
+
+
 @dataclass
 class CellOutput:
     """The outcome of one (model, size) cell: integer counts and per-sample predictions."""
 
-    model: str
-    size: int
-    pe_policy: str
-    grid: str
-    resize_size: int
-    correct1: int
-    correct5: int
-    n: int
-    duration_s: float
-    indices: torch.Tensor  # (n,) positions in the ImageSet
-    labels: torch.Tensor  # (n,)
-    top5: torch.Tensor  # (n, k) predicted class indices, best first
-    batch_size: int = 0  # the batch the model finally ran at (smaller than the loader's after an OOM)
-    oom_retries: int = 0
+    model: str = _merged("same")
+    size: int = _merged("same")
+    pe_policy: str = _merged("same")
+    grid: str = _merged("same")
+    resize_size: int = _merged("same")
+    correct1: int = _merged("sum")
+    correct5: int = _merged("sum")
+    n: int = _merged("sum")
+    # The ranks start a pass together, so the slowest rank's time is the wall time of the data-parallel pass.
+    duration_s: float = _merged("max")
+    indices: torch.Tensor = _merged("samples")  # (n,) positions in the ImageSet
+    labels: torch.Tensor = _merged("samples")  # (n,)
+    topk: torch.Tensor = _merged("samples")  # (n, k) predicted class indices, best first (k = min(5, classes))
+    batch_size: int = _merged("min", 0)  # the batch the model finally ran at (smaller after an OOM)
+    oom_retries: int = _merged("sum", 0)
 
     @property
-    def top1(self) -> float:
+    def top1_pct(self) -> float:
         return 100.0 * self.correct1 / self.n if self.n else float("nan")
 
     @property
-    def top5_acc(self) -> float:
+    def top5_pct(self) -> float:
         return 100.0 * self.correct5 / self.n if self.n else float("nan")
-
-
-class Progress:
-    """Progress hook; the CLI connects a rich bar to it. The default does nothing."""
-
-    def start(self, label: str, total: int) -> None:  # noqa: B027 (a no-op default is the point)
-        pass
-
-    def advance(self, n: int) -> None:  # noqa: B027
-        pass
-
-    def finish(self) -> None:  # noqa: B027
-        pass
 
 
 @dataclass(frozen=True)
@@ -100,20 +95,6 @@ class EvalSettings:
     interpolation: str = "bicubic"
     dtype: str = "fp32"
     pe: PEOptions = PEOptions()
-
-
-def autocast_context(device: torch.device, dtype: str):
-    """Autocast for bf16/fp16; fp32 runs plain. The dtype is recorded in every row."""
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=DTYPES[dtype])
-
-
-def release_cached_memory(device: torch.device) -> None:
-    # After an OOM the caching allocator still holds the blocks of the failed attempt; give them back before
-    # retrying at a smaller batch, or the retry can fail for fragmentation alone.
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 class ChunkedForward:
@@ -188,10 +169,10 @@ def evaluate_size(
     correct1 = [0] * len(models)
     correct5 = [0] * len(models)
     seen = 0
-    progress.start(f"{size}px · {', '.join(m.key for m in models)}", n_total)
+    progress.start(f"{size}px · {', '.join(m.name for m in models)}", n_total)
     t0 = time.perf_counter()
     non_blocking = settings.device.type == "cuda"
-    runners = [ChunkedForward(m.module, settings.batch_size, settings.device, settings.dtype, m.key) for m in models]
+    runners = [ChunkedForward(m.module, settings.batch_size, settings.device, settings.dtype, m.name) for m in models]
     try:
         with torch.inference_mode():
             for images, target, idx in loader:
@@ -224,7 +205,7 @@ def evaluate_size(
         grid = grid_of(m.module)
         outputs.append(
             CellOutput(
-                model=m.key,
+                model=m.name,
                 size=size,
                 pe_policy=policies[j],
                 grid=f"{grid[0]}x{grid[1]}" if grid else "",
@@ -235,7 +216,7 @@ def evaluate_size(
                 duration_s=duration,
                 indices=indices.clone(),
                 labels=labels.clone(),
-                top5=top5[j],
+                topk=top5[j],
                 batch_size=runners[j].chunk,
                 oom_retries=runners[j].retries,
             )

@@ -12,7 +12,6 @@ achieved GFLOP/s can be read against what the hardware does on the friendliest p
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -21,8 +20,8 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .engine import DTYPES, autocast_context, release_cached_memory
 from .errors import CpvtEvalError
+from .runtime import autocast_context, check_dtype, device_name, release_cached_memory, sync, torch_dtype
 
 # The batch sizes ``find_max_batch`` tries: powers of two (the DeiT throughput protocol) up to this cap.
 MAX_AUTO_BATCH = 4096
@@ -96,35 +95,6 @@ def row_extra(result: ThroughputResult) -> dict:
     return {f"throughput_{k}": d[k] for k in ROW_EXTRA_FIELDS}
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return _cpu_name()
-
-
-@lru_cache(maxsize=1)
-def _cpu_name() -> str:
-    # platform.processor() is empty on most Linux systems; /proc/cpuinfo has the marketing name.
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _check_dtype(dtype: str) -> None:
-    if dtype not in DTYPES:
-        raise CpvtEvalError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-
-
 def _input(batch: int, size: int, device: torch.device, channels_last: bool) -> torch.Tensor:
     # Synthetic input of the evaluation shape; fp32 like the normalised batches the engine feeds (autocast casts).
     x = torch.randn(batch, 3, size, size, device=device)
@@ -150,11 +120,11 @@ def _time_runs(
     with torch.inference_mode(), autocast_context(device, dtype):
         for _ in range(warmup):
             model(x)
-        _sync(device)
+        sync(device)
         for _ in range(repeats):
             t0 = time.perf_counter()
             model(x)
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
     return times
 
@@ -184,7 +154,7 @@ def measure_throughput(
         raise CpvtEvalError("repeats must be at least 1")
     if batch_size < 1:
         raise CpvtEvalError(f"batch size must be at least 1, got {batch_size}")
-    _check_dtype(dtype)
+    check_dtype(dtype)
     batch, retries = batch_size, 0
     while True:
         try:
@@ -234,14 +204,14 @@ def find_max_batch(
     The DeiT throughput protocol times each model at the largest batch it can run; doubling from 1 finds it
     with a handful of forwards and stops at the first out-of-memory error.
     """
-    _check_dtype(dtype)
+    check_dtype(dtype)
     best = 0
     batch = 1
     while batch <= cap:
         try:
             with torch.inference_mode(), autocast_context(device, dtype):
                 model(_input(batch, size, device, channels_last))
-            _sync(device)
+            sync(device)
         except torch.OutOfMemoryError:
             break
         best = batch
@@ -276,18 +246,18 @@ def _matmul_size(device: torch.device) -> int:
 @lru_cache(maxsize=16)
 def _matmul_peak(device_str: str, dtype: str, n: int, repeats: int) -> float:
     device = torch.device(device_str)
-    torch_dtype = DTYPES[dtype]
-    a = torch.randn(n, n, device=device).to(torch_dtype)
-    b = torch.randn(n, n, device=device).to(torch_dtype)
+    dt = torch_dtype(dtype)
+    a = torch.randn(n, n, device=device).to(dt)
+    b = torch.randn(n, n, device=device).to(dt)
     times = []
     with torch.inference_mode():
         for _ in range(2):
             torch.mm(a, b)
-        _sync(device)
+        sync(device)
         for _ in range(repeats):
             t0 = time.perf_counter()
             torch.mm(a, b)
-            _sync(device)
+            sync(device)
             times.append(time.perf_counter() - t0)
     # The fastest run: a peak is what the hardware can do, and slower runs only measure interference.
     return 2 * n**3 / min(times) / 1e9
@@ -298,7 +268,7 @@ def matmul_peak_gflops(device: torch.device, dtype: str = "fp32", n: int | None 
 
     Cached per (device, dtype, n) for the life of the process.
     """
-    _check_dtype(dtype)
+    check_dtype(dtype)
     return _matmul_peak(str(device), dtype, n or _matmul_size(device), repeats)
 
 
@@ -355,7 +325,6 @@ def benchmark_model(
 
 
 __all__ = [
-    "DTYPES",
     "ThroughputResult",
     "benchmark_model",
     "count_flops",

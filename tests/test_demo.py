@@ -54,7 +54,7 @@ def test_materialize_same_seed_same_bytes(tmp_path):
 def test_materialize_reuses_a_complete_copy_and_lives_in_the_user_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("CPVT_EVAL_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert ds.cache_root() == tmp_path / "xdg" / "cpvt-eval"
+    assert ds.cache_dir() == tmp_path / "xdg" / "cpvt-eval"
     path, created = ds.materialize(per_class=1, seed=0)
     assert created and path.parent == tmp_path / "xdg" / "cpvt-eval"
     again, created_again = ds.materialize(per_class=1, seed=0)

@@ -91,7 +91,7 @@ def test_merge_orders_by_index_and_sums_counts():
     assert (cell.correct1, cell.correct5, cell.n) == (2, 3, 3)
     assert cell.indices.tolist() == [0, 1, 2]
     assert cell.labels.tolist() == [5, 6, 7]
-    assert cell.top5.tolist() == [[5, 1], [0, 6], [7, 3]]
+    assert cell.topk.tolist() == [[5, 1], [0, 6], [7, 3]]
     assert cell.duration_s == 3.0  # the slowest rank sets the wall time of the pass
 
 
@@ -222,8 +222,8 @@ try:
     with distributed.session("cpu") as ctx:
         models = [SimpleNamespace(key="a"), SimpleNamespace(key="b")]
         # Every rank answers differently; rank 0's answer must hold on every rank.
-        todo = ctx.agreed_todo(lambda m, s: (m.key == "a") == (rank == 0) and s == 32, models, [32, 40])
-        record["todo"] = sorted([m.key, s] for m in models for s in (32, 40) if todo(m, s))
+        todo = ctx.agreed_todo(lambda m, s: (m.name == "a") == (rank == 0) and s == 32, models, [32, 40])
+        record["todo"] = sorted([m.name, s] for m in models for s in (32, 40) if todo(m, s))
         record["agree"] = ctx.agree(f"rank {rank}")
         if rank == 1:
             raise RuntimeError("boom")

@@ -11,8 +11,8 @@ import cpvt_eval.data as data_mod
 from cpvt_eval.data import EvalDataset, EvalTransform, make_loader, open_dataset
 from cpvt_eval.engine import ChunkedForward, EvalSettings, evaluate_size, sweep
 from cpvt_eval.errors import CpvtEvalError
+from cpvt_eval.models.build import build_model
 from cpvt_eval.models.posenc import adapt_to_size
-from cpvt_eval.runner import build_model
 
 SIZES = (56, 64)
 BATCH = 5  # 12 images: batches of 5, 5, 2, so a short last batch is covered too
@@ -67,13 +67,13 @@ def test_shared_sweep_equals_each_cell_alone_and_the_reference_path(image_set, t
     assert len(cells) == 2 * len(SIZES)
     for model in toy_models():
         for size in SIZES:
-            shared = cells[(model.key, size)]
+            shared = cells[(model.name, size)]
             alone = evaluate_size([model], image_set, size, settings())[0]
-            assert torch.equal(shared.top5, alone.top5)
+            assert torch.equal(shared.topk, alone.topk)
             assert (shared.correct1, shared.correct5, shared.n) == (alone.correct1, alone.correct5, alone.n)
             assert torch.equal(shared.indices, torch.arange(len(image_set)))
             pred, c1, c5 = reference_cell(model.module, image_set, size)
-            assert torch.equal(shared.top5.long(), pred), f"{model.key} @ {size}"
+            assert torch.equal(shared.topk.long(), pred), f"{model.name} @ {size}"
             assert (shared.correct1, shared.correct5) == (c1, c5)
             assert torch.equal(shared.labels, torch.tensor([s.label for s in image_set.samples]))
 
@@ -101,9 +101,9 @@ def test_batches_travel_as_uint8(image_set):
 
 def test_todo_skips_finished_cells(image_set, toy_models):
     models = toy_models()
-    done = {(models[0].key, 56)}
-    cells = list(sweep(models, image_set, SIZES, settings(), todo=lambda m, s: (m.key, s) not in done))
-    assert {(c.model, c.size) for c in cells} == {(m.key, s) for m in models for s in SIZES} - done
+    done = {(models[0].name, 56)}
+    cells = list(sweep(models, image_set, SIZES, settings(), todo=lambda m, s: (m.name, s) not in done))
+    assert {(c.model, c.size) for c in cells} == {(m.name, s) for m in models for s in SIZES} - done
 
 
 def test_autocast_dtype_reaches_the_model(image_set, toy_models):
@@ -134,14 +134,14 @@ def test_oom_halves_that_models_batch_and_keeps_its_predictions(image_set, toy_m
     fake = OOMAbove(models[0].module.forward, limit=3)
     models[0].module.forward = fake
     cells = {c.model: c for c in evaluate_size(models, image_set, 56, settings(batch=8))}
-    hit, other = cells[models[0].key], cells[models[1].key]
+    hit, other = cells[models[0].name], cells[models[1].name]
     assert (hit.batch_size, hit.oom_retries) == (2, 2)  # 8 -> 4 -> 2
     assert (other.batch_size, other.oom_retries) == (8, 0)  # the other model keeps the shared batch
     assert max(s for s in fake.sizes[3:]) <= 2  # after the halving every later batch runs in chunks of 2
     for key in cells:
         assert cells[key].n == plain[key].n == len(image_set)
         assert (cells[key].correct1, cells[key].correct5) == (plain[key].correct1, plain[key].correct5)
-        assert torch.equal(cells[key].top5[:, 0], plain[key].top5[:, 0])
+        assert torch.equal(cells[key].topk[:, 0], plain[key].topk[:, 0])
 
 
 def test_oom_at_batch_one_is_a_one_line_error(image_set, toy_models):

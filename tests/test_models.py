@@ -260,7 +260,7 @@ def test_resolve_aliases_tags_and_unknown_names():
 
 def test_published_numbers_come_from_the_shipped_table():
     assert resolve("cpvt_ti_plus").published[224] == (73.4, "primary")
-    assert resolve("cpvt_ti").published[512] == (70.3, "unverified")
+    assert resolve("cpvt_ti").published[512] == (70.3, "secondary-x2")
     assert resolve("twins_svt_small").published == {}
 
 
@@ -290,7 +290,7 @@ def test_models_json_has_flops_with_attention_params_and_published_numbers():
 
 
 def test_models_lists_every_registered_model(monkeypatch):
-    import cpvt_eval.cli_models as cli_models
+    import cpvt_eval.cli.models as cli_models
     from cpvt_eval.models import list_specs
 
     monkeypatch.setattr(cli_models, "model_cost", lambda spec: (1, 0.5))  # the costs are tested above
@@ -304,7 +304,7 @@ def test_models_lists_every_registered_model(monkeypatch):
 
 
 def test_model_cost_is_cached_in_the_user_cache(monkeypatch, tmp_path):
-    import cpvt_eval.cli_models as cli_models
+    import cpvt_eval.cli.models as cli_models
 
     monkeypatch.setenv("CPVT_EVAL_CACHE", str(tmp_path))
     first = cli_models.model_cost(resolve("deit_toy"))

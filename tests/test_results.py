@@ -15,19 +15,19 @@ from typer.testing import CliRunner
 
 import cpvt_eval
 from cpvt_eval.cli import app
-from cpvt_eval.config import RunConfig, ThroughputConfig
+from cpvt_eval.config import Hooks, RunConfig, ThroughputConfig
 from cpvt_eval.errors import ResultsError
+from cpvt_eval.jobs.resolution import run_resolution
 from cpvt_eval.models.posenc import PEOptions
 from cpvt_eval.results import (
     KEY_FIELDS,
     ResultRow,
     RunStore,
-    cell_key,
+    CellId,
     mcnemar_exact,
     row_key,
     wilson_interval,
 )
-from cpvt_eval.runner import run_resolution
 
 FAST = ("md", "csv")  # the runner tests skip the plots; tests/test_report.py covers them
 
@@ -115,6 +115,7 @@ def test_every_key_field_changes_the_key(name):
         "limit": 8,
         "decode_draft": True,
         "ema": True,
+        "probe": "shift=random,max=32",
     }[name]
     assert row_key(replace(row, **{name: changed})) != row_key(row)
 
@@ -124,7 +125,21 @@ def test_key_ignores_fields_outside_the_key():
     assert row_key(replace(row, started_at="later", duration_s=9.0, device="cuda:0", images_per_sec=5.0)) == row_key(
         row
     )
-    assert row_key(row) == cell_key(**{k: getattr(row, k) for k in KEY_FIELDS})
+    assert row_key(row) == CellId.of(row).key()
+
+
+def test_key_of_a_row_is_the_one_earlier_versions_stored():
+    # Run directories written before the identity became a dataclass must resume: same payload, same hash.
+    import hashlib
+
+    row = make_row()
+    payload = {k: getattr(row, k) for k in KEY_FIELDS if k not in ("decode_draft", "ema", "probe")}
+    payload["crop_pct"] = float(payload["crop_pct"])
+    expected = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    assert row_key(row) == expected
+    drafted = replace(row, decode_draft=True)
+    payload["decode_draft"] = True
+    assert row_key(drafted) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_rows_round_trip_and_later_row_replaces(tmp_path):
@@ -236,14 +251,14 @@ def base_cfg(data: Path, out: Path, ckpt: Path, **over) -> RunConfig:
 
 def test_rerun_skips_finished_cells_and_says_so(tmp_path, imagefolder, deit_ckpts):
     cfg = base_cfg(imagefolder, tmp_path / "run", deit_ckpts[0], sizes=(56, 64))
-    first = run_resolution(cfg, report_formats=FAST)
+    first = run_resolution(replace(cfg, report_formats=FAST))
     assert len(first.rows) == 2
     said: list[str] = []
-    second = run_resolution(cfg, notify=said.append, report_formats=FAST)
+    second = run_resolution(replace(cfg, report_formats=FAST), Hooks(notify=said.append))
     assert second.rows == []
     assert any("skipping 2 finished cell(s)" in m for m in said)
     assert len(first.store.rows_path.read_text().splitlines()) == 2
-    forced = run_resolution(cfg, force=True, report_formats=FAST)
+    forced = run_resolution(replace(cfg, report_formats=FAST, force=True))
     assert len(forced.rows) == 2
     assert len(first.store.rows_path.read_text().splitlines()) == 4
     assert len(forced.store.rows()) == 2
@@ -258,7 +273,7 @@ def test_rerun_skips_finished_cells_and_says_so(tmp_path, imagefolder, deit_ckpt
 def test_each_key_field_invalidates_a_stored_cell(tmp_path, deit_ckpts, field):
     data = make_imagefolder(tmp_path / "val", class_indices=(0, 1, 2), per_class=2)
     cfg = base_cfg(data, tmp_path / "run", deit_ckpts[0])
-    run_resolution(cfg, report_formats=FAST)
+    run_resolution(replace(cfg, report_formats=FAST))
     if field == "dataset":
         make_imagefolder(tmp_path / "val", class_indices=(3,), per_class=1)  # one more image: a new fingerprint
         changed = cfg
@@ -276,10 +291,10 @@ def test_each_key_field_invalidates_a_stored_cell(tmp_path, deit_ckpts, field):
                 "model_args": {"model_args": {"deit_toy": {"num_classes": 1000, "drop_rate": 0.1}}},
             }[field],
         )
-    again = run_resolution(changed, report_formats=FAST)
+    again = run_resolution(replace(changed, report_formats=FAST))
     assert len(again.rows) == 1, f"changing {field} must recompute the cell"
     assert len(again.store.rows()) == 2
-    assert run_resolution(changed, report_formats=FAST).rows == []  # and the new cell is then stored under its own key
+    assert run_resolution(replace(changed, report_formats=FAST)).rows == []  # and the new cell is then stored under its own key
 
 
 def test_pe_options_only_key_the_models_they_affect(tmp_path, imagefolder, toy_checkpoints):
@@ -290,15 +305,15 @@ def test_pe_options_only_key_the_models_they_affect(tmp_path, imagefolder, toy_c
         checkpoints=ckpts,
         model_args={"cpvt_toy": {"num_classes": 1000}, "deit_toy": {"num_classes": 1000}},
     )
-    first = run_resolution(cfg, report_formats=FAST)
+    first = run_resolution(replace(cfg, report_formats=FAST))
     assert {r.model: r.pe_options for r in first.rows} == {"cpvt_toy": "", "deit_toy": "ape=bicubic,antialias=false"}
-    again = run_resolution(replace(cfg, pe=PEOptions(ape_interpolation="bilinear")), report_formats=FAST)
+    again = run_resolution(replace(cfg, pe=PEOptions(ape_interpolation="bilinear"), report_formats=FAST))
     assert [(r.model, r.pe_policy) for r in again.rows] == [("deit_toy", "ape-bilinear")]  # the PEG cell is kept
 
 
 def test_provenance_records_the_conditions(tmp_path, imagefolder, deit_ckpts):
     outcome = run_resolution(
-        base_cfg(imagefolder, tmp_path / "run", deit_ckpts[0]), argv=["cpvt-eval", "resolution", "-m", "deit_toy"]
+        replace(base_cfg(imagefolder, tmp_path / "run", deit_ckpts[0]), argv=("cpvt-eval", "resolution", "-m", "deit_toy"))
     )
     (record,) = outcome.store.provenance()
     assert record["command"] == "cpvt-eval resolution -m deit_toy"

@@ -202,8 +202,8 @@ def test_throughput_command_bad_input_exits_2(extra, message):
 
 def test_resolution_rows_carry_the_throughput_figures(imagefolder, toy_checkpoints, tmp_path):
     from cpvt_eval.config import RunConfig, ThroughputConfig
+    from cpvt_eval.jobs.resolution import run_resolution
     from cpvt_eval.results import RunStore
-    from cpvt_eval.runner import run_resolution
     from cpvt_eval.throughput import ROW_EXTRA_FIELDS
 
     cfg = RunConfig(

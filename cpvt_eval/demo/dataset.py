@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..runtime import cache_dir
 
 LAYOUTS = ("disk-above-square", "square-above-disk", "disk-left-of-square", "square-left-of-disk", "disk-in-square")
 TEXTURES = ("stripes", "checker")
@@ -173,17 +174,8 @@ def iter_images(per_class: int, seed: int, split: str = "val") -> Iterator[tuple
             yield c, i, render_jpeg(c, seed, i, split)
 
 
-def cache_root() -> Path:
-    """``$CPVT_EVAL_CACHE``, else ``$XDG_CACHE_HOME/cpvt-eval``, else ``~/.cache/cpvt-eval``: never the package."""
-    explicit = os.environ.get("CPVT_EVAL_CACHE")
-    if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "cpvt-eval"
-
-
 def dataset_dir(per_class: int, seed: int, root: Path | None = None, split: str = "val") -> Path:
-    root = cache_root() if root is None else Path(root)
+    root = cache_dir() if root is None else Path(root)
     tag = "" if split == "val" else f"-{split}"
     return root / f"demo-v{DATASET_VERSION}-seed{seed}{tag}-{per_class}x{len(CLASSES)}"
 

@@ -1,7 +1,7 @@
 """The offline demo: the ``resolution`` job on the procedural world with the shipped toy checkpoints.
 
 It is the ImageNet path in small: the validation split is materialised once as an ImageFolder of JPEGs in the
-user cache, ``runner.run_resolution`` evaluates the toy models at 56/96/112/128 px through the standard eval
+user cache, ``jobs.resolution.run_resolution`` evaluates the toy models at 56/96/112/128 px through the standard eval
 transform, and the run directory gets the same reports as an ImageNet run plus ``paper.md``, the demo's table
 next to the paper's.
 
@@ -11,16 +11,16 @@ Sizes map to the paper's through the token grid: patch 4 at 56 px gives the 14x1
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from .. import report
-from ..config import RunConfig, ThroughputConfig
-from ..engine import Progress
+from ..config import Hooks, Progress, RunConfig, ThroughputConfig, _quiet
 from ..errors import CheckpointError, ModelError
+from ..jobs.resolution import RunOutcome, run_resolution
+from ..published import published_top1
 from ..results import ResultRow
-from ..runner import Log, RunOutcome, _quiet, run_resolution
 from .dataset import CLASSES, materialize
 
 NATIVE_SIZE = 56
@@ -84,7 +84,10 @@ class DemoOutcome:
 
 
 def run_demo(
-    cfg: DemoConfig, progress: Progress | None = None, log: Log = _quiet, argv: list[str] | None = None
+    cfg: DemoConfig,
+    progress: Progress | None = None,
+    log: Callable[[str], None] = _quiet,
+    argv: list[str] | None = None,
 ) -> DemoOutcome:
     """Materialise the dataset (once), run the ``resolution`` job on it, and write ``paper.md``."""
     unknown = [m for m in cfg.models if m not in PAPER_MODEL]
@@ -106,8 +109,9 @@ def run_demo(
         # a short throughput measurement (batch 8, 1 warm-up, median of 3): the demo's point is accuracy, and its
         # budget is two minutes on two cores
         throughput=ThroughputConfig(enabled=cfg.throughput, batch_size=8, warmup=1, repeats=3),
+        argv=tuple(argv or ()),
     )
-    outcome = run_resolution(run_cfg, progress, log, argv)
+    outcome = run_resolution(run_cfg, Hooks(progress=progress or Progress(), log=log))
     table = paper_table(outcome.store.rows())
     outcome.store.write_text("paper.md", table + "\n")
     return DemoOutcome(outcome=outcome, data_dir=data_dir, data_created=created, paper_table=table)
@@ -137,10 +141,10 @@ def paper_table(rows: list[ResultRow]) -> str:
         paper_name, label = PAPER_MODEL.get(m, (None, None))
         if paper_name is None:
             continue
-        base = report.published_top1(paper_name, 224)
+        base = published_top1(paper_name, 224)
         line = []
         for s in sizes:
-            hit = report.published_top1(paper_name, PAPER_SIZE[s]) if s in PAPER_SIZE else None
+            hit = published_top1(paper_name, PAPER_SIZE[s]) if s in PAPER_SIZE else None
             if hit is None:
                 line.append("–")
                 continue

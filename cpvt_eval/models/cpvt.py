@@ -4,7 +4,8 @@ All models here are timm ``VisionTransformer`` subclasses built from timm's own 
 encoder maths is timm's. What CPVT adds is in ``forward_features``: after each block listed in
 ``peg_positions`` the patch tokens go through a PEG (``x + depthwise_conv(x)`` on the token grid).
 
-After ``import cpvt_eval`` every entry point below works with ``timm.create_model``.
+Each entry point is registered with timm and its ``ModelSpec`` with the tool (``spec.entry_point``), so after
+``import cpvt_eval.models`` every entry point below works with ``timm.create_model``.
 """
 
 from __future__ import annotations
@@ -13,22 +14,24 @@ from functools import partial
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import register_model
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..errors import ModelError
 from .posenc import PEG, sincos_2d_pos_embed
+from .spec import DataConfig, entry_point
+
+# DeiT/CPVT evaluation: resize to size / 0.875, bicubic, centre crop, ImageNet mean/std.
+PAPER_DATA = DataConfig(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875, "bicubic")
 
 
 def _pretrained_cfg(img_size: int, num_classes: int = 1000) -> dict:
-    # DeiT/CPVT evaluation: resize to size / 0.875, bicubic, centre crop, ImageNet mean/std.
     return {
         "input_size": (3, img_size, img_size),
-        "crop_pct": 0.875,
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
+        "crop_pct": PAPER_DATA.crop_pct,
+        "interpolation": PAPER_DATA.interpolation,
+        "mean": PAPER_DATA.mean,
+        "std": PAPER_DATA.std,
         "num_classes": num_classes,
         "first_conv": "patch_embed.proj",
         "classifier": "head",
@@ -119,68 +122,68 @@ _TI, _S, _B = (192, 12, 3), (384, 12, 6), (768, 12, 12)
 _PLUS = (0, 1, 2, 3, 4)
 
 
-@register_model
+@entry_point("cpvt", "peg-0", description="CPVT-Ti: DeiT-Ti backbone, PEG after block 0", data=PAPER_DATA)
 def cpvt_ti(pretrained=False, **kwargs) -> CPVT:
     """CPVT-Ti: DeiT-Ti backbone, no absolute PE, one PEG after block 0."""
     return _create_cpvt(pretrained, _TI, (0,), False, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0", description="CPVT-S: DeiT-S backbone, PEG after block 0", data=PAPER_DATA)
 def cpvt_s(pretrained=False, **kwargs) -> CPVT:
     """CPVT-S: DeiT-S backbone, one PEG after block 0."""
     return _create_cpvt(pretrained, _S, (0,), False, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0", description="CPVT-B: DeiT-B backbone, PEG after block 0", data=PAPER_DATA)
 def cpvt_b(pretrained=False, **kwargs) -> CPVT:
     """CPVT-B: DeiT-B backbone, one PEG after block 0."""
     return _create_cpvt(pretrained, _B, (0,), False, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0-gap", description="CPVT-Ti-GAP: no cls token, mean of final-normed tokens", data=PAPER_DATA)
 def cpvt_ti_gap(pretrained=False, **kwargs) -> CPVT:
     """CPVT-Ti-GAP: no cls token; final norm, mean over tokens, head."""
     return _create_cpvt(pretrained, _TI, (0,), True, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0-gap", description="CPVT-S-GAP", data=PAPER_DATA)
 def cpvt_s_gap(pretrained=False, **kwargs) -> CPVT:
     return _create_cpvt(pretrained, _S, (0,), True, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0-gap", description="CPVT-B-GAP", data=PAPER_DATA)
 def cpvt_b_gap(pretrained=False, **kwargs) -> CPVT:
     return _create_cpvt(pretrained, _B, (0,), True, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0to4", description="CPVT-Ti‡: a PEG after each of blocks 0-4", data=PAPER_DATA)
 def cpvt_ti_plus(pretrained=False, **kwargs) -> CPVT:
     """CPVT-Ti‡: one PEG after each of blocks 0-4."""
     return _create_cpvt(pretrained, _TI, _PLUS, False, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0to4", description="CPVT-S‡", data=PAPER_DATA)
 def cpvt_s_plus(pretrained=False, **kwargs) -> CPVT:
     return _create_cpvt(pretrained, _S, _PLUS, False, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0to4", description="CPVT-B‡", data=PAPER_DATA)
 def cpvt_b_plus(pretrained=False, **kwargs) -> CPVT:
     return _create_cpvt(pretrained, _B, _PLUS, False, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0to4-gap", description="CPVT-Ti-GAP‡", data=PAPER_DATA)
 def cpvt_ti_gap_plus(pretrained=False, **kwargs) -> CPVT:
     """CPVT-Ti-GAP‡: no cls token, a PEG after each of blocks 0-4 (the paper's best Ti model)."""
     return _create_cpvt(pretrained, _TI, _PLUS, True, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0to4-gap", description="CPVT-S-GAP‡", data=PAPER_DATA)
 def cpvt_s_gap_plus(pretrained=False, **kwargs) -> CPVT:
     return _create_cpvt(pretrained, _S, _PLUS, True, **kwargs)
 
 
-@register_model
+@entry_point("cpvt", "peg-0to4-gap", description="CPVT-B-GAP‡", data=PAPER_DATA)
 def cpvt_b_gap_plus(pretrained=False, **kwargs) -> CPVT:
     return _create_cpvt(pretrained, _B, _PLUS, True, **kwargs)
 
@@ -220,13 +223,13 @@ def _create_deit_variant(pretrained: bool, dims, pe: str, **kwargs) -> VisionTra
     return model
 
 
-@register_model
+@entry_point("deit", "ape-sincos", description="DeiT-Ti with fixed 2-D sin-cos PE (ablation)", data=PAPER_DATA)
 def deit_tiny_sincos(pretrained=False, **kwargs) -> VisionTransformer:
     """DeiT-Ti with a fixed 2-D sin-cos absolute PE (the paper's sin-cos baseline)."""
     return _create_deit_variant(pretrained, _TI, "ape-sincos", **kwargs)
 
 
-@register_model
+@entry_point("deit", "none", description="DeiT-Ti without position encoding (ablation)", data=PAPER_DATA)
 def deit_tiny_nope(pretrained=False, **kwargs) -> VisionTransformer:
     """DeiT-Ti without any position encoding (the paper's no-PE ablation)."""
     return _create_deit_variant(pretrained, _TI, "none", **kwargs)
@@ -236,37 +239,38 @@ def deit_tiny_nope(pretrained=False, **kwargs) -> VisionTransformer:
 
 _TOY = (64, 4, 2)
 _TOY_KW = dict(img_size=56, patch_size=4, num_classes=10)
+_TOY_SPEC = dict(native_size=56, patch_size=4, data=PAPER_DATA)
 
 
 def _toy(kwargs: dict) -> dict:
     return {**_TOY_KW, **kwargs}
 
 
-@register_model
+@entry_point("demo", "peg-0", description="toy CPVT, PEG after block 0", **_TOY_SPEC)
 def cpvt_toy(pretrained=False, **kwargs) -> CPVT:
     """Toy CPVT for the offline demo: 64 dims, 4 blocks, 2 heads, patch 4, 10 classes, PEG after block 0."""
     return _create_cpvt(pretrained, _TOY, (0,), False, **_toy(kwargs))
 
 
-@register_model
+@entry_point("demo", "peg-0-gap", description="toy CPVT-GAP", **_TOY_SPEC)
 def cpvt_toy_gap(pretrained=False, **kwargs) -> CPVT:
     """Toy CPVT-GAP for the offline demo."""
     return _create_cpvt(pretrained, _TOY, (0,), True, **_toy(kwargs))
 
 
-@register_model
+@entry_point("demo", "ape-learned", description="toy DeiT, learned absolute PE", **_TOY_SPEC)
 def deit_toy(pretrained=False, **kwargs) -> VisionTransformer:
     """Toy DeiT (learned absolute PE) for the offline demo."""
     return _create_deit_variant(pretrained, _TOY, "ape-learned", **_toy(kwargs))
 
 
-@register_model
+@entry_point("demo", "ape-sincos", description="toy DeiT, fixed 2-D sin-cos PE", **_TOY_SPEC)
 def deit_toy_sincos(pretrained=False, **kwargs) -> VisionTransformer:
     """Toy DeiT with a fixed 2-D sin-cos PE for the offline demo."""
     return _create_deit_variant(pretrained, _TOY, "ape-sincos", **_toy(kwargs))
 
 
-@register_model
+@entry_point("demo", "none", description="toy DeiT, no position encoding", **_TOY_SPEC)
 def deit_toy_nope(pretrained=False, **kwargs) -> VisionTransformer:
     """Toy DeiT without position encoding for the offline demo."""
     return _create_deit_variant(pretrained, _TOY, "none", **_toy(kwargs))

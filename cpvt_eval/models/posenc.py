@@ -14,15 +14,12 @@ Everything that changes when a model meets a new input size lives here:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import APE_INTERPOLATIONS, PEOptions
 from ..errors import ModelError
-
-APE_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
 
 
 class PEG(nn.Module):
@@ -130,23 +127,6 @@ def sincos_order_of(table: torch.Tensor, grid: tuple[int, int], atol: float = 1e
         f"the model's sin-cos position table is not the 2-D sin-cos formula at {grid[0]}x{grid[1]} "
         f"(max difference {best:.3g}); it cannot be regenerated exactly, use --sincos resample"
     )
-
-
-@dataclass(frozen=True)
-class PEOptions:
-    """How absolute position embeddings meet a new grid (recorded in every result row as ``pe_policy``)."""
-
-    ape_interpolation: str = "bicubic"
-    antialias: bool = False
-    sincos: str = "regenerate"  # or "resample"
-
-    def __post_init__(self):
-        if self.ape_interpolation not in APE_INTERPOLATIONS:
-            raise ModelError(
-                f"unknown APE interpolation {self.ape_interpolation!r}; choose one of {', '.join(APE_INTERPOLATIONS)}"
-            )
-        if self.sincos not in ("regenerate", "resample"):
-            raise ModelError(f"--sincos must be 'regenerate' or 'resample', got {self.sincos!r}")
 
 
 def _side(value) -> int:

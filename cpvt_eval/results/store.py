@@ -1,4 +1,4 @@
-"""Result rows, the run directory and provenance.
+"""The run directory: rows appended as cells finish, predictions beside them, atomic writes, a lock.
 
 A run directory holds:
 
@@ -11,194 +11,21 @@ A run directory holds:
   timestamps, status;
 * ``.lock``: held (``flock``) by the run writing the directory, so two runs never interleave.
 
-A cell is identified by its key (``cell_key``): model, checkpoint sha256, size, protocol (crop, interpolation,
-PE options), dtype, model arguments, dataset fingerprint and limit. A rerun skips the keys already stored.
+A cell is identified by its key (``schema.CellId``); a rerun skips the keys already stored.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
-import math
 import os
-import platform
 import re
-import subprocess
-import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ResultsError
-
-
-@dataclass
-class ResultRow:
-    """One (model, checkpoint, size, protocol) cell. Accuracies in percent, computed once from integer counts."""
-
-    model: str
-    pe: str
-    checkpoint: str
-    checkpoint_sha256: str
-    img_size: int
-    grid: str
-    resize_size: int
-    crop_pct: float
-    interpolation: str
-    pe_policy: str
-    dtype: str
-    device: str
-    n_images: int
-    n_skipped: int
-    correct1: int
-    correct5: int
-    top1: float
-    top5: float
-    top1_ci95: str
-    images_per_sec: float | None
-    throughput_batch: int | None
-    gflops_per_image: float | None
-    params: int
-    dataset: str
-    dataset_fingerprint: str
-    partial: bool
-    limit: int | None
-    model_args: str
-    versions: str
-    started_at: str
-    duration_s: float
-    # Scale-out: processes of the run; how images_per_sec was measured ("model-only": the model alone on one
-    # device; "model-only per rank": the same on rank 0's device of a torchrun job); the data-parallel rate of
-    # the whole pass (images / wall time of the data pass at this size, all processes, decode and every model of
-    # the pass included). The two figures answer different questions and are never mixed in one column.
-    world_size: int = 1
-    throughput_scope: str = ""
-    aggregate_images_per_sec: float | None = None
-    extra: dict = field(default_factory=dict)
-    # The data layer's columns: how the set was read, which bad files were left out, ImageNet-ReaL top-1.
-    layout: str = ""
-    label_source: str = ""
-    skipped_files: str = ""  # ";"-separated relative paths of the images left out (n_skipped of them)
-    decode_draft: bool = False
-    ema: bool = False  # the checkpoint's EMA weights were evaluated (same file, other weights)
-    real_top1: float | None = None
-    real_n: int | None = None  # images with ReaL labels (the denominator of real_top1)
-    real_excluded: int | None = None  # images without ReaL labels, left out of real_top1
-    pe_options: str = ""  # the requested APE/sin-cos handling; with the model and size it fixes ``pe_policy``
-    native_size: int | None = None  # the model's training size: the reference of "change from native"
-    predictions: str = ""  # per-image predictions, relative to the run directory
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ResultRow:
-        names = {f.name for f in fields(cls)}
-        known = {k: v for k, v in d.items() if k in names}
-        extra = {k: v for k, v in d.items() if k not in names}
-        row = cls(**known)
-        row.extra = {**row.extra, **extra}
-        return row
-
-
-CSV_COLUMNS = [f.name for f in fields(ResultRow) if f.name != "extra"]
-
-# What makes two cells the same computation: change any of these and the cell is computed again.
-KEY_FIELDS = (
-    "model",
-    "checkpoint_sha256",
-    "img_size",
-    "crop_pct",
-    "interpolation",
-    "pe_options",
-    "dtype",
-    "model_args",
-    "dataset_fingerprint",
-    "limit",
-    "decode_draft",
-    "ema",
-)
-
-
-def cell_key(
-    *,
-    model: str,
-    checkpoint_sha256: str,
-    img_size: int,
-    crop_pct: float,
-    interpolation: str,
-    pe_options: str,
-    dtype: str,
-    model_args: str,
-    dataset_fingerprint: str,
-    limit: int | None,
-    decode_draft: bool = False,
-    ema: bool = False,
-) -> str:
-    """A short stable hash of the fields that define a cell (``KEY_FIELDS``)."""
-    payload = {
-        "model": model,
-        "checkpoint_sha256": checkpoint_sha256,
-        "img_size": int(img_size),
-        "crop_pct": float(crop_pct),
-        "interpolation": interpolation,
-        "pe_options": pe_options,
-        "dtype": dtype,
-        "model_args": model_args,
-        "dataset_fingerprint": dataset_fingerprint,
-        "limit": None if limit is None else int(limit),
-    }
-    if decode_draft:  # draft() decoding changes pixels; absent otherwise so that existing keys stay the same
-        payload["decode_draft"] = True
-    if ema:  # EMA weights of the same file are other weights
-        payload["ema"] = True
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def row_key(row: ResultRow) -> str:
-    return cell_key(**{k: getattr(row, k) for k in KEY_FIELDS})
-
-
-def pe_options_label(ape_interpolation: str, antialias: bool, sincos: str | None = None) -> str:
-    label = f"ape={ape_interpolation},antialias={str(bool(antialias)).lower()}"
-    return label if sincos is None else f"{label},sincos={sincos}"
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score 95% interval for a proportion, in percent."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
-
-
-def format_ci(correct: int, n: int) -> str:
-    lo, hi = wilson_interval(correct, n)
-    return f"{lo:.2f}-{hi:.2f}"
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: the binomial test of ``b`` against ``b + c`` discordant pairs at 1/2.
-
-    ``b``: images only the first model gets right; ``c``: only the second. Summed in log space, so 50,000
-    discordant pairs cost no big integers.
-    """
-    n = b + c
-    if n == 0:
-        return 1.0
-    k = min(b, c)
-    log_half_n = n * math.log(0.5)
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n for i in range(k + 1)]
-    top = max(terms)
-    tail = math.exp(top) * sum(math.exp(t - top) for t in terms)
-    return min(1.0, 2.0 * tail)
+from ..errors import ResultsError
+from .schema import ResultRow, row_key
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -219,58 +46,6 @@ class _suppress_oserror:
 
     def __exit__(self, exc_type, exc, tb):
         return exc_type is not None and issubclass(exc_type, OSError)
-
-
-def versions() -> dict[str, str]:
-    import timm
-    import torch
-
-    from . import __version__
-
-    v = {
-        "cpvt_eval": __version__,
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
-    if torch.version.cuda and torch.cuda.is_available():
-        v["cuda"] = torch.version.cuda
-    return v
-
-
-def versions_string() -> str:
-    return " ".join(f"{k}={v}" for k, v in versions().items())
-
-
-def device_name(device: str) -> str:
-    """A human name for the device: the GPU's name, or the CPU model."""
-    import torch
-
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def git_sha() -> str | None:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _safe_name(text: str) -> str:
@@ -435,30 +210,6 @@ class RunStore:
         runs = [r for r in self.provenance() if r.get("run_id") != record.get("run_id")]
         runs.append(record)
         self.write_text(self.PROVENANCE, json.dumps({"runs": runs}, indent=2, sort_keys=True) + "\n")
-
-
-def provenance_record(argv: list[str], device: str, seed: int, config: dict | None = None) -> dict:
-    """Who computed what, where and how: command line, versions, device, threads, git sha, seed, timestamps."""
-    import torch
-
-    started = now_iso()
-    return {
-        "run_id": uuid.uuid4().hex[:12],
-        "command": " ".join(argv),
-        "argv": list(argv),
-        "versions": versions(),
-        "git_sha": git_sha(),
-        "device": device,
-        "device_name": device_name(device),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python_executable": sys.executable,
-        "seed": seed,
-        "started_at": started,
-        "finished_at": None,
-        "status": "running",
-        "config": config or {},
-    }
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -7,9 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import console
-from .cli import MultiValueCommand, _check_dtype, app, guarded, parse_models, parse_sizes
-from .errors import CpvtEvalError
+from .. import console
+from ..errors import CpvtEvalError
+from ..runtime import check_dtype
+from .app import MultiValueCommand, app, guarded, parse_models, parse_sizes
 
 
 @app.command(
@@ -47,10 +48,11 @@ def throughput_cmd(
     """
     import torch
 
-    from .models.posenc import PEOptions, adapt_to_size, patch_size_of
-    from .models.registry import resolve
-    from .runner import check_sizes, resolve_device
-    from .throughput import benchmark_model
+    from ..models.build import check_sizes
+    from ..models.posenc import PEOptions, adapt_to_size, patch_size_of
+    from ..models.registry import resolve
+    from ..runtime import resolve_device
+    from ..throughput import benchmark_model
 
     with guarded():
         names = parse_models(model)
@@ -59,7 +61,7 @@ def throughput_cmd(
         size_list = parse_sizes(sizes or ["224"])
         if not size_list:
             raise CpvtEvalError("no size given: use --sizes 224 384 ...")
-        _check_dtype(dtype)
+        check_dtype(dtype)
         dev = resolve_device(device)
         if threads is not None:
             torch.set_num_threads(threads)

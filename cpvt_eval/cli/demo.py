@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import console
-from .cli import MultiValueCommand, app, guarded, parse_models, parse_sizes
+from .. import console
+from .app import MultiValueCommand, app, guarded, parse_models, parse_sizes
 
 
 @app.command(
@@ -45,7 +45,7 @@ def demo(
     The models were trained at 56 px with patch 4 (a 14x14 grid, as patch 16 at 224); 96/112/128 px give the
     24/28/32 grids of 384/448/512 px. Writes the usual reports plus paper.md (the demo next to the paper).
     """
-    from .demo.run import DEFAULT_MODELS, DEMO_MODELS, DEMO_SIZES, DemoConfig, run_demo
+    from ..demo.run import DEFAULT_MODELS, DEMO_MODELS, DEMO_SIZES, DemoConfig, run_demo
 
     with guarded():
         models = parse_models(model or []) or (DEMO_MODELS if all_models else DEFAULT_MODELS)

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import console
-from .cli import app, guarded
+from .. import console
+from .app import app, guarded
 
 
 @app.command(
@@ -33,8 +33,8 @@ def report_cmd(
     """Tables (top-1 by size with 95% intervals, change from native size and from the paper; throughput),
     LaTeX (booktabs), JSON and plots, rendered from stored results without recomputing anything.
     """
-    from . import report
-    from .results import RunStore
+    from .. import report
+    from ..results import RunStore
 
     with guarded():
         chosen = report.parse_formats(formats)

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from . import console
-from .cli import app, guarded
-from .errors import EXIT_CHECK_FAILED
+from .. import console
+from ..errors import EXIT_CHECK_FAILED
+from .app import app, guarded
 
 
 @app.command(
@@ -28,7 +28,7 @@ def compare_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Write only the comparison as JSON on stdout.")] = False,
 ) -> None:
     """Match the cells of two runs, print the differences, and fail (exit 1) on a regression."""
-    from . import report
+    from .. import report
 
     with guarded():
         result = report.compare_runs(report.load_rows(baseline), report.load_rows(current), max_drop, max_slowdown)

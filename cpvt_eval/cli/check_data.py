@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import console
-from .cli import app, guarded
-from .errors import EXIT_CHECK_FAILED
+from .. import console
+from ..errors import EXIT_CHECK_FAILED
+from .app import app, guarded
 
 
 @app.command(
@@ -38,7 +38,7 @@ def check_data(
     result rows carry, and odd but valid files (CMYK, grayscale, PNG data behind a .JPEG name). Exit code 0
     when every image decodes, 1 when some do not, 2 when the set cannot be indexed.
     """
-    from .data import default_workers, open_dataset, scan_images
+    from ..data import default_workers, open_dataset, scan_images
 
     with guarded():
         image_set = open_dataset(data, layout=layout, labels=labels, classes=classes)

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from . import console
-from .cli import app, guarded
+from .. import console
+from .app import app, guarded
 
 
 def model_cost(spec) -> tuple[int, float]:
@@ -23,10 +23,10 @@ def model_cost(spec) -> tuple[int, float]:
     import timm
     import torch
 
-    from . import __version__
-    from .checkpoints import cache_dir
-    from .results import atomic_write_text
-    from .throughput import count_flops
+    from .. import __version__
+    from ..results import atomic_write_text
+    from ..runtime import cache_dir
+    from ..throughput import count_flops
 
     ident = json.dumps(
         [
@@ -57,7 +57,7 @@ def model_cost(spec) -> tuple[int, float]:
 
 def model_rows(names: list[str] | None = None, include_demo: bool = False) -> list[dict]:
     """One dict per model: names, PE, parameters and GFLOPs at the native size, published top-1, weights."""
-    from .models.registry import list_specs, resolve
+    from ..models.registry import list_specs, resolve
 
     specs = [resolve(n) for n in names] if names else list_specs(include_demo=include_demo)
     rows = []

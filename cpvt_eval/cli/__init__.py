@@ -1,0 +1,29 @@
+"""The command line: parse, build a config, call the library or a job, render. Thin on purpose.
+
+``app`` (in ``app.py``) sits below the command modules, which register themselves on it when imported here;
+nothing below imports this package back. Exit codes: 0 ok; 1 a check failed; 2 usage or input error;
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import EXIT_USAGE
+from . import check_data, compare, demo, models, report, resolution, throughput  # noqa: F401 (register commands)
+from .app import app, expand_multi_value, fill_optional_values, guarded, stop_on_sigterm
+
+__all__ = ["app", "entry", "expand_multi_value", "fill_optional_values", "guarded", "main", "stop_on_sigterm"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``cpvt-eval`` and ``python -m cpvt_eval``; returns the exit code."""
+    try:
+        app(args=argv, prog_name="cpvt-eval", standalone_mode=True)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

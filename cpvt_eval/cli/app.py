@@ -1,0 +1,190 @@
+"""The Typer app every command registers on, and what the commands share: argument parsing helpers, the
+guard that turns library errors into one line and an exit code, and SIGTERM handling.
+
+Exit codes: 0 ok; 1 a check failed; 2 usage or input error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+import typer
+from typer.core import TyperCommand
+
+from .. import console
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, CpvtEvalError
+
+# Options that take several values after one flag (`--sizes 224 384 512`), as users type them.
+MULTI_VALUE_OPTIONS = {"--sizes", "-s", "--model", "-m"}
+# Options whose value may be left out (`--real-labels` alone): the value they then take.
+OPTIONAL_VALUE_OPTIONS = {"--real-labels": "timm"}
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    """``--real-labels`` followed by nothing or by another option gets its default value."""
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--":
+            out.extend(args[i + 1 :])
+            break
+        if arg in OPTIONAL_VALUE_OPTIONS and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUE_OPTIONS[arg])
+    return out
+
+
+def expand_multi_value(args: list[str]) -> list[str]:
+    """Turn ``--sizes 224 384 --model a b`` into repeated flags; ``--sizes 224,384`` is split later."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        out.append(arg)
+        i += 1
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg in MULTI_VALUE_OPTIONS:
+            first = True
+            while i < len(args) and not args[i].startswith("-"):
+                if not first:
+                    out.append(arg)
+                out.append(args[i])
+                first = False
+                i += 1
+    return out
+
+
+class MultiValueCommand(TyperCommand):
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, expand_multi_value(fill_optional_values(list(args))))
+
+
+app = typer.Typer(
+    name="cpvt-eval",
+    help="How vision transformers behave when the input resolution changes without fine-tuning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
+    console.error(message)
+    return typer.Exit(code=code)
+
+
+class guarded:
+    """Turn library errors into one line and an exit code; Ctrl-C into 130."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        if issubclass(exc_type, CpvtEvalError):
+            raise _fail(str(exc), exc.exit_code)
+        if issubclass(exc_type, KeyboardInterrupt):
+            console.error("interrupted; finished cells are kept in the run directory")
+            raise typer.Exit(code=EXIT_INTERRUPTED)
+        return False
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """A pre-empted job (SIGTERM) stops the way Ctrl-C does: finished cells kept, provenance closed, exit 130."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def parse_sizes(values: list[str]) -> tuple[int, ...]:
+    sizes: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                size = int(part)
+            except ValueError:
+                raise CpvtEvalError(f"size {part!r} is not a whole number of pixels") from None
+            if size <= 0:
+                raise CpvtEvalError(f"size {size} must be positive")
+            if size not in sizes:
+                sizes.append(size)
+    return tuple(sizes)
+
+
+def parse_models(values: list[str]) -> tuple[str, ...]:
+    return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+def parse_checkpoints(values: list[str], models: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=PATH`` pairs, or a bare ``PATH`` when exactly one model is given."""
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or "/" in name or os.sep in name or "#" in name or not name:  # '#': PATH#drop=... fragment
+            if len(models) != 1:
+                raise CpvtEvalError(f"--checkpoint {value}: with several models, write NAME=PATH")
+            name, path = models[0], value
+        if name in out:
+            raise CpvtEvalError(f"--checkpoint given twice for {name}")
+        out[name] = path
+    return out
+
+
+def _coerce(value: str):
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def parse_model_args(values: list[str], models: tuple[str, ...]) -> dict[str, dict]:
+    """``[NAME:]key=value``; without a NAME the argument applies to every model."""
+    out: dict[str, dict] = {}
+    for value in values:
+        target, sep, rest = value.partition(":")
+        if not sep or "=" in target:
+            targets, rest = list(models), value
+        else:
+            targets = [target]
+        key, eq, raw = rest.partition("=")
+        if not eq or not key:
+            raise CpvtEvalError(f"--model-arg {value}: expected [NAME:]key=value")
+        for t in targets:
+            out.setdefault(t, {})[key.strip()] = raw if key.strip() == "peg_positions" else _coerce(raw)
+    return out
+
+
+def default_out(models: tuple[str, ...]) -> Path:
+    from ..models.registry import resolve
+
+    names = []
+    for m in models:
+        try:
+            names.append(resolve(m).name)
+        except CpvtEvalError:
+            names.append(m)
+    return Path("runs") / "+".join(names)

@@ -1,0 +1,5 @@
+"""The application layer: jobs built from the library (models, data, engine, results, reports).
+
+``resolution`` evaluates models at sizes and writes a run directory; ``throughput`` times models alone;
+``catalog`` describes the registered models. The command line calls these and only renders.
+"""

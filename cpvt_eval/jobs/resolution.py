@@ -1,0 +1,200 @@
+"""The ``resolution`` job: build models, sweep sizes, store rows, render reports.
+
+``run_resolution`` never prints: progress, details and notices go through the ``Hooks`` of the caller.
+
+Runs resume: every cell is committed to the run directory the moment it finishes, and a rerun of the same command
+skips the cells whose identity (``results.CellId``) is already stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import distributed, report
+from ..config import Hooks, RunConfig
+from ..data import ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset
+from ..distributed import DistContext
+from ..engine import EvalModel, EvalSettings, sweep
+from ..errors import CpvtEvalError
+from ..models.build import prepare_models
+from ..results import ResultRow, RunStore, provenance_record
+from ..runtime import now_iso, resolve_device
+from ..throughput import benchmark_model, row_extra
+from .rows import cell_id, make_row, prediction_arrays
+
+# Evaluation is deterministic; the seed is set anyway (and recorded) so that anything random in a model is repeatable.
+SEED = 0
+
+
+@dataclass
+class RunOutcome:
+    store: RunStore | None  # None on the ranks other than 0 of a torchrun job
+    rows: list[ResultRow] = field(default_factory=list)
+
+
+def run_resolution(cfg: RunConfig, hooks: Hooks | None = None, dist: DistContext | None = None) -> RunOutcome:
+    """Evaluate every model at every size of ``cfg`` and write the run directory.
+
+    Cells already stored under the same identity are skipped unless ``cfg.force``; ``cfg.report_formats`` are
+    rendered at the end (Markdown and CSV also after every cell). Each finished cell is committed at once
+    (predictions, then its row), so an interruption (``KeyboardInterrupt``) or a kill loses at most the cells in
+    flight. Returns the rows computed by this call (``outcome.store.rows()`` has them all).
+
+    Under torchrun every process calls this: each evaluates its shard, rank 0 gathers the predictions and alone
+    reads and writes the run directory, reports progress and logs; the other ranks return an outcome without a
+    store. ``dist`` is the caller's ``distributed.session``; without one the call opens its own.
+    """
+    hooks = hooks or Hooks()
+    if dist is None:
+        with distributed.session(cfg.device) as dist:
+            return run_resolution(cfg, hooks, dist)
+    if not dist.is_main:
+        hooks = Hooks()
+    with dist.shared_failures():
+        job = _prepare(cfg, hooks, dist)
+        if not dist.is_main:
+            return job.compute(None)
+        store = RunStore(cfg.out)
+        with store.locked():
+            outcome = job.compute(store)
+            report.render(store, cfg.report_formats)
+        return outcome
+
+
+def _prepare(cfg: RunConfig, hooks: Hooks, dist: DistContext) -> _Job:
+    """Every input read and checked (dataset, labels, models at every size) before the run directory is touched."""
+    device = dist.device if dist.enabled else resolve_device(cfg.device)
+    if not cfg.sizes:
+        raise CpvtEvalError("no size given: use --sizes 224 384 ...")
+    image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes, cfg.class_names)
+    image_set.decode_draft = cfg.decode_draft
+    hooks.log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
+    workers = default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers
+    apply_bad_image_policy(image_set, cfg.on_bad_image, workers, hooks.progress)
+    real = load_real_labels(cfg.real_labels).for_image_set(image_set) if cfg.real_labels else None
+    models = prepare_models(cfg, device, hooks.log)
+    dist.check_inputs(image_set, models)
+    return _Job(cfg, hooks, models, image_set, real, device, workers, dist)
+
+
+@dataclass
+class _Job:
+    """What a run evaluates, once the inputs are known; ``compute`` evaluates the cells not yet stored."""
+
+    cfg: RunConfig
+    hooks: Hooks
+    models: list[EvalModel]
+    image_set: ImageSet
+    real: list | None
+    device: torch.device
+    workers: int
+    dist: DistContext
+
+    def compute(self, store: RunStore | None) -> RunOutcome:
+        cfg, hooks, models, image_set, device, dist = (
+            self.cfg,
+            self.hooks,
+            self.models,
+            self.image_set,
+            self.device,
+            self.dist,
+        )
+        torch.manual_seed(SEED)
+        ids = {(m.name, s): cell_id(m, s, cfg, image_set) for s in cfg.sizes for m in models}
+        keys = {cell: ident.key() for cell, ident in ids.items()}
+        # Only rank 0 reads the run directory; the other ranks learn the cells left to do from it.
+        done = set() if cfg.force or store is None else store.finished_keys() & set(keys.values())
+        skipped = [cell for cell, key in keys.items() if key in done]
+        if skipped:
+            listed = ", ".join(f"{name}@{size}px" for name, size in skipped)
+            hooks.notify(f"{store.root}: skipping {len(skipped)} finished cell(s) ({listed}); --force recomputes them")
+        record = provenance_record(list(cfg.argv), str(device), SEED, config_summary(cfg))
+        record.update(cells_total=len(keys), cells_skipped=len(skipped), force=cfg.force, distributed=dist.describe())
+        if store is not None:
+            store.record_provenance(record)
+            if image_set.skipped:
+                store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
+            store.write_text("load_reports.json", json.dumps({m.name: m.load_report for m in models}, indent=2) + "\n")
+        settings = EvalSettings(
+            device=device,
+            batch_size=cfg.batch_size,
+            workers=self.workers,
+            crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation,
+            dtype=cfg.dtype,
+            pe=cfg.pe,
+        )
+        by_name = {m.name: m for m in models}
+        outcome = RunOutcome(store=store)
+        started = record["started_at"]
+        status = "failed"
+        try:
+            todo = dist.agreed_todo(lambda m, size: keys[(m.name, size)] not in done, models, cfg.sizes)
+            shard = dist.shard(image_set, cfg.batch_size)
+            cells = sweep(models, shard.image_set, cfg.sizes, settings, hooks.progress, todo)
+            for cell in dist.gather_cells(cells, shard):
+                m = by_name[cell.model]
+                ident = ids[(m.name, cell.size)]
+                row = make_row(m, cell, ident, image_set, device, started, self.real, dist)
+                if cfg.throughput.enabled:
+                    self._add_throughput(row, m, cell.size)
+                # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
+                row.predictions = store.save_predictions(ident.key(), m.name, cell.size, prediction_arrays(cell))
+                store.append(row)
+                outcome.rows.append(row)
+                write_reports(store)
+                hooks.log(f"{m.name} @ {cell.size}px: top-1 {row.top1:.2f}%  top-5 {row.top5:.2f}%  ({cell.n} images)")
+            status = "completed"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            if store is not None:
+                record.update(status=status, finished_at=now_iso(), cells_computed=len(outcome.rows))
+                store.record_provenance(record)
+                if status == "interrupted":
+                    write_reports(store)  # so that results.md states the interruption
+        return outcome
+
+    def _add_throughput(self, row: ResultRow, m: EvalModel, size: int) -> None:
+        cfg = self.cfg
+        t = benchmark_model(
+            m.module,
+            size,
+            self.device,
+            cfg.throughput.batch_size or cfg.batch_size,
+            cfg.dtype,
+            cfg.throughput.warmup,
+            cfg.throughput.repeats,
+            name=m.name,
+        )
+        row.images_per_sec = round(t.images_per_sec, 2)
+        row.throughput_batch = t.batch_size
+        row.gflops_per_image = None if t.gflops_per_image is None else round(t.gflops_per_image, 4)
+        row.throughput_scope = "model-only per rank" if self.dist.enabled else "model-only"
+        row.extra.update(row_extra(t))
+
+
+def write_reports(store: RunStore) -> list[Path]:
+    """The cheap reports (Markdown and CSV), rewritten after every cell so that they always match the rows."""
+    return report.render(store, ("md", "csv"))
+
+
+def config_summary(cfg: RunConfig) -> dict:
+    """The run's configuration as provenance records it (paths as strings)."""
+    summary = {}
+    for name, value in asdict(cfg).items():
+        if name in ("out", "argv", "report_formats", "force", "throughput", "workers"):
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, dict) and name == "checkpoints":
+            value = {k: str(v) for k, v in value.items()}
+        elif isinstance(value, tuple):
+            value = list(value)
+        summary[name] = value
+    return summary

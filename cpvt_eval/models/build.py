@@ -1,0 +1,111 @@
+"""From a model name to a module ready to evaluate: resolve the spec, build it, load its weights strictly.
+
+The preprocessing (mean, std) comes from the spec's data config, which travels with the weights, and the
+labels a row records about the model (its PE kind, the PE options that change its outputs, its arguments)
+are derived here once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from ..checkpoints import load_checkpoint
+from ..config import PEOptions, RunConfig
+from ..engine import EvalModel
+from ..errors import CpvtEvalError, ModelError
+from ..results import pe_options_label
+from .posenc import check_runs_at, patch_size_of, pe_kind_of
+from .registry import ModelSpec, resolve
+
+Log = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def check_sizes(sizes: Iterable[int], patch: int, model: str) -> None:
+    for s in sizes:
+        if s <= 0 or (patch and s % patch):
+            raise ModelError(f"size {s} is not a positive multiple of {model}'s patch size {patch}")
+
+
+def build_model(
+    name: str,
+    checkpoint: str | None = None,
+    model_args: dict | None = None,
+    device: torch.device | str = "cpu",
+    ema: bool | None = None,
+    log: Log = _quiet,
+) -> EvalModel:
+    """Resolve ``name``, build it, load its weights strictly and put it on ``device`` in eval mode."""
+    spec = resolve(name)
+    module = spec.create(**(model_args or {}))
+    if checkpoint:
+        load = load_checkpoint(module, checkpoint, ema=ema)
+    elif spec.default_weights:
+        load = load_checkpoint(module, f"timm:{spec.default_weights}", ema=ema)
+    else:
+        raise ModelError(f"{spec.name} has no published weights: pass a checkpoint with --checkpoint {name}=PATH")
+    log(f"{spec.name}: loaded {load.summary()}")
+    module.eval().to(device)
+    data = spec.data_config(module)
+    return EvalModel(
+        name=spec.name,
+        spec=spec,
+        module=module,
+        mean=data.mean,
+        std=data.std,
+        checkpoint=load.source,
+        checkpoint_sha256=load.sha256,
+        load_report=load.to_dict(),
+        model_args=dict(model_args or {}),
+    )
+
+
+def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> list[EvalModel]:
+    """Every model of a run, built and loaded, each checked against every size before any data pass."""
+    if not cfg.models:
+        raise CpvtEvalError("no model given: use --model NAME (see `cpvt-eval models`)")
+    specs: list[ModelSpec] = [resolve(n) for n in cfg.models]
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise CpvtEvalError(f"model {dupes[0]} is given twice")
+    canonical_ckpt = {resolve(key).name: path for key, path in cfg.checkpoints.items()}
+    unknown = sorted(set(canonical_ckpt) - set(names))
+    if unknown:
+        raise CpvtEvalError(f"--checkpoint names {unknown[0]}, which is not among the --model values")
+    canonical_args = {resolve(k).name: v for k, v in cfg.model_args.items()}
+    models = []
+    for name, spec in zip(cfg.models, specs, strict=True):
+        m = build_model(name, canonical_ckpt.get(spec.name), canonical_args.get(spec.name), device, cfg.ema, log)
+        check_sizes(cfg.sizes, patch_size_of(m.module), spec.name)
+        check_runs_at(m.module, cfg.sizes)
+        models.append(m)
+    return models
+
+
+def pe_label(m: EvalModel) -> str:
+    """The PE kind a row records: the spec's, or the one read off the module for a timm model by name."""
+    return m.spec.pe if m.spec.pe != "auto" else pe_kind_of(m.module)
+
+
+def model_args_label(m: EvalModel) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(m.model_args.items()))
+
+
+def pe_options_of(m: EvalModel, pe: PEOptions) -> str:
+    """The PE options that can change this model's outputs, as recorded in its rows and keys.
+
+    A learned APE depends on how it is resampled, a sin-cos APE on regenerate vs resample; a PEG or a model
+    without PE depends on none of them, so changing ``--ape-interp`` keeps their finished cells.
+    """
+    kind = pe_kind_of(m.module)
+    if kind == "ape-sincos" and pe.sincos == "regenerate":
+        return "sincos=regenerate"
+    if kind.startswith("ape"):
+        return pe_options_label(pe.ape_interpolation, pe.antialias, pe.sincos if kind == "ape-sincos" else None)
+    return ""

@@ -1,0 +1,89 @@
+"""Plots of the stored rows (PNG bytes): top-1 and throughput against resolution."""
+
+from __future__ import annotations
+
+import io
+
+from ..results import ResultRow
+from .records import throughput_records, top1_records
+
+PLOT_TOP1 = "top1_vs_resolution.png"
+PLOT_THROUGHPUT = "throughput_vs_resolution.png"
+
+
+def _figure():
+    # The object API with an Agg canvas: no pyplot global state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def plot_top1(rows: list[ResultRow]) -> bytes:
+    """Top-1 vs resolution: one line per model (with its 95% interval), the published points as markers."""
+    from matplotlib.lines import Line2D
+
+    records = top1_records(rows)
+    fig = _figure()
+    ax = fig.add_subplot()
+    any_published = False
+    for i, label in enumerate(dict.fromkeys(r["label"] for r in records)):
+        mine = [r for r in records if r["label"] == label]
+        color = f"C{i % 10}"
+        xs = [r["img_size"] for r in mine]
+        ys = [r["top1"] for r in mine]
+        err = [
+            [r["top1"] - r["top1_ci95_low"] for r in mine],
+            [r["top1_ci95_high"] - r["top1"] for r in mine],
+        ]
+        ax.errorbar(xs, ys, yerr=err, color=color, marker="o", capsize=3, label=label)
+        pub = [(r["img_size"], r["published_top1"]) for r in mine if r["published_top1"] is not None]
+        if pub:
+            any_published = True
+            ax.scatter([p[0] for p in pub], [p[1] for p in pub], marker="x", s=60, color=color, zorder=3)
+    handles, names = ax.get_legend_handles_labels()
+    if any_published:
+        handles.append(Line2D([], [], color="0.3", marker="x", linestyle="none"))
+        names.append("published")
+    ax.legend(handles, names, fontsize="small")
+    ax.set_xlabel("input size (px)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_xticks(sorted({r["img_size"] for r in records}))
+    ax.set_title("Top-1 vs resolution (no fine-tuning; bars: 95% Wilson interval)", fontsize="medium")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_throughput(rows: list[ResultRow]) -> bytes | None:
+    """Images/s vs resolution (log scale), one line per model; None when no cell was timed."""
+    from matplotlib.ticker import FuncFormatter
+
+    tp = throughput_records(rows)
+    if not tp:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, label in enumerate(dict.fromkeys(r["label"] for r in tp)):
+        mine = [r for r in tp if r["label"] == label]
+        ax.plot([r["img_size"] for r in mine], [r["images_per_sec"] for r in mine], marker="o", color=f"C{i % 10}")
+        ax.lines[-1].set_label(label)
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")  # 2,000 rather than 2x10^3
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+    ax.set_xlabel("input size (px)")
+    ax.set_ylabel("images/s (model only)")
+    ax.set_xticks(sorted({r["img_size"] for r in tp}))
+    ax.set_title("Throughput vs resolution", fontsize="medium")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3, which="both")
+    return _png(fig)

@@ -1,0 +1,153 @@
+"""Records behind every report: one labelled record per cell, derived from the stored rows.
+
+Rows of one model under several conditions (checkpoint, crop, dtype, ...) are told apart by the ``CellId`` fields
+whose values differ; nothing is recomputed, pairs read the stored per-image predictions.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ResultsError
+from ..published import published_top1
+from ..results import ResultRow, RunStore, id_fields, mcnemar_exact, row_key, wilson_interval
+from ..results.schema import DATA, PROTOCOL, WEIGHTS
+
+# Fields that may tell two rows of the same model apart in one run directory; the ones that differ go into labels.
+_VARIANT_FIELDS = tuple((f.name, f.metadata["short"]) for f in id_fields(WEIGHTS, DATA, PROTOCOL))
+
+
+def row_labels(rows: list[ResultRow]) -> dict[str, str]:
+    """Row key -> display label: the model name, plus the conditions that tell a model's rows apart when the run
+    directory holds the same model under several (checkpoint, crop, dtype, ...)."""
+    by_model: dict[str, list[ResultRow]] = {}
+    for r in rows:
+        by_model.setdefault(r.model, []).append(r)
+    varying_of = {
+        model: [(f, short) for f, short in _VARIANT_FIELDS if len({str(getattr(r, f)) for r in group}) > 1]
+        for model, group in by_model.items()
+    }
+    labels = {}
+    for r in rows:
+        varying = varying_of[r.model]
+        parts = []
+        for f, short in varying:
+            value = getattr(r, f)
+            if f in ("checkpoint_sha256", "dataset_fingerprint"):
+                value = str(value)[:8]
+            parts.append(f"{short}={value}")
+        labels[row_key(r)] = r.model + (f" [{', '.join(parts)}]" if parts else "")
+    return labels
+
+
+def ordered(rows: list[ResultRow]) -> list[ResultRow]:
+    """Rows grouped by label in order of first appearance, sizes ascending within a label."""
+    labels = row_labels(rows)
+    first = {lab: i for i, lab in reversed(list(enumerate(labels[row_key(r)] for r in rows)))}
+    return sorted(rows, key=lambda r: (first[labels[row_key(r)]], r.img_size))
+
+
+def _r(value: float | None, digits: int = 4) -> float | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), digits)
+
+
+def top1_records(rows: list[ResultRow]) -> list[dict]:
+    """One record per cell: top-1 with its Wilson 95% interval, the change from the model's native size and
+    from the published number (with its confidence grade)."""
+    labels = row_labels(rows)
+    by_cell = {(labels[row_key(r)], r.img_size): r for r in rows}
+    out = []
+    for r in ordered(rows):
+        label = labels[row_key(r)]
+        lo, hi = wilson_interval(r.correct1, r.n_images)
+        native = by_cell.get((label, r.native_size)) if r.native_size else None
+        pub = published_top1(r.model, r.img_size)
+        out.append(
+            {
+                "label": label,
+                "model": r.model,
+                "pe": r.pe,
+                "img_size": r.img_size,
+                "n_images": r.n_images,
+                "correct1": r.correct1,
+                "top1": _r(r.top1),
+                "top5": _r(r.top5),
+                "top1_ci95_low": _r(lo),
+                "top1_ci95_high": _r(hi),
+                "native_size": r.native_size,
+                "delta_native": None if native is None else _r(r.top1 - native.top1),
+                "published_top1": None if pub is None else pub[0],
+                "published_confidence": None if pub is None else pub[1],
+                "delta_published": None if pub is None else _r(r.top1 - pub[0]),
+            }
+        )
+    return out
+
+
+def throughput_records(rows: list[ResultRow]) -> list[dict]:
+    labels = row_labels(rows)
+    return [
+        {
+            "label": labels[row_key(r)],
+            "model": r.model,
+            "img_size": r.img_size,
+            "images_per_sec": r.images_per_sec,
+            "gflops_per_image": r.gflops_per_image,
+            "throughput_batch": r.throughput_batch,
+            "device": r.device,
+            "dtype": r.dtype,
+        }
+        for r in ordered(rows)
+        if r.images_per_sec is not None
+    ]
+
+
+def _correct_top1(store: RunStore, row: ResultRow):
+    import numpy as np
+
+    arrays = store.load_predictions(row)
+    order = np.argsort(arrays["indices"], kind="stable")
+    correct = arrays["top5"][order, 0].astype(np.int64) == arrays["labels"][order].astype(np.int64)
+    return arrays["indices"][order], correct
+
+
+def pair_records(store: RunStore, rows: list[ResultRow]) -> list[dict]:
+    """Exact McNemar tests between every two models evaluated at the same size under the same conditions,
+    paired image by image from the stored predictions."""
+    import numpy as np
+
+    labels = row_labels(rows)
+    groups: dict[tuple, list[ResultRow]] = {}
+    for r in ordered(rows):
+        cond = (r.img_size, r.crop_pct, r.interpolation, r.dtype, r.dataset_fingerprint, r.limit)
+        groups.setdefault(cond, []).append(r)
+    out = []
+    for (size, *_), members in sorted(groups.items(), key=lambda kv: kv[0][0]):
+        cache = {row_key(r): _correct_top1(store, r) for r in members} if len(members) > 1 else {}
+        for i, a in enumerate(members):
+            for b in members[i + 1 :]:
+                idx_a, ca = cache[row_key(a)]
+                idx_b, cb = cache[row_key(b)]
+                if not np.array_equal(idx_a, idx_b):
+                    raise ResultsError(
+                        f"predictions of {a.model} and {b.model} at {size}px cover different images; cannot pair them"
+                    )
+                only_a = int(np.sum(ca & ~cb))
+                only_b = int(np.sum(~ca & cb))
+                out.append(
+                    {
+                        "img_size": size,
+                        "a": labels[row_key(a)],
+                        "b": labels[row_key(b)],
+                        "n_images": int(len(ca)),
+                        "top1_a": _r(a.top1),
+                        "top1_b": _r(b.top1),
+                        "delta": _r(a.top1 - b.top1),
+                        "only_a_correct": only_a,
+                        "only_b_correct": only_b,
+                        "p_value": _r(mcnemar_exact(only_a, only_b), 6),
+                    }
+                )
+    return out

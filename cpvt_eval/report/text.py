@@ -1,0 +1,316 @@
+"""Text formats of the stored rows: CSV, Markdown, LaTeX (booktabs) and JSON."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from ..errors import CpvtEvalError
+from ..published import published_top1
+from ..results import CSV_COLUMNS, ResultRow
+from .plots import PLOT_THROUGHPUT, PLOT_TOP1
+from .records import ordered, throughput_records, top1_records
+
+FORMATS = ("md", "csv", "tex", "json", "png")
+TITLE = "Resolution generalization without fine-tuning"
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``md,csv,png`` -> ('md', 'csv', 'png'); an unknown format is a usage error."""
+    chosen: list[str] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        if part not in FORMATS:
+            raise CpvtEvalError(f"unknown report format {part!r}; choose from {','.join(FORMATS)}")
+        if part not in chosen:
+            chosen.append(part)
+    if not chosen:
+        raise CpvtEvalError(f"--format is empty; choose from {','.join(FORMATS)}")
+    return tuple(chosen)
+
+
+_NULLABLE_INT = ("throughput_batch", "limit", "native_size")
+
+
+def rows_frame(rows: list[ResultRow]) -> pd.DataFrame:
+    df = pd.DataFrame([{c: getattr(r, c) for c in CSV_COLUMNS} for r in ordered(rows)], columns=CSV_COLUMNS)
+    for col in _NULLABLE_INT:
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def to_csv(rows: list[ResultRow]) -> str:
+    """The flat rows, one per cell, with the run conditions as columns, and the paper's top-1 for the cell (with
+    its confidence grade and our difference to it) where the paper has one."""
+    df = rows_frame(rows)
+    published = [published_top1(m, int(s)) for m, s in zip(df["model"], df["img_size"], strict=True)]
+    df["published_top1"] = [None if p is None else p[0] for p in published]
+    df["published_confidence"] = [None if p is None else p[1] for p in published]
+    df["top1_vs_published"] = [
+        None if p is None else round(t - p[0], 4) for t, p in zip(df["top1"], published, strict=True)
+    ]
+    return df.to_csv(index=False, float_format="%.4f", lineterminator="\n")
+
+
+def _md_table(header: list[str], body: list[list[str]], align_right_from: int = 1) -> str:
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append("|" + "|".join("---" if i < align_right_from else "---:" for i in range(len(header))) + "|")
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec)
+
+
+def _pivot(records: list[dict], value: str) -> tuple[list[str], list[int], dict[tuple[str, int], object]]:
+    labels = list(dict.fromkeys(r["label"] for r in records))
+    sizes = sorted({r["img_size"] for r in records})
+    return labels, sizes, {(r["label"], r["img_size"]): r[value] for r in records}
+
+
+def _conditions(rows: list[ResultRow], provenance: dict | None) -> list[str]:
+    def values(name: str) -> str:
+        return ", ".join(f"`{v}`" for v in dict.fromkeys(str(getattr(r, name)) for r in rows))
+
+    datasets = dict.fromkeys((r.dataset, r.n_images, r.dataset_fingerprint) for r in rows)
+    lines = [
+        "- dataset: "
+        + "; ".join(f"`{d}` ({n} images, fingerprint `{fp}`)" for d, n, fp in datasets)
+        + (" — **partial** (not the full 50,000-image validation set)" if any(r.partial for r in rows) else ""),
+        f"- eval transform: shorter side to floor(size / crop_pct), centre crop; crop_pct {values('crop_pct')}, "
+        f"interpolation {values('interpolation')}",
+        "- PE policy: " + ", ".join(dict.fromkeys(f"{r.model} {r.img_size}px: {r.pe_policy}" for r in ordered(rows))),
+        f"- dtype {values('dtype')}, device {values('device')}",
+    ]
+    batches = {r.throughput_batch for r in rows if r.images_per_sec is not None}
+    if batches:
+        lines.append(
+            "- throughput: batch " + ", ".join(str(b) for b in sorted(batches)) + ", median of timed runs after "
+            "warm-up, synthetic input, model only"
+        )
+    lines.append(f"- versions: {values('versions')}")
+    if provenance:
+        lines.append(
+            f"- last run: `{provenance.get('command', '')}` on {provenance.get('device_name', '')} "
+            f"({provenance.get('threads', '')} threads), git `{provenance.get('git_sha') or 'none'}`, "
+            f"seed {provenance.get('seed')}, {provenance.get('started_at')} – {provenance.get('finished_at')} "
+            f"({provenance.get('status')})"
+        )
+    return lines
+
+
+def markdown_report(
+    rows: list[ResultRow],
+    title: str = TITLE,
+    pairs: list[dict] | None = None,
+    plots: tuple[str, ...] = (),
+    provenance: dict | None = None,
+) -> str:
+    """Top-1 by size (pivot, then with intervals and changes), throughput, paired tests, plots, conditions."""
+    if not rows:
+        return f"# {title}\n\nNo finished cells yet.\n"
+    records = top1_records(rows)
+    pe = {r["label"]: r["pe"] for r in records}
+    labels, sizes, top1 = _pivot(records, "top1")
+    out = [f"# {title}", "", "## Top-1 accuracy (%)", ""]
+    body = [[lab, pe[lab]] + [_fmt(top1.get((lab, s)), ".2f") for s in sizes] for lab in labels]
+    out += [_md_table(["model", "PE"] + [f"{s}px" for s in sizes], body, align_right_from=2), ""]
+
+    out += ["## Top-1 by size: 95% interval, change from native size and from the paper", ""]
+    body = [
+        [
+            r["label"],
+            f"{r['img_size']}px",
+            _fmt(r["top1"], ".2f"),
+            f"{_fmt(r['top1_ci95_low'], '.2f')}–{_fmt(r['top1_ci95_high'], '.2f')}",
+            "native" if r["img_size"] == r["native_size"] else _fmt(r["delta_native"], "+.2f"),
+            _fmt(r["published_top1"], ".1f"),
+            _fmt(r["delta_published"], "+.2f"),
+            r["published_confidence"] or "–",
+            str(r["n_images"]),
+        ]
+        for r in records
+    ]
+    header = ["model", "size", "top-1", "95% CI (Wilson)", "Δ native", "paper", "Δ paper", "confidence", "images"]
+    out += [_md_table(header, body, align_right_from=2), ""]
+    out += [
+        "Δ native: points from the same model at its training size. Δ paper: points from the published top-1; "
+        "rows graded `unverified` rest on a single transcription of the paper's table.",
+        "",
+    ]
+
+    tp = throughput_records(rows)
+    if tp:
+        t_labels, t_sizes, ips = _pivot(tp, "images_per_sec")
+        _, _, gflops = _pivot(tp, "gflops_per_image")
+        out += ["## Throughput (images/s, model only)", ""]
+        body = [[lab] + [_fmt(ips.get((lab, s)), ",.1f") for s in t_sizes] for lab in t_labels]
+        out += [_md_table(["model"] + [f"{s}px" for s in t_sizes], body), ""]
+        if any(v is not None for v in gflops.values()):
+            out += ["GFLOPs per image (attention included):", ""]
+            body = [[lab] + [_fmt(gflops.get((lab, s)), ".3f") for s in t_sizes] for lab in t_labels]
+            out += [_md_table(["model"] + [f"{s}px" for s in t_sizes], body), ""]
+
+    if pairs:
+        out += ["## Paired differences (exact McNemar test on the same images)", ""]
+        body = [
+            [
+                f"{p['img_size']}px",
+                p["a"],
+                p["b"],
+                _fmt(p["top1_a"], ".2f"),
+                _fmt(p["top1_b"], ".2f"),
+                _fmt(p["delta"], "+.2f"),
+                str(p["only_a_correct"]),
+                str(p["only_b_correct"]),
+                _fmt(p["p_value"], ".4f"),
+            ]
+            for p in pairs
+        ]
+        header = ["size", "A", "B", "top-1 A", "top-1 B", "Δ (A−B)", "only A right", "only B right", "p"]
+        out += [_md_table(header, body, align_right_from=3), ""]
+        out += ["A small p says the two models' difference on these images is unlikely to be chance.", ""]
+
+    if plots:
+        out += ["## Plots", ""]
+        names = {PLOT_TOP1: "Top-1 vs resolution", PLOT_THROUGHPUT: "Images/s vs resolution"}
+        out += [f"![{names.get(p, p)}]({p})" for p in plots] + [""]
+
+    out += real_section(rows)
+    out += ["## Conditions", ""] + _conditions(rows, provenance) + data_conditions(rows) + [""]
+    return "\n".join(out)
+
+
+def data_conditions(rows: list[ResultRow]) -> list[str]:
+    """Markdown lines on how the data was read: layout and labels, skipped bad files, draft decoding."""
+    first = rows[0]
+    out = []
+    if first.layout:
+        out.append(
+            f"- layout `{first.layout}`" + (f", labels from `{first.label_source}`" if first.label_source else "")
+        )
+    if first.n_skipped:
+        out.append(f"- {first.n_skipped} bad image(s) skipped (listed in skipped.tsv): `{first.skipped_files}`")
+    if any(r.decode_draft for r in rows):
+        out.append("- JPEGs decoded with PIL draft() (reduced DCT scale): pixels differ from a full decode")
+    return out
+
+
+def real_section(rows: list[ResultRow]) -> list[str]:
+    """ImageNet-ReaL top-1 by size, when the run asked for it."""
+    real = {(r.model, r.img_size): r.real_top1 for r in rows}
+    if all(v is None for v in real.values()):
+        return []
+    models = list(dict.fromkeys(r.model for r in rows))
+    sizes = sorted({r.img_size for r in rows})
+    body = [[m] + [_fmt(real.get((m, s)), ".2f") for s in sizes] for m in models]
+    first = rows[0]
+    return [
+        "## ImageNet-ReaL top-1 (%)",
+        "",
+        _md_table(["model"] + [f"{s}px" for s in sizes], body),
+        "",
+        f"Images without a ReaL label are left out: {first.real_excluded} of {first.n_images}.",
+        "",
+    ]
+
+
+_TEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def _tex_tabular(header: list[str], body: list[list[str]], n_left: int) -> list[str]:
+    spec = "l" * n_left + "r" * (len(header) - n_left)
+    return [
+        rf"  \begin{{tabular}}{{{spec}}}",
+        r"    \toprule",
+        "    " + " & ".join(header) + r" \\",
+        r"    \midrule",
+        *("    " + " & ".join(row) + r" \\" for row in body),
+        r"    \bottomrule",
+        r"  \end{tabular}",
+    ]
+
+
+def latex_report(rows: list[ResultRow], title: str = TITLE) -> str:
+    """Booktabs tables: top-1 by size (with the change from the native size) and images/s by size."""
+    lines = [r"% Generated by cpvt-eval report; needs \usepackage{booktabs}."]
+    if not rows:
+        return "\n".join(lines + ["% no finished cells"]) + "\n"
+    records = top1_records(rows)
+    pe = {r["label"]: r["pe"] for r in records}
+    labels, sizes, _ = _pivot(records, "top1")
+    cells = {(r["label"], r["img_size"]): r for r in records}
+
+    def top1_cell(label: str, size: int) -> str:
+        r = cells.get((label, size))
+        if r is None:
+            return "--"
+        text = f"{r['top1']:.2f}"
+        if r["delta_native"] is not None and r["img_size"] != r["native_size"]:
+            text += f" ({r['delta_native']:+.2f})"
+        return text
+
+    body = [[tex_escape(lab), tex_escape(pe[lab])] + [top1_cell(lab, s) for s in sizes] for lab in labels]
+    n = max(r["n_images"] for r in records)
+    lines += [
+        r"\begin{table}[t]",
+        r"  \centering",
+        rf"  \caption{{{tex_escape(title)}: top-1 accuracy (\%) by input size on {n} images; in parentheses the "
+        r"change in points from the model's training size.}",
+        r"  \label{tab:resolution-top1}",
+        *_tex_tabular(["Model", "PE"] + [f"{s}px" for s in sizes], body, 2),
+        r"\end{table}",
+    ]
+    tp = throughput_records(rows)
+    if tp:
+        t_labels, t_sizes, ips = _pivot(tp, "images_per_sec")
+        body = [
+            [tex_escape(lab)] + [_fmt(ips.get((lab, s)), ".1f").replace("–", "--") for s in t_sizes] for lab in t_labels
+        ]
+        devices = ", ".join(dict.fromkeys(tex_escape(r["device"]) for r in tp))
+        lines += [
+            "",
+            r"\begin{table}[t]",
+            r"  \centering",
+            rf"  \caption{{Model-only throughput (images/s) by input size on {devices}.}}",
+            r"  \label{tab:resolution-throughput}",
+            *_tex_tabular(["Model"] + [f"{s}px" for s in t_sizes], body, 1),
+            r"\end{table}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def json_report(rows: list[ResultRow], pairs: list[dict] | None = None, provenance: dict | None = None) -> dict:
+    """Everything the other formats show, as one JSON document."""
+    doc = {
+        "schema": "cpvt-eval/report-1",
+        "rows": [r.to_dict() for r in ordered(rows)],
+        "top1": top1_records(rows),
+        "throughput": throughput_records(rows),
+    }
+    if pairs is not None:
+        doc["pairs"] = pairs
+    if provenance is not None:
+        doc["provenance"] = provenance
+    return doc

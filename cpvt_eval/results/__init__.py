@@ -1,0 +1,34 @@
+"""Result rows and their identity (``schema``), statistics (``stats``), the run directory (``store``) and
+provenance (``provenance``)."""
+
+from .provenance import provenance_record
+from .schema import (
+    CSV_COLUMNS,
+    KEY_FIELDS,
+    SCHEMA_VERSION,
+    CellId,
+    ResultRow,
+    id_fields,
+    pe_options_label,
+    row_key,
+)
+from .stats import format_ci, mcnemar_exact, wilson_interval
+from .store import RunStore, atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "CSV_COLUMNS",
+    "KEY_FIELDS",
+    "SCHEMA_VERSION",
+    "CellId",
+    "ResultRow",
+    "RunStore",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "format_ci",
+    "id_fields",
+    "mcnemar_exact",
+    "pe_options_label",
+    "provenance_record",
+    "row_key",
+    "wilson_interval",
+]

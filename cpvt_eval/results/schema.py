@@ -1,0 +1,175 @@
+"""The result schema: one row per cell, and the one definition of what identifies a cell.
+
+``CellId`` lists the fields that make two cells the same computation. The stored key (``CellId.key``), the
+``ResultRow`` columns, the reports' row labels and ``compare``'s matching are all derived from it, each field
+tagged with its role:
+
+* ``what``: the model and the size;
+* ``weights``: the checkpoint's content and the EMA choice (``compare`` expects these to change between runs);
+* ``data``: the dataset fingerprint and the subset;
+* ``protocol``: everything else that changes predictions (crop, interpolation, PE options, dtype, model args,
+  decoding, the probe and its settings).
+
+Change any field and the cell is computed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+# Bumped when the meaning of a stored row or key changes; recorded in every run directory.
+SCHEMA_VERSION = 2
+
+WHAT, WEIGHTS, DATA, PROTOCOL = "what", "weights", "data", "protocol"
+
+
+def _id_field(role: str, short: str = "", default=MISSING):
+    return field(default=default, metadata={"role": role, "short": short})
+
+
+@dataclass(frozen=True)
+class CellId:
+    """What identifies a result cell. Every field is also a ``ResultRow`` column of the same name.
+
+    A field with a default is left out of the key's hash while it holds that default, so that keys written
+    before the field existed stay the same.
+    """
+
+    model: str = _id_field(WHAT)
+    img_size: int = _id_field(WHAT)
+    checkpoint_sha256: str = _id_field(WEIGHTS, "ckpt")
+    dataset_fingerprint: str = _id_field(DATA, "data")
+    limit: int | None = _id_field(DATA, "limit")
+    crop_pct: float = _id_field(PROTOCOL, "crop")
+    interpolation: str = _id_field(PROTOCOL, "interp")
+    pe_options: str = _id_field(PROTOCOL, "pe")
+    dtype: str = _id_field(PROTOCOL, "dtype")
+    model_args: str = _id_field(PROTOCOL, "args")
+    ema: bool = _id_field(WEIGHTS, "ema", False)
+    decode_draft: bool = _id_field(PROTOCOL, "draft", False)
+    probe: str = _id_field(PROTOCOL, "probe", "")  # a measurement other than the resolution table, with settings
+
+    @classmethod
+    def of(cls, obj) -> CellId:
+        """The identity of a row (or of any object with these attributes)."""
+        return cls(**{f.name: getattr(obj, f.name) for f in fields(cls)})
+
+    def key(self) -> str:
+        """A short stable hash of the identity: the cell's name in the run directory."""
+        payload = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.default is not MISSING and value == f.default:
+                continue
+            payload[f.name] = _canonical(value, f.type)
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def match(self, roles: tuple[str, ...] = (WHAT, PROTOCOL)) -> tuple:
+        """The values of the fields of ``roles``: ``compare`` matches cells on these and lets weights change."""
+        return tuple(str(getattr(self, f.name)) for f in fields(self) if f.metadata["role"] in roles)
+
+    def describe(self) -> str:
+        return f"{self.model}@{self.img_size}px" + (f" ({self.probe})" if self.probe else "")
+
+
+def _canonical(value, type_name: str):
+    if value is None:
+        return None
+    if type_name.startswith("int"):
+        return int(value)
+    if type_name.startswith("float"):
+        return float(value)
+    return value
+
+
+def id_fields(*roles: str) -> tuple:
+    """``CellId``'s fields of the given roles (all of them when none is given)."""
+    return tuple(f for f in fields(CellId) if not roles or f.metadata["role"] in roles)
+
+
+KEY_FIELDS = tuple(f.name for f in fields(CellId))
+
+
+@dataclass
+class ResultRow:
+    """One (model, checkpoint, size, protocol) cell. Accuracies in percent, computed once from integer counts."""
+
+    model: str
+    pe: str
+    checkpoint: str
+    checkpoint_sha256: str
+    img_size: int
+    grid: str
+    resize_size: int
+    crop_pct: float
+    interpolation: str
+    pe_policy: str
+    dtype: str
+    device: str
+    n_images: int
+    n_skipped: int
+    correct1: int
+    correct5: int
+    top1: float
+    top5: float
+    top1_ci95: str
+    images_per_sec: float | None
+    throughput_batch: int | None
+    gflops_per_image: float | None
+    params: int
+    dataset: str
+    dataset_fingerprint: str
+    partial: bool
+    limit: int | None
+    model_args: str
+    versions: str
+    started_at: str
+    duration_s: float
+    # Scale-out: processes of the run; how images_per_sec was measured ("model-only": the model alone on one
+    # device; "model-only per rank": the same on rank 0's device of a torchrun job); the data-parallel rate of
+    # the whole pass (images / wall time of the data pass at this size, all processes, decode and every model of
+    # the pass included). The two figures answer different questions and are never mixed in one column.
+    world_size: int = 1
+    throughput_scope: str = ""
+    aggregate_images_per_sec: float | None = None
+    extra: dict = field(default_factory=dict)
+    # The data layer's columns: how the set was read, which bad files were left out, ImageNet-ReaL top-1.
+    layout: str = ""
+    label_source: str = ""
+    skipped_files: str = ""  # ";"-separated relative paths of the images left out (n_skipped of them)
+    decode_draft: bool = False
+    ema: bool = False  # the checkpoint's EMA weights were evaluated (same file, other weights)
+    real_top1: float | None = None
+    real_n: int | None = None  # images with ReaL labels (the denominator of real_top1)
+    real_excluded: int | None = None  # images without ReaL labels, left out of real_top1
+    pe_options: str = ""  # the requested APE/sin-cos handling; with the model and size it fixes ``pe_policy``
+    native_size: int | None = None  # the model's training size: the reference of "change from native"
+    predictions: str = ""  # per-image predictions, relative to the run directory
+    probe: str = ""  # see CellId.probe
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ResultRow:
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in d.items() if k in names}
+        extra = {k: v for k, v in d.items() if k not in names}
+        row = cls(**known)
+        row.extra = {**row.extra, **extra}
+        return row
+
+
+CSV_COLUMNS = [f.name for f in fields(ResultRow) if f.name != "extra"]
+assert set(KEY_FIELDS) <= set(CSV_COLUMNS), "every CellId field is a ResultRow column"
+
+
+def row_key(row: ResultRow) -> str:
+    return CellId.of(row).key()
+
+
+def pe_options_label(ape_interpolation: str, antialias: bool, sincos: str | None = None) -> str:
+    label = f"ape={ape_interpolation},antialias={str(bool(antialias)).lower()}"
+    return label if sincos is None else f"{label},sincos={sincos}"
