@@ -18,8 +18,18 @@ from rich.table import Table
 
 from .config import Progress
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# A pipe or a CI log has no width of its own, and rich would fall back to 80 columns, folding or cutting the very
+# numbers a table exists to show ("5.6…"). Off a terminal the tables take their natural width instead.
+PIPE_WIDTH = 10_000
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, highlight=False, width=None if stream.isatty() else PIPE_WIDTH)
+
+
+err = _console(stderr=True)
+out = _console(stderr=False)
 
 
 def error(message: str) -> None:

@@ -76,7 +76,9 @@ def _part(model, size, indices, labels, top5, correct1, correct5, duration=1.0) 
         "duration_s": duration,
         "indices": torch.tensor(indices, dtype=torch.long),
         "labels": torch.tensor(labels, dtype=torch.long),
-        "top5": torch.tensor(top5, dtype=torch.int16).reshape(len(indices), -1 if top5 else 2),
+        "topk": torch.tensor(top5, dtype=torch.int16).reshape(len(indices), -1 if top5 else 2),
+        "batch_size": 2,
+        "oom_retries": 0,
     }
 
 
@@ -220,7 +222,7 @@ rank = int(os.environ["RANK"])
 record = {}
 try:
     with distributed.session("cpu") as ctx:
-        models = [SimpleNamespace(key="a"), SimpleNamespace(key="b")]
+        models = [SimpleNamespace(name="a"), SimpleNamespace(name="b")]
         # Every rank answers differently; rank 0's answer must hold on every rank.
         todo = ctx.agreed_todo(lambda m, s: (m.name == "a") == (rank == 0) and s == 32, models, [32, 40])
         record["todo"] = sorted([m.name, s] for m in models for s in (32, 40) if todo(m, s))
@@ -305,9 +307,19 @@ def _rows(out: Path) -> dict:
     return {(r["model"], r["img_size"]): r for r in rows}
 
 
-SAME = ("n_images", "correct1", "correct5", "top1", "top5", "top1_ci95", "grid", "pe_policy", "resize_size")
+# What may differ between a one-process run and a torchrun job of the same cells: how and when it ran, and timings.
+DIFFERS = {
+    "world_size",
+    "throughput_scope",
+    "images_per_sec",
+    "aggregate_images_per_sec",
+    "started_at",
+    "duration_s",
+    "extra",
+}
 
 
+@pytest.mark.slow  # launches torchrun process groups
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_torchrun_gives_the_single_process_results(job, launches, single, nproc):
     root, data, ckpts = job
@@ -320,7 +332,14 @@ def test_torchrun_gives_the_single_process_results(job, launches, single, nproc)
     base, rows = _rows(single), _rows(out)
     assert set(rows) == set(base) == {(m, s) for m in ckpts for s in (32, 40)}
     for key, row in rows.items():
-        assert {f: row[f] for f in SAME} == {f: base[key][f] for f in SAME}, key
+        # Whole rows, the extra columns included (a field left out of the gathered payload shows up here).
+        assert {f: v for f, v in row.items() if f not in DIFFERS} == {
+            f: v for f, v in base[key].items() if f not in DIFFERS
+        }, key
+        assert set(row["extra"]) == set(base[key]["extra"])
+        untimed = {k for k in row["extra"] if not k.startswith("throughput_")}
+        assert {k: row["extra"][k] for k in untimed} == {k: base[key]["extra"][k] for k in untimed}, key
+        assert row["extra"]["eval_batch"] == BATCH and row["extra"]["eval_oom_retries"] == 0
         assert row["n_images"] == 101
         assert 0 < row["correct1"] < row["correct5"] < 101  # the comparison is not between trivial counts
         assert row["world_size"] == nproc and base[key]["world_size"] == 1
@@ -338,6 +357,7 @@ def test_torchrun_gives_the_single_process_results(job, launches, single, nproc)
     assert [r["rank"] for r in provenance["distributed"]["ranks"]] == list(range(nproc))
 
 
+@pytest.mark.slow  # launches torchrun process groups
 def test_a_failing_rank_stops_the_run_with_its_message(job, launches):
     root, _, _ = job
     returncode, _, stderr = _finish(launches["fail"])
@@ -347,6 +367,7 @@ def test_a_failing_rank_stops_the_run_with_its_message(job, launches):
     assert not (root / "runbad" / "rows.jsonl").exists()
 
 
+@pytest.mark.slow  # launches torchrun process groups
 def test_rounds_share_rank0_decisions_and_any_failure(job, launches):
     """What a resumed run relies on (rank 0 decides the cells left, whatever the world size) and what stops a
     job when a rank raises an unexpected exception in the middle of a round."""

@@ -145,6 +145,7 @@ def test_multi_value_options_expand(argv, expected):
     assert expand_multi_value(argv) == expected
 
 
+@pytest.mark.slow  # five full runs of the CLI
 def test_sizes_in_every_form_give_the_same_rows(imagefolder, toy_checkpoints, tmp_path):
     ckpt = toy_checkpoints["cpvt_toy"][1]
     forms = [["--sizes", "56", "96"], ["--sizes", "56,96"], ["--sizes", "56", "--sizes", "96"]]

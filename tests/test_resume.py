@@ -110,6 +110,7 @@ def setup(tmp_path_factory):
     return imagefolder, ckpts, reference
 
 
+@pytest.mark.slow  # kills a real subprocess mid-run, then reruns it
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "sigkill"])
 def test_interrupted_run_resumes_to_the_same_tables(tmp_path, setup, sig):
     imagefolder, toy_checkpoints, reference = setup

@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CpvtEvalError, ResultsError
-from ..results import ResultRow, RunStore
+from ..results import CellId, ResultRow, RunStore, id_fields
+from ..results.schema import PROTOCOL, WHAT
 from .records import _r, ordered
 from .text import _fmt, _md_table
 
-# Cells of two runs are the same cell when these agree (the checkpoint may change: that is what CI checks).
-MATCH_FIELDS = ("model", "img_size", "crop_pct", "interpolation", "pe_options", "dtype", "model_args")
+# Cells of two runs are the same cell when the identity's model, size and protocol agree; the weights may change
+# (that is what CI checks), and the data must be the same (checked separately, with its own message).
+MATCH_ROLES = (WHAT, PROTOCOL)
+MATCH_FIELDS = tuple(f.name for f in id_fields(*MATCH_ROLES))
 
 
 def load_rows(path: str | Path) -> list[ResultRow]:
@@ -96,7 +99,7 @@ _EPS = 1e-9
 
 
 def _match_key(r: ResultRow) -> tuple:
-    return tuple(str(getattr(r, f)) for f in MATCH_FIELDS)
+    return CellId.of(r).match(MATCH_ROLES)
 
 
 def _cell_name(r: ResultRow) -> str:
@@ -127,7 +130,7 @@ def compare_runs(
     base, cur = sides
     common = [_match_key(r) for r in ordered(list(base.values())) if _match_key(r) in cur]
     if not common:
-        raise ResultsError("the runs share no cell (same model, size, crop, interpolation, PE options, dtype)")
+        raise ResultsError(f"the runs share no cell (same {', '.join(MATCH_FIELDS)})")
     result = Comparison(max_drop=max_drop, max_slowdown=max_slowdown)
     for k in common:
         b, c = base[k], cur[k]
