@@ -60,24 +60,22 @@ def shifted_views(
     canvas: torch.Tensor, offsets: torch.Tensor, size: int, mode: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two views of every canvas of ``canvas`` (B, C, H, W): ``size`` x ``size`` crops at ``offsets`` (B, 4)
-    from the top-left corner (``random``), or the centre crop rolled by them, as ``torch.roll`` does
-    (``circular``). One gather on the canvas's device, whatever the offsets of each image."""
-    b, c, h, w = canvas.shape
-    offsets = offsets.to(canvas.device)
-    ar = torch.arange(size, device=canvas.device)
-    ys, xs = offsets[:, 0::2, None], offsets[:, 1::2, None]  # (B, 2, 1): view A, view B
-    if mode == "random":
-        rows, cols = ys + ar, xs + ar
-    elif mode == "circular":
-        # torch.roll(x, k)[i] == x[(i - k) mod n]
-        rows = (h - size) // 2 + (ar - ys) % size
-        cols = (w - size) // 2 + (ar - xs) % size
-    else:
+    from the top-left corner (``random``), or the centre crop rolled by them with ``torch.roll`` (``circular``).
+
+    A copy per image: on the CPU a slice copy is tens of times faster than one gather over the batch.
+    """
+    if mode not in ("random", "circular"):
         raise CpvtEvalError(f"unknown shift mode {mode!r}")
-    bi = torch.arange(b, device=canvas.device).view(b, 1, 1, 1, 1)
-    ci = torch.arange(c, device=canvas.device).view(1, 1, c, 1, 1)
-    views = canvas[bi, ci, rows[:, :, None, :, None], cols[:, :, None, None, :]]  # (B, 2, C, size, size)
-    return views[:, 0], views[:, 1]
+    b, c, h, w = canvas.shape
+    top, left = (h - size) // 2, (w - size) // 2
+    views = (canvas.new_empty((b, c, size, size)), canvas.new_empty((b, c, size, size)))
+    for i, (ya, xa, yb, xb) in enumerate(offsets.tolist()):
+        for view, (y, x) in zip(views, ((ya, xa), (yb, xb)), strict=True):
+            if mode == "random":
+                view[i] = canvas[i, :, y : y + size, x : x + size]
+            else:
+                view[i] = torch.roll(canvas[i, :, top : top + size, left : left + size], (y, x), (1, 2))
+    return views
 
 
 @dataclass

@@ -89,7 +89,10 @@ def _compute(cfg, protocol, hooks, models: list[EvalModel], image_set, device, w
     outcome = RunOutcome(store=store)
     status = "failed"
     try:
-        todo = lambda m, size: keys[(m.name, size)] not in done  # noqa: E731
+
+        def todo(m: EvalModel, size: int) -> bool:
+            return keys[(m.name, size)] not in done
+
         for cell in shift_sweep(models, image_set, cfg.sizes, settings, protocol, hooks.progress, todo):
             m = by_name[cell.model]
             ident = ids[(m.name, cell.size)]
