@@ -332,27 +332,25 @@ def test_cli_end_to_end(imagefolder, toy_checkpoints, tmp_path):
 
 def test_resolution_and_shift_rows_in_one_run_keep_their_own_reports(imagefolder, toy_checkpoints, tmp_path):
     out = tmp_path / "run"
-    res = runner.invoke(
-        app,
-        [
-            "resolution",
-            "-m",
-            "deit_toy",
-            "-s",
-            "56",
-            "--data",
-            str(imagefolder),
-            "-c",
-            str(toy_checkpoints["deit_toy"][1]),
-            "--model-arg",
-            "num_classes=1000",
-            "--out",
-            str(out),
-            "--no-throughput",
-            "--workers",
-            "0",
-        ],
-    )
+    res_argv = [
+        "resolution",
+        "-m",
+        "deit_toy",
+        "-s",
+        "56",
+        "--data",
+        str(imagefolder),
+        "-c",
+        str(toy_checkpoints["deit_toy"][1]),
+        "--model-arg",
+        "num_classes=1000",
+        "--out",
+        str(out),
+        "--no-throughput",
+        "--workers",
+        "0",
+    ]
+    res = runner.invoke(app, res_argv)
     assert res.exit_code == 0, res.output
     before = (out / "results.csv").read_text()
     run_shift(toy_config(imagefolder, toy_checkpoints, out, models=("deit_toy",)), protocol=ShiftProtocol(epochs=1))
@@ -360,6 +358,9 @@ def test_resolution_and_shift_rows_in_one_run_keep_their_own_reports(imagefolder
     assert len(list(open(out / "shift.csv"))) == 2
     records = consistency_records(shift_rows(out))
     assert [r["label"] for r in records] == ["deit_toy"]
+    again = runner.invoke(app, [*res_argv, "--json"])  # finished: prints the resolution row only
+    assert again.exit_code == 0, again.output
+    assert [(r["model"], r["probe"]) for r in json.loads(again.stdout)] == [("deit_toy", "")]
 
 
 def test_published_figure_shown_for_zhangs_protocol():

@@ -141,6 +141,7 @@ def run_and_print(cfg: RunConfig, json_out: bool, verbose: bool) -> None:
     """Run the job under torchrun or alone, then print the rows (a table, or JSON only on stdout)."""
     from .. import distributed
     from ..jobs.resolution import run_resolution
+    from ..report import split_rows
 
     # Machine-readable mode: stdout holds only JSON; messages go to stderr, and only when a person watches it.
     quiet = json_out and not sys.stderr.isatty()
@@ -157,7 +158,7 @@ def run_and_print(cfg: RunConfig, json_out: bool, verbose: bool) -> None:
         outcome = run_resolution(cfg, hooks, dist)
         if outcome.store is None:
             return
-        rows = outcome.store.rows()
+        rows, _ = split_rows(outcome.store.rows())  # a directory may also hold `cpvt-eval shift` rows
         if json_out:
             print(json.dumps([r.to_dict() for r in rows], indent=2))
         else:
