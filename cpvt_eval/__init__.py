@@ -28,6 +28,8 @@ _LAZY = {
     "resolve": ("models.registry", "resolve"),
     "build_model": ("models.build", "build_model"),
     "evaluate": ("jobs.resolution", "run_resolution"),
+    "ShiftProtocol": ("config", "ShiftProtocol"),
+    "measure_shift": ("jobs.shift", "run_shift"),
     "count_flops": ("throughput", "count_flops"),
     "measure_throughput": ("throughput", "measure_throughput"),
 }

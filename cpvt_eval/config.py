@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import CpvtEvalError, ModelError
 
 REPORT_FORMATS = ("md", "csv", "tex", "json", "png")
 APE_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
@@ -126,3 +126,58 @@ class RunConfig:
     force: bool = False
     report_formats: tuple[str, ...] = REPORT_FORMATS
     argv: tuple[str, ...] = ()
+
+
+SHIFT_MODES = ("random", "circular")
+
+
+@dataclass(frozen=True)
+class ShiftProtocol:
+    """The translation probe (Zhang, "Making Convolutional Networks Shift-Invariant Again", ICML 2019), at each size.
+
+    At size ``s`` the image's shorter side goes to ``round(s * 256 / 224)`` and that square is centre-cropped (the
+    canvas); each pair is two ``s`` x ``s`` views of it at offsets drawn uniformly from ``[0, max_shift)`` per axis.
+
+    Attributes:
+        mode: ``random``: the views are crops of the canvas at the offsets (Zhang's protocol); ``circular``: the
+            centre crop rolled by the offsets (``torch.roll``), so no pixel enters or leaves the view.
+        max_shift: offsets are drawn from ``[0, max_shift)``; None: the canvas minus the size (32 at 224). 0 and 1
+            mean no shift at all.
+        epochs: passes over the data, each with new offsets (the reference evaluation uses 5).
+        seed: offsets depend on (seed, epoch, image index) only, never on the batch or the workers.
+    """
+
+    mode: str = "random"
+    max_shift: int | None = None
+    epochs: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in SHIFT_MODES:
+            raise CpvtEvalError(f"--mode must be one of {', '.join(SHIFT_MODES)}, got {self.mode!r}")
+        if self.max_shift is not None and self.max_shift < 0:
+            raise CpvtEvalError(f"--max-shift must be 0 or more pixels, got {self.max_shift}")
+        if self.epochs < 1:
+            raise CpvtEvalError(f"--epochs must be 1 or more, got {self.epochs}")
+
+    @staticmethod
+    def canvas_size(size: int) -> int:
+        """The square the views are taken from: ``round(size * 256 / 224)`` (256 at 224, as in Zhang's code)."""
+        return round(size * 256 / 224)
+
+    def max_shift_at(self, size: int) -> int:
+        """The offset bound at ``size``; a random crop must stay inside the canvas."""
+        room = self.canvas_size(size) - size
+        if self.max_shift is None:
+            return room
+        if self.mode == "random" and self.max_shift > room + 1:
+            raise CpvtEvalError(
+                f"--max-shift {self.max_shift} does not fit at {size}px: the canvas is {self.canvas_size(size)}px, "
+                f"so random crops allow offsets below {room + 1} (use --mode circular for larger shifts)"
+            )
+        return self.max_shift
+
+    def probe(self) -> str:
+        """The probe as a cell identity records it (``CellId.probe``); ``max=auto`` is the canvas minus the size."""
+        bound = "auto" if self.max_shift is None else str(self.max_shift)
+        return f"shift:{self.mode},max={bound},epochs={self.epochs},seed={self.seed}"

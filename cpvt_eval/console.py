@@ -126,6 +126,34 @@ def print_results(rows) -> None:
     err.print(results_table(rows))
 
 
+def shift_table(rows) -> Table:
+    """Models x sizes: consistency (top-1 of each view) in each cell of the translation probe."""
+    models = list(dict.fromkeys(r.model for r in rows))
+    sizes = sorted({r.img_size for r in rows})
+    cells = {(r.model, r.img_size): r for r in rows}
+    table = Table(title="consistency % (top-1 % of view A / view B)", title_style="bold")
+    table.add_column("model")
+    table.add_column("PE")
+    for s in sizes:
+        table.add_column(f"{s}px", justify="right")
+    for m in models:
+        pe = next(r.pe for r in rows if r.model == m)
+        values = []
+        for s in sizes:
+            r = cells.get((m, s))
+            if r is None:
+                values.append("–")
+                continue
+            e = r.extra
+            values.append(f"{e['consistency']:.2f}\n({e['top1_a']:.2f} / {e['top1_b']:.2f})")
+        table.add_row(m, pe, *values)
+    return table
+
+
+def print_shift_results(rows) -> None:
+    err.print(shift_table(rows))
+
+
 def models_table(rows: list[dict]) -> Table:
     """The rows of ``cpvt-eval models``: one line per model, aliases under the name, the grade under top-1."""
     table = Table(title="models (GFLOPs at the native size, attention included)", title_style="bold")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import EXIT_USAGE
-from . import check_data, compare, demo, models, report, resolution, throughput  # noqa: F401 (register commands)
+from . import check_data, compare, demo, models, report, resolution, shift, throughput  # noqa: F401 (register commands)
 from .app import app, expand_multi_value, fill_optional_values, guarded, stop_on_sigterm
 
 __all__ = ["app", "entry", "expand_multi_value", "fill_optional_values", "guarded", "main", "stop_on_sigterm"]

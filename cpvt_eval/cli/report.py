@@ -20,7 +20,9 @@ from .app import app, guarded
     ),
 )
 def report_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `cpvt-eval resolution`.")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory written by `cpvt-eval resolution` or `cpvt-eval shift`.")
+    ],
     formats: Annotated[
         str, typer.Option("--format", "-f", help="Comma-separated: md, csv, tex, json, png.")
     ] = "md,csv,tex,json,png",
@@ -31,7 +33,8 @@ def report_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Write only the report as JSON on stdout.")] = False,
 ) -> None:
     """Tables (top-1 by size with 95% intervals, change from native size and from the paper; throughput),
-    LaTeX (booktabs), JSON and plots, rendered from stored results without recomputing anything.
+    LaTeX (booktabs), JSON and plots, rendered from stored results without recomputing anything. Rows of
+    `cpvt-eval shift` go to shift.md/.csv/.tex/.json and consistency_vs_resolution.png, with McNemar tests.
     """
     from .. import report
     from ..results import RunStore
@@ -44,9 +47,11 @@ def report_cmd(
         written = report.render(store, chosen, out, pairs=pairs)
         if json_out:
             runs = store.provenance()
-            doc = report.json_report(
-                store.rows(), report.pair_records(store, store.rows()) if pairs else None, runs[-1] if runs else None
-            )
+            provenance = runs[-1] if runs else None
+            rows, shift_rows = report.split_rows(store.rows())
+            doc = report.json_report(rows, report.pair_records(store, rows) if pairs else None, provenance)
+            if shift_rows:
+                doc["shift"] = report.shift_json(shift_rows, report.shift_pair_records(store, shift_rows), provenance)
             doc["files"] = [str(p) for p in written]
             print(json.dumps(doc, indent=2, ensure_ascii=False))
         else:

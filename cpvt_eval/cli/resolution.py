@@ -4,28 +4,44 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .. import console
-from ..config import APE_INTERPOLATIONS, Hooks, PEOptions, RunConfig, ThroughputConfig
+from ..config import Hooks, RunConfig, ThroughputConfig
 from ..errors import CpvtEvalError
-from ..runtime import check_dtype
-from .app import (
-    MultiValueCommand,
-    app,
-    default_out,
-    guarded,
-    parse_checkpoints,
-    parse_model_args,
-    parse_models,
-    parse_sizes,
-    stop_on_sigterm,
+from .app import MultiValueCommand, app, guarded, stop_on_sigterm
+from .options import (
+    DATA,
+    PROTOCOL,
+    SPEED,
+    AntialiasOpt,
+    ApeInterpOpt,
+    BatchSizeOpt,
+    CheckpointOpt,
+    ClassesOpt,
+    DataOpt,
+    DecodeDraftOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EmaOpt,
+    ForceOpt,
+    InterpolationOpt,
+    JsonOpt,
+    LabelsOpt,
+    LayoutOpt,
+    LimitOpt,
+    ModelArgOpt,
+    ModelOpt,
+    OnBadImageOpt,
+    OutOpt,
+    SincosOpt,
+    SizesOpt,
+    VerboseOpt,
+    WorkersOpt,
+    common_run_config,
 )
-
-MODEL, DATA, PROTOCOL, SPEED, OUTPUT = "Model", "Data", "Protocol", "Speed", "Output"
 
 
 @app.command(
@@ -36,82 +52,25 @@ MODEL, DATA, PROTOCOL, SPEED, OUTPUT = "Model", "Data", "Protocol", "Speed", "Ou
     ),
 )
 def resolution(
-    model: Annotated[
-        list[str],
-        typer.Option("--model", "-m", help="Model name or alias; repeat or list several.", rich_help_panel=MODEL),
-    ],
-    sizes: Annotated[
-        list[str],
-        typer.Option("--sizes", "-s", help="Sizes in px: `224 384 512` or `224,384`.", rich_help_panel=PROTOCOL),
-    ] = ["224", "384", "448", "512"],  # noqa: B006 (typer reads the default; it is never mutated)
-    data: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--data",
-            "-d",
-            envvar="CPVT_EVAL_DATA",
-            help="ImageNet val: a folder in any --layout, or a manifest CSV.",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    checkpoint: Annotated[
-        list[str],
-        typer.Option(
-            "--checkpoint",
-            "-c",
-            help="NAME=SOURCE (or SOURCE with one model): a .pth/.pt/.safetensors file, an https:// URL (cached; "
-            "#sha256=<hex> pins it), hf-hub:org/name, or a timm tag like deit_tiny_patch16_224.fb_in1k; "
-            "#drop=<glob>,... leaves keys out.",
-            rich_help_panel=MODEL,
-        ),
-    ] = [],  # noqa: B006
-    out: Annotated[
-        Optional[Path],
-        typer.Option("--out", "-o", help="Run directory (default: runs/MODEL+MODEL...).", rich_help_panel=OUTPUT),
-    ] = None,
-    limit: Annotated[
-        Optional[int],
-        typer.Option(help="Deterministic class-stratified subset of N images.", rich_help_panel=DATA),
-    ] = None,
+    model: ModelOpt,
+    sizes: SizesOpt = ["224", "384", "448", "512"],  # noqa: B006 (typer reads the default; it is never mutated)
+    data: DataOpt = None,
+    checkpoint: CheckpointOpt = [],  # noqa: B006
+    out: OutOpt = None,
+    limit: LimitOpt = None,
     crop_pct: Annotated[
         float, typer.Option(help="Resize shorter side to floor(size / crop_pct), then crop.", rich_help_panel=PROTOCOL)
     ] = 0.875,
-    interpolation: Annotated[str, typer.Option(help="Image resize interpolation.", rich_help_panel=PROTOCOL)] = (
-        "bicubic"
-    ),
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, rich_help_panel=SPEED)] = 64,
-    workers: Annotated[
-        Optional[int],
-        typer.Option("--workers", "-j", min=0, help="Data loader workers (default: the cores).", rich_help_panel=SPEED),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.", rich_help_panel=SPEED)] = "auto",
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).", rich_help_panel=PROTOCOL)] = "fp32",
-    ape_interp: Annotated[
-        str, typer.Option(help="APE resampling: " + ", ".join(APE_INTERPOLATIONS), rich_help_panel=PROTOCOL)
-    ] = "bicubic",
-    antialias: Annotated[
-        bool, typer.Option(help="Antialias when resampling the APE (DeiT: no).", rich_help_panel=PROTOCOL)
-    ] = False,
-    sincos: Annotated[
-        str, typer.Option(help="Sin-cos APE at a new size: regenerate or resample.", rich_help_panel=PROTOCOL)
-    ] = "regenerate",
-    model_arg: Annotated[
-        list[str],
-        typer.Option(
-            "--model-arg",
-            help="[NAME:]key=value for the model constructor, e.g. peg_positions=0,3.",
-            rich_help_panel=MODEL,
-        ),
-    ] = [],  # noqa: B006
-    ema: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--ema/--no-ema",
-            help="Take the EMA weights (model_ema, state_dict_ema) or the plain ones; unset: plain when both exist. "
-            "Recorded in load_reports.json.",
-            rich_help_panel=MODEL,
-        ),
-    ] = None,
+    interpolation: InterpolationOpt = "bicubic",
+    batch_size: BatchSizeOpt = 64,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "fp32",
+    ape_interp: ApeInterpOpt = "bicubic",
+    antialias: AntialiasOpt = False,
+    sincos: SincosOpt = "regenerate",
+    model_arg: ModelArgOpt = [],  # noqa: B006
+    ema: EmaOpt = None,
     throughput: Annotated[
         bool, typer.Option(help="Measure model-only images/s per cell.", rich_help_panel=SPEED)
     ] = True,
@@ -120,43 +79,12 @@ def resolution(
         typer.Option(min=1, help="Batch of the timing runs (default: --batch-size).", rich_help_panel=SPEED),
     ] = None,
     throughput_repeats: Annotated[int, typer.Option(min=1, rich_help_panel=SPEED)] = 5,
-    force: Annotated[
-        bool,
-        typer.Option(
-            "--force",
-            help="Recompute every cell, even those already finished in the run directory.",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = False,
-    json_out: Annotated[
-        bool,
-        typer.Option(
-            "--json",
-            help="Write only the rows as JSON on stdout; stderr stays quiet unless a tty.",
-            rich_help_panel=OUTPUT,
-        ),
-    ] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Show checkpoint load reports.", rich_help_panel=OUTPUT)
-    ] = False,
-    layout: Annotated[
-        str,
-        typer.Option(
-            help="Dataset layout: auto, imagefolder, flat, imagenetv2 (folders 0..999) or manifest.",
-            rich_help_panel=DATA,
-        ),
-    ] = "auto",
-    labels: Annotated[
-        Optional[Path],
-        typer.Option(
-            help="Label file: devkit ground truth, Kaggle LOC_val_solution.csv or a path,label manifest.",
-            rich_help_panel=DATA,
-        ),
-    ] = None,
-    classes: Annotated[
-        Optional[Path],
-        typer.Option(help="File of WordNet ids: evaluate only these classes.", rich_help_panel=DATA),
-    ] = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+    verbose: VerboseOpt = False,
+    layout: LayoutOpt = "auto",
+    labels: LabelsOpt = None,
+    classes: ClassesOpt = None,
     real_labels: Annotated[
         Optional[str],
         typer.Option(
@@ -166,19 +94,8 @@ def resolution(
             rich_help_panel=DATA,
         ),
     ] = None,
-    on_bad_image: Annotated[
-        str,
-        typer.Option(
-            help="stop: exit before any cell at the first bad file; skip: leave it out, record it.",
-            rich_help_panel=DATA,
-        ),
-    ] = "stop",
-    decode_draft: Annotated[
-        bool,
-        typer.Option(
-            help="Decode JPEGs at a reduced scale with PIL draft() (faster, changes pixels).", rich_help_panel=DATA
-        ),
-    ] = False,
+    on_bad_image: OnBadImageOpt = "stop",
+    decode_draft: DecodeDraftOpt = False,
 ) -> None:
     """Top-1/top-5 and images/s of each model at each size, without fine-tuning.
 
@@ -187,24 +104,26 @@ def resolution(
     finished cells; Ctrl-C stops with exit code 130 and keeps them.
     """
     with guarded():
-        models = parse_models(model)
         if data is None:
             raise CpvtEvalError("no dataset: pass --data DIR or set CPVT_EVAL_DATA")
-        cfg = RunConfig(
-            models=models,
-            sizes=parse_sizes(sizes),
+        cfg = common_run_config(
+            model=model,
+            sizes=sizes,
             data=data,
-            out=out or default_out(models),
-            checkpoints=parse_checkpoints(checkpoint, models),
-            model_args=parse_model_args(model_arg, models),
+            out=out,
+            checkpoint=checkpoint,
+            model_arg=model_arg,
+            ape_interp=ape_interp,
+            antialias=antialias,
+            sincos=sincos,
+            dtype=dtype,
+            argv=("cpvt-eval", *sys.argv[1:]),
             limit=limit,
             crop_pct=crop_pct,
             interpolation=interpolation,
             batch_size=batch_size,
             workers=workers,
             device=device,
-            dtype=check_dtype(dtype),
-            pe=PEOptions(ape_interpolation=ape_interp, antialias=antialias, sincos=sincos),
             ema=ema,
             throughput=ThroughputConfig(enabled=throughput, batch_size=throughput_batch, repeats=throughput_repeats),
             layout=layout,
@@ -214,7 +133,6 @@ def resolution(
             on_bad_image=on_bad_image,
             decode_draft=decode_draft,
             force=force,
-            argv=("cpvt-eval", *sys.argv[1:]),
         )
         run_and_print(cfg, json_out, verbose)
 
@@ -223,6 +141,7 @@ def run_and_print(cfg: RunConfig, json_out: bool, verbose: bool) -> None:
     """Run the job under torchrun or alone, then print the rows (a table, or JSON only on stdout)."""
     from .. import distributed
     from ..jobs.resolution import run_resolution
+    from ..report import split_rows
 
     # Machine-readable mode: stdout holds only JSON; messages go to stderr, and only when a person watches it.
     quiet = json_out and not sys.stderr.isatty()
@@ -239,7 +158,7 @@ def run_and_print(cfg: RunConfig, json_out: bool, verbose: bool) -> None:
         outcome = run_resolution(cfg, hooks, dist)
         if outcome.store is None:
             return
-        rows = outcome.store.rows()
+        rows, _ = split_rows(outcome.store.rows())  # a directory may also hold `cpvt-eval shift` rows
         if json_out:
             print(json.dumps([r.to_dict() for r in rows], indent=2))
         else:

@@ -165,8 +165,13 @@ class RunStore:
         atomic_write_bytes(self.root / rel, save(arrays))
         return rel
 
-    def load_predictions(self, row: ResultRow) -> dict:
-        """The per-image ``indices``, ``labels`` and ``top5`` of a stored cell, as numpy arrays."""
+    def load_predictions(
+        self, row: ResultRow, required: tuple[str, ...] = ("indices", "labels", "top5"), n: int | None = None
+    ) -> dict:
+        """The per-image ``indices``, ``labels`` and ``top5`` of a stored cell, as numpy arrays.
+
+        Another kind of cell (the shift probe's pairs) names the ``required`` arrays and their length ``n``
+        (default: the row's ``n_images``)."""
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
@@ -179,9 +184,10 @@ class RunStore:
             raise ResultsError(f"predictions file not found: {path}") from None
         except (SafetensorError, OSError, ValueError) as e:
             raise ResultsError(f"cannot read predictions file {path}: {e}") from None
-        missing = {"indices", "labels", "top5"} - set(arrays)
-        if missing or len(arrays.get("labels", ())) != row.n_images:
-            raise ResultsError(f"predictions file {path} does not match its row ({row.n_images} images)")
+        n = row.n_images if n is None else n
+        missing = set(required) - set(arrays)
+        if missing or any(len(arrays[name]) != n for name in required):
+            raise ResultsError(f"predictions file {path} does not match its row ({n} entries)")
         return arrays
 
     def write_text(self, name: str, text: str) -> Path:
