@@ -79,6 +79,14 @@ def resolution(
     interpolation: Annotated[str, typer.Option(help="Image resize interpolation.", rich_help_panel=PROTOCOL)] = (
         "bicubic"
     ),
+    crop_mode: Annotated[
+        str,
+        typer.Option(
+            help="center: resize, then centre crop (the table's protocol); squash: resize the whole image to "
+            "size x size, crop_pct unused (the official CvT 384 evaluation).",
+            rich_help_panel=PROTOCOL,
+        ),
+    ] = "center",
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, rich_help_panel=SPEED)] = 64,
     workers: Annotated[
         Optional[int],
@@ -200,6 +208,7 @@ def resolution(
             limit=limit,
             crop_pct=crop_pct,
             interpolation=interpolation,
+            crop_mode=crop_mode,
             batch_size=batch_size,
             workers=workers,
             device=device,

@@ -12,7 +12,7 @@ from .records import _r, ordered
 from .text import _fmt, _md_table
 
 # Cells of two runs are the same cell when these agree (the checkpoint may change: that is what CI checks).
-MATCH_FIELDS = ("model", "img_size", "crop_pct", "interpolation", "pe_options", "dtype", "model_args")
+MATCH_FIELDS = ("model", "img_size", "crop_pct", "interpolation", "pe_options", "dtype", "model_args", "crop_mode")
 
 
 def load_rows(path: str | Path) -> list[ResultRow]:
