@@ -364,3 +364,11 @@ def test_resolution_run_through_the_cli(imagefolder, tmp_path):
     bad = CliRunner().invoke(app, [*args[:4], "200", *args[6:]])
     assert bad.exit_code == 2
     assert "nearest: 192 or 208" in bad.output
+
+
+def test_default_weights_come_from_the_hub_and_fail_fast_offline(monkeypatch):
+    from cpvt_eval.models.build import build_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="cannot get microsoft/cvt-13: offline"):
+        build_model("cvt_13")
