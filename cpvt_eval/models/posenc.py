@@ -162,7 +162,9 @@ def nearest_sizes(size: int, patch: int) -> str:
 
 def grid_of(model: nn.Module) -> tuple[int, int] | None:
     pe = getattr(model, "patch_embed", None)
-    gs = getattr(pe if pe is not None else model, "grid_size", None)  # CvT: the last stage's grid
+    if pe is None and getattr(model, "pe_kind", None) == "conv":
+        pe = model  # CvT: the last stage's grid
+    gs = getattr(pe, "grid_size", None)
     return (int(gs[0]), int(gs[1])) if gs is not None else None
 
 
