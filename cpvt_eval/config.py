@@ -84,6 +84,8 @@ class RunConfig:
         model_args: model name -> extra constructor arguments (e.g. ``peg_positions``).
         limit: evaluate a deterministic, class-stratified subset of this many images.
         crop_pct / interpolation: the eval transform (shorter side to ``floor(size / crop_pct)``).
+        crop_mode: ``center`` (resize, then centre crop) or ``squash`` (the whole image resized to size x size,
+            ``crop_pct`` unused: the official CvT 384 evaluation).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``fp32``, ``bf16`` or ``fp16`` (autocast).
         ema: take EMA weights (True), plain weights (False), or plain-if-present (None).
@@ -109,6 +111,7 @@ class RunConfig:
     limit: int | None = None
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
+    crop_mode: str = "center"
     batch_size: int = 64
     workers: int | None = None
     device: str = "auto"

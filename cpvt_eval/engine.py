@@ -95,6 +95,7 @@ class EvalSettings:
     interpolation: str = "bicubic"
     dtype: str = "fp32"
     pe: PEOptions = PEOptions()
+    crop_mode: str = "center"
 
 
 class ChunkedForward:
@@ -154,7 +155,7 @@ def evaluate_size(
     """Evaluate every model at ``size`` in one pass over ``image_set``; return one ``CellOutput`` per model."""
     progress = progress or Progress()
     policies = [adapt_to_size(m.module, size, settings.pe) for m in models]
-    transform = EvalTransform(size, settings.crop_pct, settings.interpolation)
+    transform = EvalTransform(size, settings.crop_pct, settings.interpolation, settings.crop_mode)
     loader = make_loader(
         EvalDataset(image_set, transform),
         settings.batch_size,

@@ -4,8 +4,10 @@
 grade (``primary`` = the paper's own table; ``secondary``/``quoted`` = read from a figure or quoted elsewhere;
 ``unverified`` = one transcription only). A protocol other than ``train224-no-finetune`` says how the figure
 differs: ``...-crop1.0`` (evaluated with crop ratio 1.0), ``finetune384`` (a model fine-tuned at that size, not a
-zero-shot result: never shown as one). ``published_throughput.csv``: the paper's V100 figures, for context.
-``published_shift.csv``: shift consistency (Zhang 2019 protocol).
+zero-shot result: never shown as one), ``native384-squash`` (the figure of a model registered at native size 384,
+e.g. ``cvt_13_384``, whose weights were fine-tuned there: its native-size figure, official squash evaluation).
+``published_throughput.csv``: the paper's V100 figures, for context. ``published_shift.csv``: shift consistency
+(Zhang 2019 protocol).
 """
 
 from __future__ import annotations

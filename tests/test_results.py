@@ -116,6 +116,7 @@ def test_every_key_field_changes_the_key(name):
         "decode_draft": True,
         "ema": True,
         "probe": "shift=random,max=32",
+        "crop_mode": "squash",
     }[name]
     assert row_key(replace(row, **{name: changed})) != row_key(row)
 
@@ -133,7 +134,7 @@ def test_key_of_a_row_is_the_one_earlier_versions_stored():
     import hashlib
 
     row = make_row()
-    payload = {k: getattr(row, k) for k in KEY_FIELDS if k not in ("decode_draft", "ema", "probe")}
+    payload = {k: getattr(row, k) for k in KEY_FIELDS if k not in ("decode_draft", "ema", "probe", "crop_mode")}
     payload["crop_pct"] = float(payload["crop_pct"])
     expected = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     assert row_key(row) == expected

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.posenc import grid_of, pe_kind_of, resample_abs_pos_embed
+from .cvt_layouts import hf_activation_note, hf_to_release, is_hf_cvt
 
 WRAPPER_KEYS = ("model", "state_dict", "module", "net", "network")
 EMA_KEYS = ("model_ema", "state_dict_ema", "ema")
@@ -42,6 +43,7 @@ class LoadReport:
     resampled: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     regenerated: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts about the load a reader needs (CvT: the activation)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +66,7 @@ class LoadReport:
             parts.append("dropped " + ", ".join(self.dropped))
         if self.regenerated:
             parts.append("regenerated " + ", ".join(self.regenerated))
+        parts.extend(self.notes)
         return "; ".join(parts)
 
 
@@ -172,10 +175,15 @@ _PEG_PATTERNS = (
 def rename_keys(sd: dict[str, torch.Tensor], model: nn.Module, report: LoadReport) -> dict[str, torch.Tensor]:
     """Map known foreign layouts onto the model's own key names (only keys the model does not already have)."""
     own = set(model.state_dict())
+    hf_cvt = is_hf_cvt(sd)
+    if hf_cvt:
+        report.notes.append(hf_activation_note(getattr(model, "act", None)))
     out = {}
     for key, value in sd.items():
         new = key
-        if key not in own:
+        if hf_cvt:
+            new = hf_to_release(key)
+        elif key not in own:
             for pattern, repl in _PEG_PATTERNS:
                 if pattern.match(key):
                     new = pattern.sub(repl, key)
@@ -230,6 +238,21 @@ def _fill_fixed_sincos(sd: dict, model: nn.Module, report: LoadReport) -> dict:
     return sd
 
 
+def _fill_bn_counters(sd: dict, model: nn.Module, report: LoadReport) -> dict:
+    # BatchNorm's ``num_batches_tracked`` only counts training steps; evaluation never reads it (the momentum is
+    # set), and release files differ on whether they keep it. Absent, it takes the model's own value (zero).
+    # The running mean and variance are weights like any other: absent, the load fails.
+    own = model.state_dict()
+    absent = [k for k in own if k.endswith(".num_batches_tracked") and k not in sd]
+    if not absent:
+        return sd
+    sd = dict(sd)
+    for k in absent:
+        sd[k] = own[k].clone()
+    report.regenerated.append(f"num_batches_tracked of {len(absent)} BatchNorm layer(s) (absent; unused in eval)")
+    return sd
+
+
 _PEG_INDEX = re.compile(r"^pos_block\.(\d+)\.")
 
 
@@ -257,6 +280,7 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], report: LoadRepor
     sd = rename_keys(sd, model, report)
     sd = _maybe_resample_pos_embed(sd, model, report)
     sd = _fill_fixed_sincos(sd, model, report)
+    sd = _fill_bn_counters(sd, model, report)
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -270,6 +294,10 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], report: LoadRepor
         )
     if missing or unexpected or mismatched:
         problems = []
+        bn_stats = [k for k in missing if k.endswith((".running_mean", ".running_var"))]
+        if bn_stats:
+            problems.append(f"missing BatchNorm running statistics {_preview(bn_stats)}")
+            missing = [k for k in missing if k not in bn_stats]
         if missing:
             problems.append(f"missing {_preview(missing)}")
         if unexpected:

@@ -62,6 +62,14 @@ def resolution(
         float, typer.Option(help="Resize shorter side to floor(size / crop_pct), then crop.", rich_help_panel=PROTOCOL)
     ] = 0.875,
     interpolation: InterpolationOpt = "bicubic",
+    crop_mode: Annotated[
+        str,
+        typer.Option(
+            help="center: resize, then centre crop (the table's protocol); squash: resize the whole image to "
+            "size x size, crop_pct unused (the official CvT 384 evaluation).",
+            rich_help_panel=PROTOCOL,
+        ),
+    ] = "center",
     batch_size: BatchSizeOpt = 64,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
@@ -121,6 +129,7 @@ def resolution(
             limit=limit,
             crop_pct=crop_pct,
             interpolation=interpolation,
+            crop_mode=crop_mode,
             batch_size=batch_size,
             workers=workers,
             device=device,

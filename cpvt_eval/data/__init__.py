@@ -51,6 +51,7 @@ from .real import RealLabels, RealScore, load_real_labels, real_score
 
 __all__ = [
     "BAD_IMAGE_POLICIES",
+    "CROP_MODES",
     "FULL_VAL_CLASSES",
     "FULL_VAL_IMAGES",
     "IMAGE_EXTENSIONS",
@@ -105,24 +106,36 @@ def resize_size(size: int, crop_pct: float) -> int:
     return int(math.floor(size / crop_pct))
 
 
+CROP_MODES = ("center", "squash")
+
+
 class EvalTransform:
     """PIL image -> uint8 ``(3, size, size)``: shorter side to ``floor(size / crop_pct)``, centre crop.
 
     The same maths as timm's and DeiT's eval transform (PIL resize, then crop); the float conversion and the
     normalisation happen on the device (``normalize_batch``), which gives the same values as ``ToTensor`` +
     ``Normalize`` because the operations run in the same order.
+
+    ``crop_mode="squash"`` resizes the whole image to ``size x size`` instead (aspect ratio not kept, nothing cut
+    off, ``crop_pct`` unused): the official CvT evaluation of its 384 models.
     """
 
-    def __init__(self, size: int, crop_pct: float = 0.875, interpolation: str = "bicubic"):
+    def __init__(self, size: int, crop_pct: float = 0.875, interpolation: str = "bicubic", crop_mode: str = "center"):
         if interpolation not in INTERPOLATIONS:
             raise DataError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+        if crop_mode not in CROP_MODES:
+            raise DataError(f"unknown crop mode {crop_mode!r}; choose one of {', '.join(CROP_MODES)}")
         self.size = size
         self.crop_pct = crop_pct
         self.interpolation = interpolation
-        self.resize_size = resize_size(size, crop_pct)
+        self.crop_mode = crop_mode
+        self.resize_size = resize_size(size, crop_pct) if crop_mode == "center" else size
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        img = TF.resize(img, self.resize_size, interpolation=INTERPOLATIONS[self.interpolation])
+        mode = INTERPOLATIONS[self.interpolation]
+        if self.crop_mode == "squash":
+            return TF.pil_to_tensor(TF.resize(img, [self.size, self.size], interpolation=mode))
+        img = TF.resize(img, self.resize_size, interpolation=mode)
         img = TF.center_crop(img, [self.size, self.size])
         return TF.pil_to_tensor(img)
 

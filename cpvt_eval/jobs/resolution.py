@@ -16,7 +16,7 @@ import torch
 
 from .. import distributed, report
 from ..config import Hooks, RunConfig
-from ..data import ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset
+from ..data import EvalTransform, ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset
 from ..distributed import DistContext
 from ..engine import EvalModel, EvalSettings, sweep
 from ..errors import CpvtEvalError
@@ -70,6 +70,7 @@ def _prepare(cfg: RunConfig, hooks: Hooks, dist: DistContext) -> _Job:
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
+    EvalTransform(cfg.sizes[0], cfg.crop_pct, cfg.interpolation, cfg.crop_mode)  # a bad option fails before any work
     image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes, cfg.class_names)
     image_set.decode_draft = cfg.decode_draft
     hooks.log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
@@ -127,6 +128,7 @@ class _Job:
             interpolation=cfg.interpolation,
             dtype=cfg.dtype,
             pe=cfg.pe,
+            crop_mode=cfg.crop_mode,
         )
         by_name = {m.name: m for m in models}
         outcome = RunOutcome(store=store)

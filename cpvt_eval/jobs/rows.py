@@ -31,6 +31,7 @@ def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe:
         ema=bool(m.load_report.get("ema")),
         decode_draft=image_set.decode_draft,
         probe=probe,
+        crop_mode=cfg.crop_mode,
     )
 
 

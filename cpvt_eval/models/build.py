@@ -16,7 +16,7 @@ from ..config import PEOptions, RunConfig
 from ..engine import EvalModel
 from ..errors import CpvtEvalError, ModelError
 from ..results import pe_options_label
-from .posenc import check_runs_at, patch_size_of, pe_kind_of
+from .posenc import check_runs_at, nearest_sizes, patch_size_of, pe_kind_of
 from .registry import ModelSpec, resolve
 
 Log = Callable[[str], None]
@@ -29,7 +29,8 @@ def _quiet(_: str) -> None:
 def check_sizes(sizes: Iterable[int], patch: int, model: str) -> None:
     for s in sizes:
         if s <= 0 or (patch and s % patch):
-            raise ModelError(f"size {s} is not a positive multiple of {model}'s patch size {patch}")
+            hint = f" (token grids must be whole; nearest: {nearest_sizes(s, patch)})" if patch and s > 0 else ""
+            raise ModelError(f"size {s} is not a positive multiple of {model}'s patch size {patch}{hint}")
 
 
 def build_model(
@@ -46,7 +47,9 @@ def build_model(
     if checkpoint:
         load = load_checkpoint(module, checkpoint, ema=ema)
     elif spec.default_weights:
-        load = load_checkpoint(module, f"timm:{spec.default_weights}", ema=ema)
+        # a timm pretrained tag, or a hub repo for models timm does not have (CvT: hf-hub:microsoft/cvt-13)
+        default = spec.default_weights
+        load = load_checkpoint(module, default if default.startswith("hf-hub:") else f"timm:{default}", ema=ema)
     else:
         raise ModelError(f"{spec.name} has no published weights: pass a checkpoint with --checkpoint {name}=PATH")
     log(f"{spec.name}: loaded {load.summary()}")
@@ -61,7 +64,8 @@ def build_model(
         checkpoint=load.source,
         checkpoint_sha256=load.sha256,
         load_report=load.to_dict(),
-        model_args=dict(model_args or {}),
+        # choices a model records even at their defaults (CvT's activation), so every row says what ran
+        model_args={**(model_args or {}), **getattr(module, "recorded_args", {})},
     )
 
 

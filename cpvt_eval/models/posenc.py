@@ -7,6 +7,7 @@ Everything that changes when a model meets a new input size lives here:
   and no antialias, which is the default;
 * fixed 2-D sin-cos PE: regenerated exactly for the new grid (or resampled, on request);
 * conditional PE (the PEG): a depthwise convolution that runs on any grid, nothing to do;
+* position from convolutions alone (CvT: conv token embeddings and conv projections): nothing to do;
 * no PE: nothing to do.
 
 ``adapt_to_size`` applies the policy and returns its name, which every result row records.
@@ -136,6 +137,9 @@ def _side(value) -> int:
 def patch_size_of(model: nn.Module) -> int:
     """What every input size must be a multiple of: the patch size of a ViT-style model, the total stride of the
     patch embeddings of a pyramid model (Twins: 4*2*2*2 = 32), or 0 when there is no patch embedding."""
+    stride = getattr(model, "total_stride", None)  # a model that states it (CvT: 4*2*2 = 16)
+    if isinstance(stride, int):
+        return stride
     stages = getattr(model, "patch_embeds", None)
     if isinstance(stages, nn.ModuleList) and len(stages):
         total = 1
@@ -149,8 +153,17 @@ def patch_size_of(model: nn.Module) -> int:
     return _side(ps)
 
 
+def nearest_sizes(size: int, patch: int) -> str:
+    """The valid sizes next to ``size`` (multiples of ``patch``), for error messages: ``"208 or 224"``."""
+    below = (size // patch) * patch
+    sizes = [s for s in (below, below + patch) if s > 0]
+    return " or ".join(map(str, sizes))
+
+
 def grid_of(model: nn.Module) -> tuple[int, int] | None:
     pe = getattr(model, "patch_embed", None)
+    if pe is None and getattr(model, "pe_kind", None) == "conv":
+        pe = model  # CvT: the last stage's grid
     gs = getattr(pe, "grid_size", None)
     return (int(gs[0]), int(gs[1])) if gs is not None else None
 
@@ -192,7 +205,9 @@ def _runs_anywhere(model: nn.Module) -> bool:
     from timm.models.twins import Twins
     from timm.models.vision_transformer import VisionTransformer
 
-    return isinstance(model, (VisionTransformer, Twins))
+    from .cvt import CvT
+
+    return isinstance(model, (VisionTransformer, Twins, CvT))
 
 
 def _probe(model: nn.Module, size: int) -> None:
@@ -227,12 +242,19 @@ def adapt_to_size(model: nn.Module, size: int, options: PEOptions = PEOptions())
     """
     patch = patch_size_of(model)
     if patch and size % patch:
-        raise ModelError(f"size {size} is not a multiple of the patch size {patch}")
+        raise ModelError(
+            f"size {size} is not a multiple of the patch size {patch}, so the token grid would not be whole "
+            f"(nearest: {nearest_sizes(size, patch)})"
+        )
     kind = pe_kind_of(model)
     if not _runs_anywhere(model):
         # left as it is: its own forward either takes the size or the probe says why not
         _probe(model, size)
         return "peg-native" if kind == "peg" else "native"
+    if kind == "conv":
+        # CvT: position comes from the convolutions, which run on any grid; nothing is resampled
+        model.set_input_size(size)
+        return "conv-native"
     if not patch or getattr(model, "patch_embed", None) is None:
         return "peg-native" if kind == "peg" else "native"
     grid = (size // patch, size // patch)

@@ -15,6 +15,7 @@ import timm
 from ..errors import ModelError
 from . import catalog as _catalog  # noqa: F401  (registers the specs of timm's models)
 from . import cpvt as _cpvt  # noqa: F401  (registers the CPVT entry points with timm and their specs)
+from . import cvt as _cvt  # noqa: F401  (registers the CvT entry points with timm and their specs)
 from .spec import ALIASES, REGISTRY, DataConfig, ModelSpec, register
 
 __all__ = ["DataConfig", "ModelSpec", "list_specs", "register", "resolve"]

@@ -121,7 +121,7 @@ def pair_records(store: RunStore, rows: list[ResultRow]) -> list[dict]:
     labels = row_labels(rows)
     groups: dict[tuple, list[ResultRow]] = {}
     for r in ordered(rows):
-        cond = (r.img_size, r.crop_pct, r.interpolation, r.dtype, r.dataset_fingerprint, r.limit)
+        cond = (r.img_size, r.crop_pct, r.crop_mode, r.interpolation, r.dtype, r.dataset_fingerprint, r.limit)
         groups.setdefault(cond, []).append(r)
     out = []
     for (size, *_), members in sorted(groups.items(), key=lambda kv: kv[0][0]):

@@ -84,7 +84,12 @@ def _conditions(rows: list[ResultRow], provenance: dict | None) -> list[str]:
         + "; ".join(f"`{d}` ({n} images, fingerprint `{fp}`)" for d, n, fp in datasets)
         + (" — **partial** (not the full 50,000-image validation set)" if any(r.partial for r in rows) else ""),
         f"- eval transform: shorter side to floor(size / crop_pct), centre crop; crop_pct {values('crop_pct')}, "
-        f"interpolation {values('interpolation')}",
+        f"interpolation {values('interpolation')}"
+        + (
+            f"; crop mode {values('crop_mode')} (squash: the whole image resized to size x size, crop_pct unused)"
+            if any(r.crop_mode != "center" for r in rows)
+            else ""
+        ),
         "- PE policy: " + ", ".join(dict.fromkeys(f"{r.model} {r.img_size}px: {r.pe_policy}" for r in ordered(rows))),
         f"- dtype {values('dtype')}, device {values('device')}",
     ]

@@ -50,6 +50,7 @@ class CellId:
     ema: bool = _id_field(WEIGHTS, "ema", False)
     decode_draft: bool = _id_field(PROTOCOL, "draft", False)
     probe: str = _id_field(PROTOCOL, "probe", "")  # a measurement other than the resolution table, with settings
+    crop_mode: str = _id_field(PROTOCOL, "crop_mode", "center")  # or "squash": the whole image to size x size
 
     @classmethod
     def of(cls, obj) -> CellId:
@@ -148,6 +149,7 @@ class ResultRow:
     native_size: int | None = None  # the model's training size: the reference of "change from native"
     predictions: str = ""  # per-image predictions, relative to the run directory
     probe: str = ""  # see CellId.probe
+    crop_mode: str = "center"  # see CellId.crop_mode
 
     def to_dict(self) -> dict:
         return asdict(self)
