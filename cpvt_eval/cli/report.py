@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -34,14 +35,24 @@ def report_cmd(
     LaTeX (booktabs), JSON and plots, rendered from stored results without recomputing anything.
     """
     from .. import report
+    from ..errors import EnvironmentFailure, ResultsError
     from ..results import RunStore
 
     with guarded():
         chosen = report.parse_formats(formats)
         store = RunStore.existing(run_dir)
         if out is not None:
+            if out.exists() and not out.is_dir():
+                raise ResultsError(f"--out {out} exists and is not a directory; name a folder for the reports")
             out.mkdir(parents=True, exist_ok=True)
-        written = report.render(store, chosen, out, pairs=pairs)
+        try:
+            written = report.render(store, chosen, out, pairs=pairs)
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise EnvironmentFailure(
+                f"cannot write the reports into {out or run_dir} ({e.strerror}); write them elsewhere with --out DIR"
+            ) from None
         if json_out:
             runs = store.provenance()
             doc = report.json_report(

@@ -148,6 +148,7 @@ class ResultRow:
     native_size: int | None = None  # the model's training size: the reference of "change from native"
     predictions: str = ""  # per-image predictions, relative to the run directory
     probe: str = ""  # see CellId.probe
+    n_nonfinite: int = 0  # images whose logits held a NaN or an infinity (their predictions mean nothing)
 
     def to_dict(self) -> dict:
         return asdict(self)
