@@ -118,6 +118,52 @@ def test_unreadable_folder_for_real(data, ckpt, tmp_path):
         folder.chmod(0o755)
 
 
+DROP_PRIVILEGES = """
+import os, sys
+from cpvt_eval.data import apply_bad_image_policy, imagenet_synsets, open_dataset
+import PIL.JpegImagePlugin  # noqa: F401 (read before the user loses access to the environment)
+imagenet_synsets()
+os.setgid(65534)
+os.setuid(65534)
+image_set = open_dataset(sys.argv[1])
+try:
+    apply_bad_image_policy(image_set, "stop")
+except Exception as e:
+    print(e)
+apply_bad_image_policy(image_set, "skip")
+print(sorted(image_set.skipped), len(image_set))
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="drops root privileges to read as another user")
+def test_unreadable_folder_and_file_for_real_as_another_user(tmp_path):
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="cpvt-faults-"))
+    try:
+        root.chmod(0o755)
+        data = make_imagefolder(root / "val", class_indices=(0, 1, 2), per_class=2)
+        for dirpath, _dirs, files in os.walk(root):
+            os.chmod(dirpath, 0o755)
+            for name in files:
+                os.chmod(os.path.join(dirpath, name), 0o644)
+        (data / "n01443537").chmod(0)
+        (data / "n01440764" / "img_0_0.JPEG").chmod(0)
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(
+            [sys.executable, "-c", DROP_PRIVILEGES, str(data)], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        first, second = proc.stdout.strip().splitlines()
+        assert first.startswith(f"cannot read {data / 'n01443537'}: cannot list folder: Permission denied")
+        assert second == (
+            "[('n01440764/img_0_0.JPEG', 'cannot read: Permission denied'), "
+            "('n01443537', 'cannot list folder: Permission denied')] 3"
+        )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- symlink loops, markup and undecodable bytes in names ------------------------------------------------------------
 
 

@@ -181,7 +181,7 @@ class _Job:
         torch.manual_seed(SEED)
         ids = self._keys()
         keys = {cell: ident.key() for cell, ident in ids.items()}
-        if store is not None and not cfg.force:
+        if store is not None:
             self._tidy(store, ids)
         # Only rank 0 reads the run directory; the other ranks learn the cells left to do from it.
         done = set() if cfg.force or store is None else store.finished_keys() & set(keys.values())

@@ -126,6 +126,8 @@ class RunStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if isinstance(from_os_error(e), EnvironmentFailure):  # a full disk or read-only storage
+                raise EnvironmentFailure(f"cannot create run directory {self.root}: {e.strerror}") from None
             raise ResultsError(f"cannot create run directory {self.root}: {e.strerror}") from None
 
     @classmethod
