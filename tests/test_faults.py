@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -137,8 +138,6 @@ print(sorted(image_set.skipped), len(image_set))
 
 @pytest.mark.skipif(not IS_ROOT, reason="drops root privileges to read as another user")
 def test_unreadable_folder_and_file_for_real_as_another_user(tmp_path):
-    import tempfile
-
     root = Path(tempfile.mkdtemp(prefix="cpvt-faults-"))
     try:
         root.chmod(0o755)
@@ -330,6 +329,38 @@ def test_full_disk_in_the_atomic_writer(data, ckpt, tmp_path, monkeypatch):
     assert run(data, out, ckpt).exit_code == 0
     (record_a, record_b) = RunStore(out).provenance()
     assert (record_a["status"], record_b["status"]) == ("no space left", "completed")
+
+
+@pytest.fixture
+def small_tmpfs():
+    """A 300 KB tmpfs, where this process may mount one (root, and a host that allows it)."""
+    mount = Path(tempfile.mkdtemp(prefix="cpvt-tmpfs-"))
+    if not IS_ROOT or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip("this host does not allow mounting a tmpfs")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+        mount.rmdir()
+
+
+def test_full_disk_for_real_on_a_small_tmpfs(small_tmpfs, data, ckpt):
+    out = small_tmpfs / "run"
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(b"\0" * 264 * 1024)  # leaves room for a few cells, not for all of them
+    sizes = ("56", "64", "72", "80")
+    result = run(data, out, ckpt, sizes=sizes)
+    assert result.exit_code == EXIT_ENVIRONMENT
+    assert f"no space left on {out}" in one_line(result)
+    if (out / "rows.jsonl").exists():
+        rows_of(out)  # every line whole
+    filler.unlink()
+    again = run(data, out, ckpt, sizes=sizes)
+    assert again.exit_code == 0, again.output
+    assert sorted(r["img_size"] for r in rows_of(out)) == [56, 64, 72, 80]
 
 
 # -- damaged run directories -----------------------------------------------------------------------------------------

@@ -59,7 +59,12 @@ def report_cmd(
                 store.rows(), report.pair_records(store, store.rows()) if pairs else None, runs[-1] if runs else None
             )
             doc["files"] = [str(p) for p in written]
-            print(json.dumps(doc, indent=2, ensure_ascii=False))
+            text = json.dumps(doc, indent=2, ensure_ascii=False)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a file name that is not UTF-8: JSON escapes keep it exact
+                text = json.dumps(doc, indent=2)
+            print(text)
         else:
             for path in written:
                 console.info(f"wrote {path}")
