@@ -523,9 +523,7 @@ def test_read_only_run_directory(finished, data, ckpt, monkeypatch):
     monkeypatch.setattr(os, "open", open_)
     result = invoke("report", finished, "--format", "md")
     assert result.exit_code == EXIT_ENVIRONMENT
-    assert f"cannot write the reports into {finished} (Read-only file system); write them elsewhere" in one_line(
-        result
-    )
+    assert f"cannot write the reports into {finished} (Read-only file system); write them elsewhere" in one_line(result)
     again = run(data, finished, ckpt, sizes=("56", "64"))
     assert again.exit_code == 0, again.output
     assert "read-only; every cell is finished, nothing was written" in again.stderr

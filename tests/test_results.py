@@ -21,9 +21,9 @@ from cpvt_eval.jobs.resolution import run_resolution
 from cpvt_eval.models.posenc import PEOptions
 from cpvt_eval.results import (
     KEY_FIELDS,
+    CellId,
     ResultRow,
     RunStore,
-    CellId,
     mcnemar_exact,
     row_key,
     wilson_interval,
@@ -300,7 +300,8 @@ def test_each_key_field_invalidates_a_stored_cell(tmp_path, deit_ckpts, field):
     again = run_resolution(replace(changed, report_formats=FAST))
     assert len(again.rows) == 1, f"changing {field} must recompute the cell"
     assert len(again.store.rows()) == 2
-    assert run_resolution(replace(changed, report_formats=FAST)).rows == []  # and the new cell is then stored under its own key
+    # and the new cell is then stored under its own key
+    assert run_resolution(replace(changed, report_formats=FAST)).rows == []
 
 
 def test_pe_options_only_key_the_models_they_affect(tmp_path, imagefolder, toy_checkpoints):
@@ -319,7 +320,9 @@ def test_pe_options_only_key_the_models_they_affect(tmp_path, imagefolder, toy_c
 
 def test_provenance_records_the_conditions(tmp_path, imagefolder, deit_ckpts):
     outcome = run_resolution(
-        replace(base_cfg(imagefolder, tmp_path / "run", deit_ckpts[0]), argv=("cpvt-eval", "resolution", "-m", "deit_toy"))
+        replace(
+            base_cfg(imagefolder, tmp_path / "run", deit_ckpts[0]), argv=("cpvt-eval", "resolution", "-m", "deit_toy")
+        )
     )
     (record,) = outcome.store.provenance()
     assert record["command"] == "cpvt-eval resolution -m deit_toy"

@@ -227,9 +227,7 @@ def scan_imagefolder(root: str | os.PathLike, classes: tuple[str, ...] | None = 
         what = "an ImageNet-1k class (WordNet id)" if classes == imagenet_synsets() else "one of the dataset's classes"
         raise DataError(f"folder {root / unknown[0]} is not {what}{_more(unknown)}")
     problems: list[tuple[str, str]] = []
-    samples = [
-        Sample(rel, index[folder]) for folder in folders for rel in _walk_images(root / folder, root, problems)
-    ]
+    samples = [Sample(rel, index[folder]) for folder in folders for rel in _walk_images(root / folder, root, problems)]
     _check_found(root, samples, problems)
     samples.sort(key=lambda s: s.relpath)
     return ImageSet(root=root, samples=samples, layout="imagefolder", classes=tuple(classes), unreadable=problems)
