@@ -417,13 +417,16 @@ def test_compare_fails_when_the_current_run_lacks_a_baseline_cell(finished, tmp_
     assert invoke("compare", finished, current, "--allow-missing").exit_code == 0
 
 
-def test_deleted_predictions_file_is_recomputed(finished, data, ckpt):
-    (row56, _) = rows_of(finished)
+def test_deleted_or_unreadable_predictions_file_is_recomputed(finished, data, ckpt):
+    (row56, row64) = rows_of(finished)
     (finished / row56["predictions"]).unlink()
     again = run(data, finished, ckpt, sizes=("56", "64"))
     assert again.exit_code == 0, again.output
     assert "skipping 1 finished cell(s) (cpvt_toy@64px)" in again.stderr
     assert (finished / row56["predictions"]).is_file()
+    (finished / row64["predictions"]).write_bytes(b"garbage")
+    again = run(data, finished, ckpt, sizes=("56", "64"))
+    assert again.exit_code == 0 and "skipping 1 finished cell(s) (cpvt_toy@56px)" in again.stderr
     assert invoke("report", finished, "--format", "md", "--pairs").exit_code == 0
 
 
