@@ -488,7 +488,7 @@ def test_all_nan_weights_are_an_error(data, toy_checkpoints, tmp_path):
     torch.save(nan, path)
     result = run(data, tmp_path / "out", path)
     assert result.exit_code == 2
-    assert "cpvt_toy @ 56px: every logit is NaN or infinite (6 images)" in one_line(result)
+    assert "cpvt_toy @ 56px: the logits of every image (6) hold NaN or infinity" in one_line(result)
     assert not (tmp_path / "out" / "rows.jsonl").exists()
 
 

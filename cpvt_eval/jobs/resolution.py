@@ -248,9 +248,10 @@ class _Job:
     def _check_finite(self, cell) -> None:
         """Non-finite logits make a cell's ranking meaningless: all of them is an error, some are flagged."""
         if cell.nonfinite and cell.nonfinite >= cell.n:
+            overflow = f", or {self.cfg.dtype} overflows (try --dtype fp32)" if self.cfg.dtype != "fp32" else ""
             raise ModelError(
-                f"{cell.model} @ {cell.size}px: every logit is NaN or infinite ({cell.n} images); the weights are "
-                "broken, or the dtype overflows (try --dtype fp32)"
+                f"{cell.model} @ {cell.size}px: the logits of every image ({cell.n}) hold NaN or infinity; the "
+                f"weights are broken{overflow}"
             )
         if cell.nonfinite:
             self.hooks.notify(
