@@ -568,6 +568,26 @@ def test_skipped_tsv_round_trips_any_name(data, ckpt, tmp_path):
     with open(tmp_path / "out" / "skipped.tsv", newline="") as f:
         listed = [rel for rel, _why in csv.reader(f, dialect="excel-tab")]
     assert sorted(listed) == sorted(f"n01440764/{n}" for n in names)
+    with open(tmp_path / "out" / "results.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert sorted(row["skipped_files"].split(";")) == sorted(listed)
+
+
+def test_manifest_reads_back_any_name(data, ckpt, tmp_path):
+    from cpvt_eval.data import open_dataset
+
+    names = ["comma,name.JPEG", 'quote"d.JPEG', "new\nline.JPEG", "tab\there.JPEG"]
+    for name in names:
+        make_image(3).save(data / "n01440764" / name, format="JPEG")
+    with open(data / "val.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows([f"n01440764/{name}", "n01440764"] for name in names)
+    image_set = open_dataset(data)
+    assert sorted(s.relpath for s in image_set.samples) == sorted(f"n01440764/{n}" for n in names)
+    result = run(data, tmp_path / "out", ckpt)
+    assert result.exit_code == 0, result.output
+    assert rows_of(tmp_path / "out")[0]["n_images"] == 4
 
 
 def test_provenance_of_a_killed_run_is_closed_by_the_next(tmp_path):
@@ -624,6 +644,17 @@ def test_ctrl_c_outside_a_command_guard_is_130(finished, monkeypatch):
     assert result.exit_code == 130 and "interrupted" in one_line(result)
 
 
+def test_ctrl_c_while_parsing_the_command_line_is_130(monkeypatch):
+    from typer.core import TyperGroup
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TyperGroup, "make_context", interrupted)
+    result = invoke("models")
+    assert result.exit_code == 130 and one_line(result) == "error: interrupted"
+
+
 def test_a_bug_is_one_line_exit_4_and_debug_shows_it(finished, monkeypatch):
     from cpvt_eval import report
 
@@ -636,6 +667,8 @@ def test_a_bug_is_one_line_exit_4_and_debug_shows_it(finished, monkeypatch):
     assert "internal error: TypeError: unsupported operand" in one_line(result) and "--debug" in result.stderr
     debug = invoke("--debug", "compare", finished, finished)
     assert isinstance(debug.exception, TypeError)  # the traceback, for a bug report
+    monkeypatch.setenv("CPVT_EVAL_DEBUG", "1")
+    assert isinstance(invoke("compare", finished, finished).exception, TypeError)
 
 
 def test_cpvt_eval_still_imports_light():

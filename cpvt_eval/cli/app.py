@@ -81,6 +81,13 @@ class GuardedGroup(TyperGroup):
         with guarded():
             return super().invoke(ctx)
 
+    def make_context(self, *args, **kwargs):
+        try:  # parsing the command line, before any command runs
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            console.error("interrupted")
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
+
 
 app = typer.Typer(
     name="cpvt-eval",
