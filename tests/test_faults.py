@@ -3,6 +3,7 @@ path or value named, never a traceback, and nothing left out silently."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import json
@@ -335,20 +336,27 @@ def test_full_disk_in_the_atomic_writer(data, ckpt, tmp_path, monkeypatch):
     assert (record_a["status"], record_b["status"]) == ("no space left", "completed")
 
 
-@pytest.fixture
-def small_tmpfs():
-    """A 300 KB tmpfs, where this process may mount one (root, and a host that allows it)."""
-    mount = Path(tempfile.mkdtemp(prefix="cpvt-tmpfs-"))
+@contextlib.contextmanager
+def tmpfs(size: str):
+    """A tmpfs of ``size``, where this process may mount one (root, and a host that allows it)."""
     if not IS_ROOT or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True)
+    mount = Path(tempfile.mkdtemp(prefix="cpvt-tmpfs-"))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
+        mount.rmdir()
         pytest.skip("this host does not allow mounting a tmpfs")
     try:
         yield mount
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
         mount.rmdir()
+
+
+@pytest.fixture
+def small_tmpfs():
+    with tmpfs("300k") as mount:
+        yield mount
 
 
 def test_full_disk_for_real_on_a_small_tmpfs(small_tmpfs, data, ckpt):
@@ -546,6 +554,21 @@ def test_read_only_run_directory_for_real(finished):
         assert result.exit_code == EXIT_ENVIRONMENT and str(finished) in one_line(result)
     finally:
         finished.chmod(0o755)
+
+
+def test_read_only_mount_for_real(finished, data, ckpt, tmp_path):
+    with tmpfs("8m") as mount:
+        run_dir = mount / "run"
+        shutil.copytree(finished, run_dir)
+        assert subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True).returncode == 0
+        result = invoke("report", run_dir, "--format", "md")
+        assert result.exit_code == EXIT_ENVIRONMENT
+        assert f"cannot write the reports into {run_dir} (Read-only file system)" in one_line(result)
+        assert invoke("report", run_dir, "--format", "md", "--out", tmp_path / "elsewhere").exit_code == 0
+        again = run(data, run_dir, ckpt, sizes=("56", "64"))
+        assert again.exit_code == 0 and "read-only; every cell is finished" in again.stderr
+        more = run(data, run_dir, ckpt, sizes=("56", "72"))
+        assert more.exit_code == EXIT_ENVIRONMENT and "is not writable" in one_line(more)
 
 
 def test_report_out_that_is_a_file(finished, tmp_path):

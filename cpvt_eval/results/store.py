@@ -146,6 +146,8 @@ class RunStore:
     def locked(self) -> Iterator[None]:
         """Hold the directory's lock for a writing run; a second writer gets a one-line error, not a mix."""
         path = self.root / self.LOCK
+        if not os.access(self.root, os.W_OK):  # read-only storage, or a folder this user may not write
+            raise ReadOnlyRunDir(f"run directory {self.root} is not writable (read-only or no permission)")
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
