@@ -1,10 +1,15 @@
-"""The only module that imports rich: progress bars, tables and messages, all on stderr except data tables."""
+"""The only module that imports rich: progress bars, tables and messages, all on stderr except data tables.
+
+File names and messages are data: they are printed without markup interpretation (a folder named ``[bold]`` is
+shown as it is), and bytes of a name that are not UTF-8 are shown as ``\\xNN`` (``errors.shown``).
+"""
 
 from __future__ import annotations
 
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +22,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 
 from .config import Progress
+from .errors import shown
 
 # A pipe or a CI log has no width of its own, and rich would fall back to 80 columns, folding or cutting the very
 # numbers a table exists to show ("5.6…"). Off a terminal the tables take their natural width instead.
@@ -32,10 +38,20 @@ err = _console(stderr=True)
 out = _console(stderr=False)
 
 
+def first_line(message) -> str:
+    """The first line of ``message``, printable whatever bytes it names."""
+    text = shown(message).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def plain(text) -> str:
+    """``text`` for a rich renderable (a table cell, a bar label): markup escaped, undecodable bytes shown."""
+    return escape(shown(text))
+
+
 def error(message: str) -> None:
     """One line on stderr, no traceback."""
-    first = str(message).strip().splitlines()[0] if str(message).strip() else "error"
-    err.print(f"[bold red]error:[/] {first}", soft_wrap=True, markup=True)
+    err.print(f"[bold red]error:[/] {escape(first_line(message) or 'error')}", soft_wrap=True, markup=True)
 
 
 def silence() -> None:
@@ -45,11 +61,11 @@ def silence() -> None:
 
 
 def info(message: str) -> None:
-    err.print(message, soft_wrap=True, markup=False)
+    err.print(shown(message), soft_wrap=True, markup=False)
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {plain(message)}", soft_wrap=True)
 
 
 class ImagesPerSecondColumn(TextColumn):
@@ -84,7 +100,7 @@ class BarProgress(Progress):
             transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task(label, total=total)
+        self._task = self._progress.add_task(plain(label), total=total)
 
     def advance(self, n: int) -> None:
         if self._progress is not None:
@@ -118,7 +134,7 @@ def results_table(rows) -> Table:
             if r.images_per_sec:
                 text += f"\n{r.images_per_sec:,.1f}/s"
             values.append(text)
-        table.add_row(m, pe, *values)
+        table.add_row(plain(m), plain(pe), *values)
     return table
 
 

@@ -76,6 +76,7 @@ class CellOutput:
     topk: torch.Tensor = _merged("samples")  # (n, k) predicted class indices, best first (k = min(5, classes))
     batch_size: int = _merged("min", 0)  # the batch the model finally ran at (smaller after an OOM)
     oom_retries: int = _merged("sum", 0)
+    nonfinite: int = _merged("sum", 0)  # images whose logits hold a NaN or an infinity (broken weights, fp16 overflow)
 
     @property
     def top1_pct(self) -> float:
@@ -111,16 +112,22 @@ class ChunkedForward:
         self.device = device
         self.dtype = dtype
         self.retries = 0
+        self.nonfinite = 0
 
     def topk(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Top-``k`` class indices of every image of ``x``, best first."""
+        """Top-``k`` class indices of every image of ``x``, best first; images with non-finite logits are counted
+        in ``nonfinite`` (their ranking means nothing)."""
         while True:
             try:
                 preds = []
+                bad = 0
                 for start in range(0, x.shape[0], self.chunk):
                     with autocast_context(self.device, self.dtype):
                         logits = self.module(x[start : start + self.chunk])
-                    preds.append(logits.float().topk(k, dim=1).indices)
+                    logits = logits.float()
+                    bad += int((~torch.isfinite(logits)).any(dim=1).sum())
+                    preds.append(logits.topk(k, dim=1).indices)
+                self.nonfinite += bad
                 return torch.cat(preds) if len(preds) > 1 else preds[0]
             except torch.OutOfMemoryError:
                 # Handled after the except block: the traceback's frames hold the failed attempt's activations,
@@ -220,6 +227,7 @@ def evaluate_size(
                 topk=top5[j],
                 batch_size=runners[j].chunk,
                 oom_retries=runners[j].retries,
+                nonfinite=runners[j].nonfinite,
             )
         )
     return outputs

@@ -67,14 +67,14 @@ def test_identical_runs_pass(tmp_path, baseline):
 )
 def test_tolerances_decide_the_exit_code(tmp_path, baseline, correct, ips, code):
     current = write_run(tmp_path / "cur", [cell(correct=correct, ips=ips)])
-    result = invoke(baseline, current, "--max-drop", "0.1", "--max-slowdown", "0.1")
+    result = invoke(baseline, current, "--max-drop", "0.1", "--max-slowdown", "0.1", "--allow-missing")
     assert result.exit_code == code, result.output
 
 
 def test_tolerances_are_options(tmp_path, baseline):
     current = write_run(tmp_path / "cur", [cell(correct=690, ips=50.0)])
-    assert invoke(baseline, current).exit_code == 1
-    assert invoke(baseline, current, "--max-drop", "1.0", "--max-slowdown", "0.5").exit_code == 0
+    assert invoke(baseline, current, "--allow-missing").exit_code == 1
+    assert invoke(baseline, current, "--max-drop", "1.0", "--max-slowdown", "0.5", "--allow-missing").exit_code == 0
 
 
 def test_json_mode_reports_each_cell(tmp_path, baseline):
@@ -98,7 +98,7 @@ def test_json_mode_reports_each_cell(tmp_path, baseline):
 
 def test_changed_checkpoint_is_still_compared_and_flagged(tmp_path, baseline):
     current = write_run(tmp_path / "cur", [cell(checkpoint_sha256="cd" * 32)])
-    result = invoke(baseline, current)
+    result = invoke(baseline, current, "--allow-missing")
     assert result.exit_code == 0
     assert "new checkpoint" in result.stdout
 

@@ -79,6 +79,7 @@ def _part(model, size, indices, labels, top5, correct1, correct5, duration=1.0) 
         "topk": torch.tensor(top5, dtype=torch.int16).reshape(len(indices), -1 if top5 else 2),
         "batch_size": 2,
         "oom_retries": 0,
+        "nonfinite": 0,
     }
 
 

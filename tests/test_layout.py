@@ -108,12 +108,15 @@ def test_distributed_payload_carries_every_cell_field():
         topk=torch.tensor([[3], [1]], dtype=torch.int16),
         batch_size=16,
         oom_retries=1,
+        nonfinite=2,
     )
     payload = cell_payload(cell, Shard(image_set=None, start=2, stop=4, total=4))
     assert set(payload) == {f.name for f in dataclasses.fields(CellOutput)}
     other = dict(payload, indices=torch.tensor([0, 1]), batch_size=8, oom_retries=0, duration_s=2.0)
     merged = merge_cells([other, payload], 4)
+    other_nonfinite = other["nonfinite"]
     assert (merged.batch_size, merged.oom_retries, merged.duration_s, merged.n) == (8, 1, 2.0, 4)
+    assert merged.nonfinite == 2 + other_nonfinite
     assert merged.indices.tolist() == [0, 1, 2, 3]
 
 

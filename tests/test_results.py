@@ -173,13 +173,19 @@ def test_complete_but_valid_json_without_newline_is_not_read(tmp_path):
     assert store.rows() == []
 
 
-def test_garbage_line_in_the_middle_is_skipped(tmp_path):
+def test_garbage_line_in_the_middle_is_an_error_when_read_and_set_aside_on_resume(tmp_path):
     store = RunStore(tmp_path / "run")
     store.append(make_row())
     with open(store.rows_path, "a") as f:
         f.write("{not json\n")
     store.append(make_row(img_size=64))
+    with pytest.raises(ResultsError, match=r"rows.jsonl:2: damaged row \(not JSON"):
+        store.rows()
+    assert [r.img_size for r in store.rows(strict=False)] == [56, 64]
+    ((line, problem),) = store.set_aside_damaged()
+    assert line == 2 and problem.startswith("not JSON")
     assert [r.img_size for r in store.rows()] == [56, 64]
+    assert (store.root / store.DAMAGED).read_text() == "{not json\n"
 
 
 def test_lock_refuses_a_second_writer(tmp_path):

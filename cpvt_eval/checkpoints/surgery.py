@@ -83,7 +83,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -105,6 +105,25 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {msg}") from None
+    except Exception as e:  # noqa: BLE001 (torch's unpickler fails on arbitrary bytes with any error type)
+        # e.g. a text file (IndexError: pop from empty list) or other bytes (KeyError): not a checkpoint at all
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: not a PyTorch checkpoint ({type(e).__name__} while unpickling)"
+        ) from None
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors file under another name: an 8-byte little-endian header length, then a JSON object."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 2 <= n <= size - 8
 
 
 def extract_state_dict(obj, ema: bool | None = None) -> tuple[dict[str, torch.Tensor], str, bool]:

@@ -2,14 +2,14 @@
 
 ``app`` (in ``app.py``) sits below the command modules, which register themselves on it when imported here;
 nothing below imports this package back. Exit codes: 0 ok; 1 a check failed; 2 usage or input error;
-130 interrupted.
+3 the environment failed (full disk, read-only file system); 4 internal error; 130 interrupted.
 """
 
 from __future__ import annotations
 
 import sys
 
-from ..errors import EXIT_USAGE
+from ..errors import EXIT_INTERRUPTED, EXIT_USAGE
 from . import check_data, compare, demo, models, report, resolution, shift, throughput  # noqa: F401 (register commands)
 from .app import app, expand_multi_value, fill_optional_values, guarded, stop_on_sigterm
 
@@ -22,8 +22,13 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="cpvt-eval", standalone_mode=True)
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    except KeyboardInterrupt:  # between parsing and the command's own guard
+        sys.stderr.write("error: interrupted\n")
+        return EXIT_INTERRUPTED
     return 0
 
 
 def entry() -> None:
-    sys.exit(main())
+    from ..__main__ import entry as guarded_entry
+
+    guarded_entry()

@@ -36,13 +36,16 @@ def check_data(
 
     Also reports the layout, the label source, whether it is the full 50,000-image set, the fingerprint that
     result rows carry, and odd but valid files (CMYK, grayscale, PNG data behind a .JPEG name). Exit code 0
-    when every image decodes, 1 when some do not, 2 when the set cannot be indexed.
+    when every image decodes, 1 when some do not (or a folder cannot be read, or a link is a loop), 2 when the
+    set cannot be indexed. Every problem is listed in one pass.
     """
     from ..data import default_workers, open_dataset, scan_images
+    from ..data.images import ImageCheck
 
     with guarded():
         image_set = open_dataset(data, layout=layout, labels=labels, classes=classes)
-        problems, notes = [], []
+        problems = [ImageCheck(rel, problem=why) for rel, why in image_set.unreadable]
+        notes = []
         checks = scan_images(
             image_set,
             full=True,

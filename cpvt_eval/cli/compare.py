@@ -17,7 +17,8 @@ from .app import app, guarded
     "compare",
     epilog=(
         "Example: cpvt-eval compare runs/baseline runs/current --max-drop 0.1 --max-slowdown 0.1   "
-        "Exit codes: 0 within tolerance; 1 a top-1 drop or a slowdown beyond it; 2 the runs cannot be compared."
+        "Exit codes: 0 within tolerance; 1 a top-1 drop or a slowdown beyond it, or a baseline cell missing from the "
+        "current run; 2 the runs cannot be compared."
     ),
 )
 def compare_cmd(
@@ -26,21 +27,42 @@ def compare_cmd(
     max_drop: Annotated[float, typer.Option(help="Largest allowed top-1 drop, in points.")] = 0.1,
     max_slowdown: Annotated[float, typer.Option(help="Largest allowed images/s drop, as a ratio (0.1 = 10%).")] = 0.1,
     json_out: Annotated[bool, typer.Option("--json", help="Write only the comparison as JSON on stdout.")] = False,
+    allow_missing: Annotated[
+        bool, typer.Option("--allow-missing", help="A baseline cell missing from the current run only warns.")
+    ] = False,
 ) -> None:
-    """Match the cells of two runs, print the differences, and fail (exit 1) on a regression."""
+    """Match the cells of two runs, print the differences, and fail (exit 1) on a regression or on a baseline
+    cell the current run lacks."""
     from .. import report
+    from ..report.compare import schema_version_of
 
     with guarded():
-        result = report.compare_runs(report.load_rows(baseline), report.load_rows(current), max_drop, max_slowdown)
+        result = report.compare_runs(
+            report.load_rows(baseline),
+            report.load_rows(current),
+            max_drop,
+            max_slowdown,
+            allow_missing=allow_missing,
+            versions=(schema_version_of(baseline), schema_version_of(current)),
+        )
     if json_out:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         typer.echo(report.comparison_markdown(result))
-        for name in result.only_baseline:
-            console.warn(f"{name} is only in the baseline")
+        if result.note:
+            console.info(result.note)
+        if result.missing_failed:
+            console.error(
+                f"the current run lacks {len(result.only_baseline)} cell(s) of the baseline: "
+                f"{', '.join(result.only_baseline)} (--allow-missing accepts that)"
+            )
+        else:
+            for name in result.only_baseline:
+                console.warn(f"{name} is only in the baseline")
         for name in result.only_current:
             console.info(f"{name} is new in the current run")
-        verdict = "ok" if result.ok else "REGRESSION"
+        regressed = any(c.accuracy_failed or c.speed_failed for c in result.cells)
+        verdict = "ok" if result.ok else "REGRESSION" if regressed else "MISSING CELLS"
         console.info(f"{verdict}: tolerance {max_drop} points top-1, {max_slowdown:.0%} images/s")
     if not result.ok:
         raise typer.Exit(code=EXIT_CHECK_FAILED)

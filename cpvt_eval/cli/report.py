@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -37,14 +38,24 @@ def report_cmd(
     `cpvt-eval shift` go to shift.md/.csv/.tex/.json and consistency_vs_resolution.png, with McNemar tests.
     """
     from .. import report
+    from ..errors import EnvironmentFailure, ResultsError
     from ..results import RunStore
 
     with guarded():
         chosen = report.parse_formats(formats)
         store = RunStore.existing(run_dir)
         if out is not None:
+            if out.exists() and not out.is_dir():
+                raise ResultsError(f"--out {out} exists and is not a directory; name a folder for the reports")
             out.mkdir(parents=True, exist_ok=True)
-        written = report.render(store, chosen, out, pairs=pairs)
+        try:
+            written = report.render(store, chosen, out, pairs=pairs)
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            raise EnvironmentFailure(
+                f"cannot write the reports into {out or run_dir} ({e.strerror}); write them elsewhere with --out DIR"
+            ) from None
         if json_out:
             runs = store.provenance()
             provenance = runs[-1] if runs else None
@@ -53,7 +64,12 @@ def report_cmd(
             if shift_rows:
                 doc["shift"] = report.shift_json(shift_rows, report.shift_pair_records(store, shift_rows), provenance)
             doc["files"] = [str(p) for p in written]
-            print(json.dumps(doc, indent=2, ensure_ascii=False))
+            text = json.dumps(doc, indent=2, ensure_ascii=False)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a file name that is not UTF-8: JSON escapes keep it exact
+                text = json.dumps(doc, indent=2)
+            print(text)
         else:
             for path in written:
                 console.info(f"wrote {path}")

@@ -9,6 +9,7 @@ changes pixels) is used only when asked for, and the run records it.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
-from .layouts import ImageSet
+from .layouts import ImageSet, fingerprint
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 # PIL's format name -> the extensions that announce it; anything else is noted as a mismatch.
@@ -84,13 +85,19 @@ def check_image(root: Path, relpath: str, full: bool = True) -> ImageCheck:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        return ImageCheck(relpath, problem="file not found")
+        return ImageCheck(relpath, problem="file not found (or a broken symlink)")
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            return ImageCheck(relpath, problem="symlink loop (too many levels of symbolic links)")
         return ImageCheck(relpath, problem=f"cannot read: {e.strerror}")
     if size == 0:
         return ImageCheck(relpath, problem="empty file (0 bytes)")
     try:
-        with open(path, "rb") as f:
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below; an unreadable file is not a corrupt one)
+    except OSError as e:
+        return ImageCheck(relpath, problem=f"cannot read: {e.strerror or e}")
+    try:
+        with f:
             img = Image.open(f)
             fmt, mode = img.format, img.mode
             if full:
@@ -103,6 +110,10 @@ def check_image(root: Path, relpath: str, full: bool = True) -> ImageCheck:
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         return ImageCheck(relpath, problem=f"truncated or corrupt: {_decode_error(e)}")
     notes = []
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:
+        notes.append("file name is not valid UTF-8 (shown with \\x escapes)")
     if mode != "RGB":
         notes.append(f"mode {mode}")
     ext = os.path.splitext(relpath)[1].lower()
@@ -165,6 +176,13 @@ def apply_bad_image_policy(image_set: ImageSet, policy: str = "stop", workers: i
     """
     if policy not in BAD_IMAGE_POLICIES:
         raise DataError(f"--on-bad-image must be stop or skip, got {policy!r}")
+    if policy == "stop" and image_set.unreadable:
+        rel, why = image_set.unreadable[0]
+        more = f" (+{len(image_set.unreadable) - 1} more)" if len(image_set.unreadable) > 1 else ""
+        raise DataError(
+            f"cannot read {image_set.root / rel}: {why}{more} "
+            f"(list every problem with `cpvt-eval check-data {image_set.root}`, or pass --on-bad-image skip)"
+        )
     if policy == "stop":
         for check in scan_images(image_set, full=False, workers=workers, progress=progress):
             if check.problem:
@@ -174,9 +192,14 @@ def apply_bad_image_policy(image_set: ImageSet, policy: str = "stop", workers: i
                 )
         return
     bad = {c.relpath: c.problem for c in scan_images(image_set, True, workers, progress) if c.problem}
-    if not bad:
+    # Folders that could not be listed are left out like bad files: listed in skipped.tsv, counted in n_skipped.
+    image_set.skipped.extend(image_set.unreadable)
+    image_set.unreadable = []
+    if not bad and not image_set.skipped:
         return
     image_set.skipped.extend((rel, bad[rel]) for rel in sorted(bad))
     image_set.samples = [s for s in image_set.samples if s.relpath not in bad]
     if not image_set.samples:
         raise DataError(f"every image in {image_set.root} is bad ({len(bad)} files); nothing to evaluate")
+    # The fingerprint names what is evaluated: the files left out are not part of it.
+    image_set.fingerprint = fingerprint(image_set)

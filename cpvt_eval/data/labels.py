@@ -7,6 +7,7 @@ The class index is always the position of the WordNet id in the sorted list of t
 from __future__ import annotations
 
 import csv
+import posixpath
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -170,7 +171,8 @@ def _read_kaggle(path: Path) -> dict[str, int]:
 def read_manifest(path: Path) -> dict[str, int]:
     """``path,label`` rows (header required; extra columns ignored); label as WordNet id or index."""
     out: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    # surrogateescape: a file name that is not UTF-8 comes back as the bytes the filesystem holds
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         rows = csv.DictReader(f)
         fields = [c.strip().lower() for c in rows.fieldnames or []]
         if "path" not in fields or "label" not in fields:
@@ -184,7 +186,8 @@ def read_manifest(path: Path) -> dict[str, int]:
             where = f"{path}:{line_no}"
             if not rel or not raw:
                 raise DataError(f"{where}: expected path,label")
-            rel = rel.replace("\\", "/")
+            # Normalised before the duplicate check: `./a.JPEG`, `a.JPEG` and `x/../a.JPEG` are one file.
+            rel = posixpath.normpath(rel.replace("\\", "/"))
             if rel in out:
                 raise DataError(f"{where}: {rel} is listed twice")
             out[rel] = parse_label(raw, where)

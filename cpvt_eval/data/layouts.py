@@ -11,6 +11,7 @@ Every layout yields canonical indices, so the same images give the same (file ->
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class ImageSet:
         class_filter: the ``--classes`` file applied, if any.
         skipped: ``(relative path, reason)`` of every bad image left out under ``--on-bad-image skip``.
         decode_draft: JPEGs decoded with PIL's ``draft()`` (reduced DCT scale; changes pixels).
+        unreadable: ``(relative path, reason)`` of every folder or link the scan could not list or follow
+            (permission denied, symlink loop): bad input, like a corrupt image, never left out silently.
     """
 
     root: Path
@@ -74,6 +77,7 @@ class ImageSet:
     class_filter: str | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     decode_draft: bool = False
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def is_full_imagenet_val(self) -> bool:
@@ -100,14 +104,58 @@ def _more(items: list, shown: int = 1) -> str:
     return f" (+{len(items) - shown} more)" if len(items) > shown else ""
 
 
-def _walk_images(folder: Path, root: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, files in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in files:
-            if _is_image(name):
-                out.append(os.path.relpath(os.path.join(dirpath, name), root).replace(os.sep, "/"))
+def _rel(path: str, root: Path) -> str:
+    return os.path.relpath(path, root).replace(os.sep, "/")
+
+
+def _walk_images(folder: Path, root: Path, problems: list[tuple[str, str]]) -> list[str]:
+    """Relative paths of the images under ``folder``, following symlinked folders once each. A folder that
+    cannot be listed, a symlink loop and a link that cannot be followed are added to ``problems``, never
+    skipped silently (``os.walk`` would drop them without a word)."""
+    out: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def visit(path: str) -> None:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            problems.append((_rel(path, root), _reason(e)))
+            return
+        if (st.st_dev, st.st_ino) in seen:
+            problems.append((_rel(path, root), "symlink loop: this folder is already listed"))
+            return
+        seen.add((st.st_dev, st.st_ino))
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            problems.append((_rel(path, root), f"cannot list folder: {e.strerror or e}"))
+            return
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
+                is_dir = e.is_dir()
+            except OSError as err:  # a link that cannot be followed (loop): say so whatever its name
+                if not _is_image(e.name):
+                    problems.append((_rel(e.path, root), _reason(err)))
+                    continue
+                is_dir = False
+            if is_dir:
+                visit(e.path)
+            elif _is_image(e.name):
+                out.append(_rel(e.path, root))
+
+    visit(str(folder))
     return out
+
+
+def _reason(e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "symlink loop (too many levels of symbolic links)"
+    if e.errno == errno.ENOENT:
+        return "broken symlink (its target does not exist)"
+    return f"cannot read: {e.strerror or e}"
 
 
 def _check_root(root: Path) -> None:
@@ -117,18 +165,40 @@ def _check_root(root: Path) -> None:
         raise DataError(f"data path is not a directory: {root}")
 
 
+def _entries(root: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(root) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f"cannot read data directory {root}: {e.strerror or e}") from None
+
+
+def _is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()
+    except OSError:  # a link that cannot be followed: kept, so that the scan names it
+        return not _is_image(e.name)
+
+
+def _is_file(e: os.DirEntry) -> bool:
+    try:
+        return e.is_file()
+    except OSError:
+        return _is_image(e.name)
+
+
 def _class_folders(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in _entries(root) if _is_dir(e) and not e.name.startswith("."))
 
 
 def _top_images(root: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_file() and _is_image(e.name))
+    return sorted(e.name for e in _entries(root) if _is_file(e) and _is_image(e.name))
 
 
 def _manifests_in(root: Path) -> list[Path]:
     out = []
-    for e in sorted(os.scandir(root), key=lambda e: e.name):
-        if e.is_file() and e.name.lower().endswith(".csv"):
+    for e in _entries(root):
+        if e.name.lower().endswith(".csv") and _is_file(e):
             try:
                 if label_file_kind(Path(e.path)) == "manifest":
                     out.append(Path(e.path))
@@ -156,11 +226,20 @@ def scan_imagefolder(root: str | os.PathLike, classes: tuple[str, ...] | None = 
     if unknown:
         what = "an ImageNet-1k class (WordNet id)" if classes == imagenet_synsets() else "one of the dataset's classes"
         raise DataError(f"folder {root / unknown[0]} is not {what}{_more(unknown)}")
-    samples = [Sample(rel, index[folder]) for folder in folders for rel in _walk_images(root / folder, root)]
-    if not samples:
-        raise DataError(f"no images found under {root}")
+    problems: list[tuple[str, str]] = []
+    samples = [Sample(rel, index[folder]) for folder in folders for rel in _walk_images(root / folder, root, problems)]
+    _check_found(root, samples, problems)
     samples.sort(key=lambda s: s.relpath)
-    return ImageSet(root=root, samples=samples, layout="imagefolder", classes=tuple(classes))
+    return ImageSet(root=root, samples=samples, layout="imagefolder", classes=tuple(classes), unreadable=problems)
+
+
+def _check_found(root: Path, samples: list[Sample], problems: list[tuple[str, str]]) -> None:
+    if samples:
+        return
+    if problems:
+        rel, why = problems[0]
+        raise DataError(f"no images found under {root}: {root / rel}: {why}{_more(problems)}")
+    raise DataError(f"no images found under {root}")
 
 
 def scan_imagenetv2(root: str | os.PathLike) -> ImageSet:
@@ -174,10 +253,12 @@ def scan_imagenetv2(root: str | os.PathLike) -> ImageSet:
     if bad:
         raise DataError(f"folder {root / bad[0]} is not a class index 0 ... 999{_more(bad)}")
     # Numeric order: folder "10" is class 10, whatever its place in a lexicographic listing.
-    samples = [Sample(rel, int(f)) for f in sorted(folders, key=int) for rel in sorted(_walk_images(root / f, root))]
-    if not samples:
-        raise DataError(f"no images found under {root}")
-    return ImageSet(root=root, samples=samples, layout="imagenetv2", classes=imagenet_synsets())
+    problems: list[tuple[str, str]] = []
+    samples = [
+        Sample(rel, int(f)) for f in sorted(folders, key=int) for rel in sorted(_walk_images(root / f, root, problems))
+    ]
+    _check_found(root, samples, problems)
+    return ImageSet(root=root, samples=samples, layout="imagenetv2", classes=imagenet_synsets(), unreadable=problems)
 
 
 def scan_flat(root: str | os.PathLike, labels: str | os.PathLike | None = None) -> ImageSet:
@@ -267,7 +348,7 @@ def detect_layout(root: Path, labels: Path | None = None) -> str:
             )
     if top:
         return "flat"
-    if not any(True for _ in os.scandir(root)):
+    if not _entries(root):
         raise DataError(f"data directory {root} is empty")
     raise DataError(f"no images found in {root}")
 
@@ -343,14 +424,19 @@ def stratified_subset(samples: list[Sample], limit: int) -> list[Sample]:
 
 
 def fingerprint(image_set: ImageSet) -> str:
-    """A short hash of the sorted relative paths, byte sizes and labels: the same files give the same value."""
+    """A short hash of the sorted relative paths, byte sizes and labels: the same files give the same value.
+
+    A file that cannot be read counts with size -1 here; the bad-image policy then stops the run on it or
+    leaves it out and fingerprints the images actually evaluated.
+    """
     digest = hashlib.sha256()
     for s in sorted(image_set.samples, key=lambda s: s.relpath):
         try:
             size = (image_set.root / s.relpath).stat().st_size
-        except FileNotFoundError:
-            raise DataError(f"image not found: {image_set.root / s.relpath}") from None
-        digest.update(f"{s.relpath}\t{size}\t{s.label}\n".encode())
+        except OSError:
+            size = -1
+        # surrogateescape: a file name that is not UTF-8 hashes as the bytes the filesystem holds
+        digest.update(f"{s.relpath}\t{size}\t{s.label}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:16]
 
 

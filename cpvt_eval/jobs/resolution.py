@@ -8,6 +8,9 @@ skips the cells whose identity (``results.CellId``) is already stored.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,9 +22,11 @@ from ..config import Hooks, RunConfig
 from ..data import EvalTransform, ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset
 from ..distributed import DistContext
 from ..engine import EvalModel, EvalSettings, sweep
-from ..errors import CpvtEvalError
+from ..errors import CpvtEvalError, EnvironmentFailure, ModelError, is_no_space
+from ..limits import check_transform
 from ..models.build import prepare_models
-from ..results import ResultRow, RunStore, provenance_record
+from ..results import SCHEMA_VERSION, CellId, ResultRow, RunStore, provenance_record, row_key
+from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
 from ..throughput import benchmark_model, row_extra
 from .rows import cell_id, make_row, prediction_arrays
@@ -59,17 +64,31 @@ def run_resolution(cfg: RunConfig, hooks: Hooks | None = None, dist: DistContext
         if not dist.is_main:
             return job.compute(None)
         store = RunStore(cfg.out)
-        with store.locked():
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(store.locked())
+            except ReadOnlyRunDir:
+                # Nothing to write when every cell is finished: the stored rows are the answer.
+                if job.all_finished(store):
+                    hooks.notify(f"{store.root} is read-only; every cell is finished, nothing was written")
+                    return RunOutcome(store=store)
+                raise
             outcome = job.compute(store)
-            report.render(store, cfg.report_formats)
+            try:
+                report.render(store, cfg.report_formats)
+            except OSError as e:
+                if not is_no_space(e):
+                    raise
+                raise job.no_space(store, e) from None
         return outcome
 
 
 def _prepare(cfg: RunConfig, hooks: Hooks, dist: DistContext) -> _Job:
     """Every input read and checked (dataset, labels, models at every size) before the run directory is touched."""
-    device = dist.device if dist.enabled else resolve_device(cfg.device)
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
+    check_transform(cfg.crop_pct, cfg.interpolation)
+    device = dist.device if dist.enabled else resolve_device(cfg.device)
     EvalTransform(cfg.sizes[0], cfg.crop_pct, cfg.interpolation, cfg.crop_mode)  # a bad option fails before any work
     image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes, cfg.class_names)
     image_set.decode_draft = cfg.decode_draft
@@ -95,7 +114,63 @@ class _Job:
     workers: int
     dist: DistContext
 
+    def _keys(self) -> dict[tuple[str, int], CellId]:
+        return {(m.name, s): cell_id(m, s, self.cfg, self.image_set) for s in self.cfg.sizes for m in self.models}
+
+    def all_finished(self, store: RunStore) -> bool:
+        if self.cfg.force:
+            return False
+        return {ident.key() for ident in self._keys().values()} <= store.finished_keys()
+
+    def no_space(self, store: RunStore, e: OSError) -> EnvironmentFailure:
+        """The one line of a full disk: where, and which of this run's cells are kept (the rerun resumes)."""
+        try:
+            finished = store.finished_keys()
+        except (OSError, CpvtEvalError):
+            finished = set()
+        ids = self._keys()
+        kept = [ident.describe() for ident in ids.values() if ident.key() in finished]
+        listed = f": {', '.join(kept)}" if kept else ""
+        where = Path(e.filename).parent if e.filename else store.root
+        return EnvironmentFailure(
+            f"no space left on {where}; kept {len(kept)} of {len(ids)} finished cell(s){listed}; "
+            "free some space and rerun the same command to resume"
+        )
+
+    def _tidy(self, store: RunStore, ids: dict[tuple[str, int], CellId]) -> None:
+        """Before a resumed run: set damaged rows aside, and the rows an earlier version wrote for the cells
+        this run computes (their key has changed), so that the reports list each cell once."""
+        for n, problem in store.set_aside_damaged():
+            self.hooks.notify(
+                f"{store.rows_path}:{n}: damaged row ({problem}) moved to {store.DAMAGED}; its cell is recomputed"
+            )
+        if store.schema_version() >= SCHEMA_VERSION:
+            return
+        planned = {ident.key() for ident in ids.values()}
+        same = {(i.model, i.img_size, i.checkpoint_sha256, i.crop_pct, i.interpolation, i.dtype) for i in ids.values()}
+        old = [
+            r
+            for r in store.rows(strict=False)
+            if row_key(r) not in planned
+            and (r.model, r.img_size, r.checkpoint_sha256, r.crop_pct, r.interpolation, r.dtype) in same
+        ]
+        if old:
+            store.set_aside(old, store.SUPERSEDED)
+            listed = ", ".join(f"{r.model}@{r.img_size}px" for r in old)
+            self.hooks.notify(
+                f"{store.root}: {len(old)} cell(s) written by an earlier version ({listed}) are recomputed under "
+                f"this version's cell identity; the old rows are kept in {store.SUPERSEDED}"
+            )
+
     def compute(self, store: RunStore | None) -> RunOutcome:
+        try:
+            return self._compute(store)
+        except OSError as e:
+            if store is None or not is_no_space(e):
+                raise
+            raise self.no_space(store, e) from None
+
+    def _compute(self, store: RunStore | None) -> RunOutcome:
         cfg, hooks, models, image_set, device, dist = (
             self.cfg,
             self.hooks,
@@ -105,8 +180,10 @@ class _Job:
             self.dist,
         )
         torch.manual_seed(SEED)
-        ids = {(m.name, s): cell_id(m, s, cfg, image_set) for s in cfg.sizes for m in models}
+        ids = self._keys()
         keys = {cell: ident.key() for cell, ident in ids.items()}
+        if store is not None:
+            self._tidy(store, ids)
         # Only rank 0 reads the run directory; the other ranks learn the cells left to do from it.
         done = set() if cfg.force or store is None else store.finished_keys() & set(keys.values())
         skipped = [cell for cell, key in keys.items() if key in done]
@@ -118,7 +195,7 @@ class _Job:
         if store is not None:
             store.record_provenance(record)
             if image_set.skipped:
-                store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
+                store.write_text("skipped.tsv", skipped_tsv(image_set.skipped))
             store.write_text("load_reports.json", json.dumps({m.name: m.load_report for m in models}, indent=2) + "\n")
         settings = EvalSettings(
             device=device,
@@ -142,6 +219,7 @@ class _Job:
                 m = by_name[cell.model]
                 ident = ids[(m.name, cell.size)]
                 row = make_row(m, cell, ident, image_set, device, started, self.real, dist)
+                self._check_finite(cell)
                 if cfg.throughput.enabled:
                     self._add_throughput(row, m, cell.size)
                 # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
@@ -154,13 +232,34 @@ class _Job:
         except KeyboardInterrupt:
             status = "interrupted"
             raise
+        except OSError as e:
+            if store is None or not is_no_space(e):
+                raise
+            status = "no space left"
+            raise self.no_space(store, e) from None
         finally:
             if store is not None:
                 record.update(status=status, finished_at=now_iso(), cells_computed=len(outcome.rows))
-                store.record_provenance(record)
-                if status == "interrupted":
-                    write_reports(store)  # so that results.md states the interruption
+                # Best effort on a full disk: the record stays "running", and the next run marks it "killed".
+                with contextlib.suppress(OSError):
+                    store.record_provenance(record)
+                    if status == "interrupted":
+                        write_reports(store)  # so that results.md states the interruption
         return outcome
+
+    def _check_finite(self, cell) -> None:
+        """Non-finite logits make a cell's ranking meaningless: all of them is an error, some are flagged."""
+        if cell.nonfinite and cell.nonfinite >= cell.n:
+            overflow = f", or {self.cfg.dtype} overflows (try --dtype fp32)" if self.cfg.dtype != "fp32" else ""
+            raise ModelError(
+                f"{cell.model} @ {cell.size}px: the logits of every image ({cell.n}) hold NaN or infinity; the "
+                f"weights are broken{overflow}"
+            )
+        if cell.nonfinite:
+            self.hooks.notify(
+                f"warning: {cell.model} @ {cell.size}px: {cell.nonfinite} of {cell.n} image(s) gave NaN or infinite "
+                "logits (counted in n_nonfinite; their predictions mean nothing)"
+            )
 
     def _add_throughput(self, row: ResultRow, m: EvalModel, size: int) -> None:
         cfg = self.cfg
@@ -179,6 +278,15 @@ class _Job:
         row.gflops_per_image = None if t.gflops_per_image is None else round(t.gflops_per_image, 4)
         row.throughput_scope = "model-only per rank" if self.dist.enabled else "model-only"
         row.extra.update(row_extra(t))
+
+
+def skipped_tsv(skipped: list[tuple[str, str]]) -> str:
+    """``path<TAB>reason`` lines, quoted where a name holds a tab, a newline or a quote (csv's tab dialect), so that
+    ``csv.reader(f, dialect="excel-tab")`` gives every name back."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, dialect="excel-tab", lineterminator="\n")
+    writer.writerows(skipped)
+    return buf.getvalue()
 
 
 def write_reports(store: RunStore) -> list[Path]:

@@ -79,6 +79,7 @@ def make_row(
         skipped_files=";".join(rel for rel, _ in image_set.skipped),
     )
     row.extra.update(eval_batch=cell.batch_size, eval_oom_retries=cell.oom_retries)
+    row.n_nonfinite = cell.nonfinite
     if real is not None:
         score = real_score(real, cell.indices, cell.topk[:, 0])
         row.real_top1 = None if score.top1 is None else round(score.top1, 4)

@@ -15,6 +15,7 @@ from ..checkpoints import load_checkpoint
 from ..config import PEOptions, RunConfig
 from ..engine import EvalModel
 from ..errors import CpvtEvalError, ModelError
+from ..limits import check_fits
 from ..results import pe_options_label
 from .posenc import check_runs_at, nearest_sizes, patch_size_of, pe_kind_of
 from .registry import ModelSpec, resolve
@@ -87,6 +88,7 @@ def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> l
     for name, spec in zip(cfg.models, specs, strict=True):
         m = build_model(name, canonical_ckpt.get(spec.name), canonical_args.get(spec.name), device, cfg.ema, log)
         check_sizes(cfg.sizes, patch_size_of(m.module), spec.name)
+        check_fits(spec.name, m.module, cfg.sizes, cfg.crop_pct, device, cfg.dtype, patch_size_of(m.module))
         check_runs_at(m.module, cfg.sizes)
         models.append(m)
     return models

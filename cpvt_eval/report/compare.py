@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CpvtEvalError, ResultsError
-from ..results import CellId, ResultRow, RunStore, id_fields
+from ..results import SCHEMA_VERSION, ResultRow, RunStore, id_fields
 from ..results.schema import PROTOCOL, WHAT
+from ..results.store import row_problem
 from .records import _r, ordered
 from .text import _fmt, _md_table
 
@@ -16,6 +17,10 @@ from .text import _fmt, _md_table
 # (that is what CI checks), and the data must be the same (checked separately, with its own message).
 MATCH_ROLES = (WHAT, PROTOCOL)
 MATCH_FIELDS = tuple(f.name for f in id_fields(*MATCH_ROLES))
+# Labels whose spelling may change between versions of the schema without the computation changing (e.g. PE
+# options keyed only for the models they affect): across versions, a field of these that differs on every cell
+# is left out of the matching, and the report says so. The others (crop, interpolation, dtype) never are.
+RELABELLED_FIELDS = ("pe_options", "model_args")
 
 
 def load_rows(path: str | Path) -> list[ResultRow]:
@@ -24,8 +29,13 @@ def load_rows(path: str | Path) -> list[ResultRow]:
     if path.is_file() and path.suffix == ".json":
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-            rows = [ResultRow.from_dict(d) for d in doc["rows"]]
-        except (json.JSONDecodeError, KeyError, TypeError, OSError) as e:
+            dicts = doc["rows"]
+            for i, d in enumerate(dicts):
+                problem = row_problem(d)
+                if problem:
+                    raise ResultsError(f"{path}: row {i + 1} is damaged ({problem})")
+            rows = [ResultRow.from_dict(d) for d in dicts]
+        except (json.JSONDecodeError, KeyError, TypeError, OSError, UnicodeDecodeError) as e:
             raise ResultsError(f"cannot read result rows from {path}: {e}") from None
     else:
         store = RunStore.existing(path.parent if path.is_file() and path.name == RunStore.ROWS else path)
@@ -33,6 +43,18 @@ def load_rows(path: str | Path) -> list[ResultRow]:
     if not rows:
         raise ResultsError(f"no finished cells in {path}")
     return rows
+
+
+def schema_version_of(path: str | Path) -> int:
+    """The schema version a run directory (or a ``results.json``) was written with; 1 when it predates the record."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        try:
+            prov = json.loads(path.read_text(encoding="utf-8")).get("provenance") or {}
+            return int(prov.get("schema_version", 1))
+        except (json.JSONDecodeError, OSError, ValueError, TypeError, AttributeError, UnicodeDecodeError):
+            return 1
+    return RunStore.existing(path.parent if path.is_file() and path.name == RunStore.ROWS else path).schema_version()
 
 
 @dataclass
@@ -77,14 +99,22 @@ class Comparison:
     cells: list[CellDiff] = field(default_factory=list)
     only_baseline: list[str] = field(default_factory=list)
     only_current: list[str] = field(default_factory=list)
+    allow_missing: bool = False  # a baseline cell the current run lacks fails the comparison unless allowed
+    note: str = ""  # how cells were matched across schema versions, when they were
+
+    @property
+    def missing_failed(self) -> bool:
+        return bool(self.only_baseline) and not self.allow_missing
 
     @property
     def ok(self) -> bool:
-        return not any(c.accuracy_failed or c.speed_failed for c in self.cells)
+        return not any(c.accuracy_failed or c.speed_failed for c in self.cells) and not self.missing_failed
 
     def to_dict(self) -> dict:
         return {
             "ok": self.ok,
+            "missing_failed": self.missing_failed,
+            "note": self.note,
             "max_drop": self.max_drop,
             "max_slowdown": self.max_slowdown,
             "cells": [c.to_dict() for c in self.cells],
@@ -98,8 +128,41 @@ class Comparison:
 _EPS = 1e-9
 
 
-def _match_key(r: ResultRow) -> tuple:
-    return CellId.of(r).match(MATCH_ROLES)
+def _match_key(r: ResultRow, names: tuple[str, ...] = MATCH_FIELDS) -> tuple:
+    return tuple(str(getattr(r, f)) for f in names)
+
+
+def _shared_fields(
+    baseline: list[ResultRow], current: list[ResultRow], versions: tuple[int, int] | None
+) -> tuple[tuple[str, ...], str]:
+    """The fields cells are matched on, and a one-line note when runs of two schema versions lose some: a field
+    one run's rows were written without, or a relabelled field that differs on every cell of the same model
+    and size."""
+    absent = {f for r in (*baseline, *current) for f in getattr(r, "_absent", ()) if f in MATCH_FIELDS}
+    if not absent and (versions is None or versions[0] == versions[1]):
+        return MATCH_FIELDS, ""
+    dropped = [f for f in MATCH_FIELDS if f in absent]
+    if versions is not None and versions[0] != versions[1]:
+        pairs = [(b, c) for b in baseline for c in current if (b.model, b.img_size) == (c.model, c.img_size)]
+        for f in RELABELLED_FIELDS:
+            if f not in dropped and pairs and all(str(getattr(b, f)) != str(getattr(c, f)) for b, c in pairs):
+                dropped.append(f)
+    if not dropped:
+        return MATCH_FIELDS, ""
+    which = f"schema {versions[0]} vs {versions[1]}" if versions else "rows written without some fields"
+    return (
+        tuple(f for f in MATCH_FIELDS if f not in dropped),
+        f"the runs were written by different versions ({which}): cells matched without {', '.join(dropped)}",
+    )
+
+
+def _why_no_common_cell(baseline: list[ResultRow], current: list[ResultRow], names: tuple[str, ...]) -> str:
+    for b in baseline:
+        for c in current:
+            if (b.model, b.img_size) == (c.model, c.img_size):
+                f = next(f for f in names if str(getattr(b, f)) != str(getattr(c, f)))
+                return f": {_cell_name(b)} differs in {f} ({getattr(b, f)!r} in the baseline, {getattr(c, f)!r} now)"
+    return ""
 
 
 def _cell_name(r: ResultRow) -> str:
@@ -107,31 +170,49 @@ def _cell_name(r: ResultRow) -> str:
 
 
 def compare_runs(
-    baseline: list[ResultRow], current: list[ResultRow], max_drop: float = 0.1, max_slowdown: float = 0.1
+    baseline: list[ResultRow],
+    current: list[ResultRow],
+    max_drop: float = 0.1,
+    max_slowdown: float = 0.1,
+    *,
+    allow_missing: bool = False,
+    versions: tuple[int, int] | None = None,
 ) -> Comparison:
     """Match the cells of two runs and flag top-1 drops beyond ``max_drop`` points and throughput below
     ``(1 - max_slowdown)`` of the baseline. Runs that share no cell, or cells on different datasets, cannot be
-    compared (``ResultsError``)."""
+    compared (``ResultsError``). A baseline cell the current run lacks fails the comparison unless
+    ``allow_missing``. ``versions``: the schema versions of the two runs; across versions cells are matched on
+    the fields both share (``Comparison.note`` says which were left out)."""
     if not max_drop >= 0:
         raise CpvtEvalError(f"--max-drop must be >= 0 points, got {max_drop}")
     if not 0 <= max_slowdown < 1:
         raise CpvtEvalError(f"--max-slowdown must be a ratio in [0, 1), got {max_slowdown}")
+    names, note = _shared_fields(baseline, current, versions)
     sides = []
     for name, rows in (("baseline", baseline), ("current", current)):
         cells: dict[tuple, ResultRow] = {}
         for r in rows:
-            if _match_key(r) in cells:
+            if _match_key(r, names) in cells:
                 raise ResultsError(
                     f"the {name} run holds {_cell_name(r)} twice under the same protocol (different checkpoints or "
                     "datasets); compare run directories with one of each"
                 )
-            cells[_match_key(r)] = r
+            cells[_match_key(r, names)] = r
         sides.append(cells)
     base, cur = sides
-    common = [_match_key(r) for r in ordered(list(base.values())) if _match_key(r) in cur]
+    common = [_match_key(r, names) for r in ordered(list(base.values())) if _match_key(r, names) in cur]
     if not common:
-        raise ResultsError(f"the runs share no cell (same {', '.join(MATCH_FIELDS)})")
-    result = Comparison(max_drop=max_drop, max_slowdown=max_slowdown)
+        why = _why_no_common_cell(baseline, current, names)
+        rerun = (
+            f"; the baseline was written by schema {versions[0]}, this version writes {SCHEMA_VERSION}: re-run the "
+            "baseline's command (its provenance.json) with this version"
+            if versions and versions[0] != versions[1]
+            else ""
+        )
+        raise ResultsError(
+            f"the runs share no cell (same model, size, crop, interpolation, PE options, dtype){why}{rerun}"
+        )
+    result = Comparison(max_drop=max_drop, max_slowdown=max_slowdown, allow_missing=allow_missing, note=note)
     for k in common:
         b, c = base[k], cur[k]
         if b.dataset_fingerprint != c.dataset_fingerprint:
@@ -156,7 +237,7 @@ def compare_runs(
                 speed_failed=ratio is not None and ratio < 1.0 - max_slowdown - _EPS,
             )
         )
-    result.only_baseline = [_cell_name(base[k]) for k in base if k not in cur]
+    result.only_baseline = [_cell_name(base[k]) for k in base if k not in cur]  # missing now: fails unless allowed
     result.only_current = [_cell_name(cur[k]) for k in cur if k not in base]
     return result
 

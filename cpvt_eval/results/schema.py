@@ -150,6 +150,7 @@ class ResultRow:
     predictions: str = ""  # per-image predictions, relative to the run directory
     probe: str = ""  # see CellId.probe
     crop_mode: str = "center"  # see CellId.crop_mode
+    n_nonfinite: int = 0  # images whose logits held a NaN or an infinity (their predictions mean nothing)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,28 +9,37 @@ A run directory holds:
 * ``results.*`` and plots: rendered from the rows, rewritten atomically (temp file + rename);
 * ``provenance.json``: one record per invocation: command line, versions, device, threads, git sha, seed,
   timestamps, status;
-* ``.lock``: held (``flock``) by the run writing the directory, so two runs never interleave.
+* ``.lock``: held (``flock``) by the run writing the directory, so two runs never interleave;
+* ``run.json``: the schema version of the rows (``schema.SCHEMA_VERSION``) and the version that created it.
 
-A cell is identified by its key (``schema.CellId``); a rerun skips the keys already stored.
+A cell is identified by its key (``schema.CellId``); a rerun skips the keys already stored whose predictions can
+still be read. Reading validates: ``report`` and ``compare`` refuse a damaged row naming the file and line; a
+resuming run moves damaged lines to ``rows.damaged.jsonl`` and recomputes their cells.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import re
 import tempfile
 from collections.abc import Iterator
+from dataclasses import MISSING, fields
 from pathlib import Path
 
-from ..errors import ResultsError
-from .schema import ResultRow, row_key
+from ..errors import EnvironmentFailure, ResultsError, from_os_error
+from .schema import SCHEMA_VERSION, ResultRow, row_key
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    A file name that is not UTF-8 (held by Python as surrogate escapes) is written as the bytes it has on disk.
+    """
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def _file_mode() -> int:
@@ -52,12 +61,59 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
+class ReadOnlyRunDir(EnvironmentFailure):
+    """The run directory cannot be written (read-only storage, no permission)."""
+
+
+_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "dict": dict, "None": type(None)}
+
+
+def _type_ok(value, annotation: str) -> bool:
+    allowed = []
+    for part in str(annotation).split("|"):
+        t = _TYPES.get(part.strip())
+        if t is None:
+            return True  # a type this check does not know: accepted as is
+        allowed.append(t)
+    if isinstance(value, bool) and bool not in allowed:
+        return False  # True is an int to Python, not a count
+    return any(isinstance(value, t) for t in allowed)
+
+
+def row_problem(d) -> str | None:
+    """Why a stored row cannot be used (None when it can): a missing field, a value of the wrong type, counts
+    that cannot be (no image, more hits than images), a non-finite accuracy."""
+    if not isinstance(d, dict):
+        return "not a JSON object"
+    for f in fields(ResultRow):
+        if f.name not in d:
+            if f.default is MISSING and f.default_factory is MISSING:
+                return f"no {f.name} field (written by another version of cpvt-eval?)"
+            continue
+        if not _type_ok(d[f.name], f.type):
+            return f"{f.name} is {d[f.name]!r}, not {f.type}"
+    n, c1, c5 = d["n_images"], d["correct1"], d["correct5"]
+    if n <= 0:
+        return f"n_images is {n}"
+    if not (0 <= c1 <= n and 0 <= c5 <= n):
+        return f"correct1 {c1} or correct5 {c5} is outside 0 ... n_images {n}"
+    if d["img_size"] <= 0:
+        return f"img_size is {d['img_size']}"
+    for name in ("top1", "top5"):
+        if not (math.isfinite(d[name]) and 0 <= d[name] <= 100):
+            return f"{name} is {d[name]!r}"
+    return None
+
+
 class RunStore:
     """The run directory: rows appended as cells finish, predictions beside them, reports rendered from the rows."""
 
     ROWS = "rows.jsonl"
+    DAMAGED = "rows.damaged.jsonl"
+    SUPERSEDED = "rows.superseded.jsonl"
     PROVENANCE = "provenance.json"
     LOCK = ".lock"
+    RUN = "run.json"
 
     def __init__(self, root: str | os.PathLike, create: bool = True):
         self.root = Path(root)
@@ -70,6 +126,8 @@ class RunStore:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
+            if isinstance(from_os_error(e), EnvironmentFailure):  # a full disk or read-only storage
+                raise EnvironmentFailure(f"cannot create run directory {self.root}: {e.strerror}") from None
             raise ResultsError(f"cannot create run directory {self.root}: {e.strerror}") from None
 
     @classmethod
@@ -88,7 +146,14 @@ class RunStore:
     def locked(self) -> Iterator[None]:
         """Hold the directory's lock for a writing run; a second writer gets a one-line error, not a mix."""
         path = self.root / self.LOCK
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not os.access(self.root, os.W_OK):  # read-only storage, or a folder this user may not write
+            raise ReadOnlyRunDir(f"run directory {self.root} is not writable (read-only or no permission)")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise ReadOnlyRunDir(f"run directory {self.root} is not writable ({e.strerror})") from None
+            raise
         try:
             try:
                 _lock_fd(fd)
@@ -101,6 +166,8 @@ class RunStore:
                 ) from None
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
+            self._close_stale_records()
+            self._write_run_info()
             yield
         finally:
             os.close(fd)  # closing the descriptor releases the lock (and a killed process releases it too)
@@ -124,38 +191,158 @@ class RunStore:
             os.fsync(f.fileno())
 
     def append(self, row: ResultRow) -> None:
-        """Append one row durably: one ``write`` of a whole line on an O_APPEND descriptor, then fsync."""
+        """Append one row durably: one ``write`` of a whole line on an O_APPEND descriptor, then fsync.
+
+        A write that fails part-way (a full disk) is cut back off, so that no torn line is left behind.
+        """
         self._cut_torn_tail()
         line = (json.dumps(row.to_dict(), sort_keys=True) + "\n").encode()
         new = not self.rows_path.exists()
         fd = os.open(self.rows_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, line)
-            os.fsync(fd)
+            before = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.rows_path))
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, before)
+                raise
         finally:
             os.close(fd)
         if new:
             _fsync_dir(self.root)
 
-    def rows(self) -> list[ResultRow]:
-        """All complete rows in the order their cells first finished; a later row for the same key replaces the
-        earlier one (``--force``). A torn last line is never read."""
-        if not self.rows_path.exists():
-            return []
-        rows: dict[str, ResultRow] = {}
-        with open(self.rows_path, encoding="utf-8") as f:
-            for line in f:
+    def _read_lines(self) -> Iterator[tuple[int, str, dict | None, str | None]]:
+        """``(line number, text, row dict or None, problem or None)`` of every complete line of rows.jsonl."""
+        try:
+            f = open(self.rows_path, encoding="utf-8", errors="surrogateescape")
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise from_os_error(e) from None
+        with f:
+            for n, line in enumerate(f, 1):
                 if not line.endswith("\n"):
                     break  # torn write at the end: the cell was not finished
-                try:
-                    row = ResultRow.from_dict(json.loads(line))
-                except (json.JSONDecodeError, TypeError, AttributeError):
+                if not line.strip():
                     continue
-                rows[row_key(row)] = row
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield n, line, None, f"not JSON ({e.msg})"
+                    continue
+                problem = row_problem(d)
+                yield n, line, (None if problem else d), problem
+
+    def rows(self, strict: bool = True) -> list[ResultRow]:
+        """All complete rows in the order their cells first finished; a later row for the same key replaces the
+        earlier one (``--force``). A torn last line is never read.
+
+        Args:
+            strict: a damaged line (not JSON, a field missing or of the wrong type, impossible counts) is an
+                error naming the file and line; otherwise it is passed over (``damaged`` lists it).
+        """
+        rows: dict[str, ResultRow] = {}
+        for n, _line, d, problem in self._read_lines():
+            if problem:
+                if strict:
+                    raise ResultsError(
+                        f"{self.rows_path}:{n}: damaged row ({problem}); a rerun of the command that wrote "
+                        "the run directory moves it aside and recomputes its cell"
+                    )
+                continue
+            row = ResultRow.from_dict(d)
+            # The fields the row was written without (an earlier version): compare matches on the others.
+            object.__setattr__(row, "_absent", frozenset(f.name for f in fields(ResultRow) if f.name not in d))
+            rows[row_key(row)] = row
         return list(rows.values())
 
+    def damaged(self) -> list[tuple[int, str]]:
+        """``(line number, problem)`` of every damaged line of rows.jsonl."""
+        return [(n, problem) for n, _line, _d, problem in self._read_lines() if problem]
+
+    def set_aside_damaged(self) -> list[tuple[int, str]]:
+        """Move the damaged lines of rows.jsonl to rows.damaged.jsonl (under the lock, before a resumed run), so
+        that their cells are recomputed and the reports read a clean file. Returns what was moved."""
+        moved = [(n, problem) for n, _line, _d, problem in self._read_lines() if problem]
+        if moved:
+            self._move_lines(lambda d: d is None, self.DAMAGED)
+        return moved
+
+    def set_aside(self, rows: list[ResultRow], name: str) -> None:
+        """Move the lines of ``rows`` (by key) from rows.jsonl to the file ``name`` of the run directory."""
+        keys = {row_key(r) for r in rows}
+        self._move_lines(lambda d: d is not None and row_key(ResultRow.from_dict(d)) in keys, name)
+
+    def _move_lines(self, moved, name: str) -> None:
+        keep: list[str] = []
+        out: list[str] = []
+        for _n, line, d, _problem in self._read_lines():
+            (out if moved(d) else keep).append(line)
+        if not out:
+            return
+        with open(self.root / name, "a", encoding="utf-8", errors="surrogateescape") as f:
+            f.writelines(out)
+            f.flush()
+            os.fsync(f.fileno())
+        atomic_write_text(self.rows_path, "".join(keep))
+
     def finished_keys(self) -> set[str]:
-        return {row_key(r) for r in self.rows()}
+        """Keys of the cells stored with their predictions; a cell whose predictions file is missing or cannot be
+        read is not finished (the rerun recomputes it)."""
+        return {row_key(r) for r in self.rows(strict=False) if self._predictions_ok(r)}
+
+    def _predictions_ok(self, row: ResultRow) -> bool:
+        if not row.predictions:
+            return True  # written before predictions were stored: nothing to check
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.root / row.predictions), framework="numpy") as f:
+                # every kind of cell stores its image indices and labels (the shift probe: per pair)
+                return {"indices", "labels"} <= set(f.keys())
+        except (SafetensorError, OSError, ValueError):
+            return False
+
+    def schema_version(self) -> int:
+        """The schema version of the rows: run.json's, else the provenance records', else 1 (written before
+        the version was recorded)."""
+        try:
+            info = json.loads((self.root / self.RUN).read_text(encoding="utf-8"))
+            return int(info["schema_version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:
+            versions = [int(r.get("schema_version", 1)) for r in self.provenance()]
+        except (ResultsError, ValueError, TypeError):
+            versions = []
+        return min(versions) if versions else 1
+
+    def _write_run_info(self) -> None:
+        if (self.root / self.RUN).exists() or self.rows_path.exists():
+            return  # an existing run directory keeps the version it was written with
+        from .. import __version__
+
+        info = {"schema_version": SCHEMA_VERSION, "created_by": f"cpvt-eval {__version__}"}
+        self.write_text(self.RUN, json.dumps(info, indent=2) + "\n")
+
+    def _close_stale_records(self) -> None:
+        """Under the lock no other invocation is running: a record still ``running`` belongs to one that was
+        killed (SIGKILL, power loss) before it could close its record. Say so instead of leaving it running."""
+        try:
+            runs = self.provenance()
+        except ResultsError:
+            return
+        stale = [r for r in runs if r.get("status") == "running"]
+        if not stale:
+            return
+        for r in stale:
+            r["status"] = "killed"
+            r["note"] = "the process ended without closing this record (SIGKILL, power loss, or no space to write it)"
+        self.write_text(self.PROVENANCE, json.dumps({"runs": runs}, indent=2, sort_keys=True) + "\n")
 
     def save_predictions(self, key: str, model: str, size: int, arrays: dict) -> str:
         """Write one cell's per-image predictions (numpy arrays) atomically; return the path relative to the root."""
@@ -229,9 +416,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with _suppress_oserror():
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one meant
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 
