@@ -90,11 +90,23 @@ def resolution(
         str, typer.Option(help="APE resampling: " + ", ".join(APE_INTERPOLATIONS), rich_help_panel=PROTOCOL)
     ] = "bicubic",
     antialias: Annotated[
-        bool, typer.Option(help="Antialias when resampling the APE (DeiT: no).", rich_help_panel=PROTOCOL)
+        bool,
+        typer.Option(
+            help="Antialias when resampling any learned APE (DeiT: no; timm's checkpoint filters: yes).",
+            rich_help_panel=PROTOCOL,
+        ),
     ] = False,
     sincos: Annotated[
         str, typer.Option(help="Sin-cos APE at a new size: regenerate or resample.", rich_help_panel=PROTOCOL)
     ] = "regenerate",
+    window: Annotated[
+        str,
+        typer.Option(
+            help="Windowed attention (Swin) at a new size: keep (timm's default: window kept, grid padded) or "
+            "scale (window scaled with the grid, bias tables resampled).",
+            rich_help_panel=PROTOCOL,
+        ),
+    ] = "keep",
     model_arg: Annotated[
         list[str],
         typer.Option(
@@ -204,7 +216,7 @@ def resolution(
             workers=workers,
             device=device,
             dtype=check_dtype(dtype),
-            pe=PEOptions(ape_interpolation=ape_interp, antialias=antialias, sincos=sincos),
+            pe=PEOptions(ape_interpolation=ape_interp, antialias=antialias, sincos=sincos, window=window),
             ema=ema,
             throughput=ThroughputConfig(enabled=throughput, batch_size=throughput_batch, repeats=throughput_repeats),
             layout=layout,
