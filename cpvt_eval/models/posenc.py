@@ -170,12 +170,11 @@ def nearest_valid_sizes(size: int, step: int) -> list[int]:
     return [s for s in (below, below + step) if s > 0 and s != size]
 
 
-def size_error(size: int, step: int, model: str) -> ModelError:
+def size_error(size: int, step: int, model: str | None = None) -> ModelError:
+    """A size that is not a multiple of the patch size (or a pyramid's total stride), with the nearest valid ones."""
     near = " or ".join(str(s) for s in nearest_valid_sizes(size, step))
-    return ModelError(
-        f"size {size} is not a positive multiple of {step}, the patch size (or total stride) of {model}; "
-        f"nearest valid sizes: {near}"
-    )
+    what = f"a positive multiple of {model}'s patch size" if model else "a multiple of the patch size"
+    return ModelError(f"size {size} is not {what} {step}; nearest valid sizes: {near}")
 
 
 def grid_of(model: nn.Module) -> tuple[int, int] | None:
@@ -262,7 +261,7 @@ def adapt_to_size(model: nn.Module, size: int, options: PEOptions = PEOptions())
     """
     patch = patch_size_of(model)
     if patch and size % patch:
-        raise size_error(size, patch, type(model).__name__)
+        raise size_error(size, patch)
     kind = pe_kind_of(model)
     if not _runs_anywhere(model):
         # left as it is: its own forward either takes the size or the probe says why not
