@@ -17,8 +17,15 @@ FAMILIES = {
     "none": "none",
     "other": "other",
 }
-_PREFIXES = (("ape", "ape"), ("sincos", "ape"), ("peg", "peg"), ("rope", "rope"), ("relbias", "relbias"),
-             ("conv", "conv"), ("none", "none"))
+_PREFIXES = (
+    ("ape", "ape"),
+    ("sincos", "ape"),
+    ("peg", "peg"),
+    ("rope", "rope"),
+    ("relbias", "relbias"),
+    ("conv", "conv"),
+    ("none", "none"),
+)
 
 
 def pe_family(pe: str | None) -> str:

@@ -97,8 +97,13 @@ def policy_label(module: nn.Module, options: PEOptions = PEOptions()) -> str:
         parts.append("rope-mixed-kept")
     tables = _relbias_tables(module)
     if _is_windowed(module):
-        parts.append("window-scaled+relbias-resampled" if options.window == "scale" and tables else
-                     "window-scaled" if options.window == "scale" else "window-padded")
+        parts.append(
+            "window-scaled+relbias-resampled"
+            if options.window == "scale" and tables
+            else "window-scaled"
+            if options.window == "scale"
+            else "window-padded"
+        )
     elif tables:
         parts.append("relbias-resampled")
     if _learned_ape(module):
