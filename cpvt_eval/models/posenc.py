@@ -229,19 +229,23 @@ def _runs_anywhere(model: nn.Module) -> bool:
     return isinstance(model, (VisionTransformer, Twins))
 
 
-def _probe(model: nn.Module, size: int) -> None:
-    """Run one blank image at ``size`` so that a model which cannot take that size fails here, clearly."""
+def _probe(model: nn.Module, size: int, name: str | None = None) -> None:
+    """Run one blank image at ``size`` so that a model which cannot take that size fails here, in one line that
+    says why and what it would need."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    chans = int(cfg.get("input_size", (3,))[0])
-    name = cfg.get("architecture") or type(model).__name__
+    chans = int(cfg.get("input_size", (3,))[0]) if isinstance(cfg, dict) else 3
+    name = name or (cfg.get("architecture") if isinstance(cfg, dict) else None) or type(model).__name__
     try:
         with torch.inference_mode():
             model(torch.zeros(1, chans, size, size, device=device))
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
-        detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise ModelError(f"{name} cannot run at {size}px without changes this tool does not make: {detail}") from None
+        detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:300]
+        raise ModelError(
+            f"{name} cannot run at {size}px: {detail}; it would need a resolution policy for this model, which "
+            f"this tool does not have"
+        ) from None
 
 
 def check_runs_at(model: nn.Module, sizes) -> None:

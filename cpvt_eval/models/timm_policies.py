@@ -37,7 +37,7 @@ from torch import nn
 
 from ..config import PEOptions
 from ..errors import ModelError
-from .posenc import ape_policy, grid_of, resample_abs_pos_embed
+from .posenc import _probe, ape_policy, grid_of, resample_abs_pos_embed
 
 WINDOW_CHOICES = ("keep", "scale")
 
@@ -248,21 +248,5 @@ class Rebuilt:
             if size == self.native_size:
                 continue
             module, _ = self.module_at(size, options)
-            probe(module, size, self.name)
+            _probe(module, size, self.name)
             del module
-
-
-def probe(module: nn.Module, size: int, name: str) -> None:
-    """Run one blank image at ``size`` so that a model which cannot take that size fails here, in one line."""
-    param = next(module.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
-    cfg = getattr(module, "pretrained_cfg", None) or {}
-    chans = int(cfg.get("input_size", (3,))[0]) if isinstance(cfg, dict) else 3
-    try:
-        with torch.inference_mode():
-            module(torch.zeros(1, chans, size, size, device=device))
-    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
-        raise ModelError(
-            f"{name} cannot run at {size}px: {_short(e)}; it would need a policy for this model's position "
-            f"encoding, which this tool does not have"
-        ) from None
