@@ -52,6 +52,8 @@ FAMILIES = {
         "rope-mixed-kept+ape-bicubic",
         Rebuilt,
     ),
+    # native 256, one register token, average pooling: 224 is a new size too
+    "rope-reg-gap": ("vit_base_patch16_rope_reg1_gap_256", TINY_VIT, 384, "rope-axial", "rope-regenerated", Rebuilt),
     "eva02": ("eva02_tiny_patch14_224", TINY_VIT, 392, "rope-axial+ape", "rope-regenerated+ape-bicubic", Rebuilt),
     "beit": ("beit_base_patch16_224", TINY_VIT, 384, "relbias", "relbias-resampled", Rebuilt),
     "swin": ("swin_tiny_patch4_window7_224", TINY_SWIN, 384, "relbias-window", "window-padded", Rebuilt),
@@ -334,3 +336,22 @@ def test_curated_specs_cover_every_family():
     }
     for spec in map(resolve, ("deit3_s", "swin_t", "beit_b", "cait_xxs24", "eva02_ti", "flexivit_s")):
         assert timm.is_model(spec.name) and timm.models.get_pretrained_cfg(spec.default_weights) is not None
+
+
+def test_any_model_timm_builds_at_a_size_pit_map_ape(tmp_path):
+    """PiT keeps its APE as a (1, D, H, W) map that timm's filter does not resample: built by timm at the size,
+    its map resampled the DeiT way, the rest loaded as it is."""
+    name, kwargs = "pit_ti_224", dict(num_classes=10)
+    native = _native(name, kwargs, tmp_path / "pit.pth")
+    m = build_model(name, str(tmp_path / "pit.pth"), kwargs)
+    module, policy = m.sizer.module_at(384)
+    assert (pe_label(m), policy) == ("ape-learned", "ape-bicubic")
+    reference = timm.create_model(name, img_size=384, **kwargs).eval()
+    sd = dict(native.state_dict())
+    sd["pos_embed"] = torch.nn.functional.interpolate(
+        native.pos_embed.detach(), size=reference.pos_embed.shape[-2:], mode="bicubic", align_corners=False
+    )
+    reference.load_state_dict(sd)
+    x = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(module(x), reference(x))

@@ -75,13 +75,23 @@ def resample_abs_pos_embed(
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = pos_embed.shape[-1]
-    grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    grid = resample_pos_map(grid, new_grid, interpolation, antialias)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def resample_pos_map(pos_map: torch.Tensor, new_grid: tuple[int, int], interpolation: str = "bicubic",
+                     antialias: bool = False) -> torch.Tensor:
+    """Resample a position embedding laid out as a ``(1, D, H, W)`` map (the grid part of a token table, or PiT's
+    own layout) to ``new_grid``, in float32, the DeiT way by default; the result takes the input dtype back."""
+    if interpolation not in APE_INTERPOLATIONS:
+        raise ModelError(f"unknown APE interpolation {interpolation!r}; choose one of {', '.join(APE_INTERPOLATIONS)}")
     kwargs = {}
     if interpolation in ("bicubic", "bilinear"):
         kwargs = {"align_corners": False, "antialias": antialias}
-    grid = F.interpolate(grid, size=tuple(new_grid), mode=interpolation, **kwargs)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+    out = F.interpolate(pos_map.float(), size=tuple(new_grid), mode=interpolation, **kwargs)
+    return out.to(pos_map.dtype)
 
 
 def ape_policy(options: PEOptions, kind: str = "ape") -> str:

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..config import PEOptions
 from ..errors import ModelError
-from .posenc import _probe, ape_policy, grid_of, resample_abs_pos_embed
+from .posenc import _probe, ape_policy, grid_of, resample_abs_pos_embed, resample_pos_map
 
 WINDOW_CHOICES = ("keep", "scale")
 
@@ -82,8 +82,10 @@ def pe_kind(module: nn.Module) -> str | None:
     rope = rope_kind(module)
     if rope is not None:
         return f"rope-{rope}" + ("+ape" if _learned_ape(module) else "")
+    if _is_windowed(module):
+        return "relbias-window"  # Swin's tables, or Swin V2's continuous bias (an MLP of relative coordinates)
     if _relbias_tables(module):
-        return "relbias-window" if _is_windowed(module) else "relbias"
+        return "relbias"
     return None
 
 
@@ -229,6 +231,10 @@ class Rebuilt:
 
     def _resampled_ape(self, module: nn.Module, size: int, options: PEOptions) -> torch.Tensor:
         native = self.native.pos_embed.detach()
+        target = module.pos_embed.shape
+        if native.dim() == 4 and len(target) == 4 and native.shape[:2] == target[:2]:
+            # a (1, D, H, W) map (PiT): no prefix tokens, the map itself is the grid
+            return resample_pos_map(native, tuple(target[-2:]), options.ape_interpolation, options.antialias)
         old, new = self.native_grid, grid_of(module)
         if old is None or new is None:
             raise ModelError(f"{self.name} cannot run at {size}px: its position embedding has no patch grid")
