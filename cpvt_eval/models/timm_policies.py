@@ -98,14 +98,10 @@ def policy_label(module: nn.Module, options: PEOptions = PEOptions()) -> str:
     elif rope == "mixed":
         parts.append("rope-mixed-kept")
     tables = _relbias_tables(module)
-    if _is_windowed(module):
-        parts.append(
-            "window-scaled+relbias-resampled"
-            if options.window == "scale" and tables
-            else "window-scaled"
-            if options.window == "scale"
-            else "window-padded"
-        )
+    if _is_windowed(module) and options.window == "scale":
+        parts.append("window-scaled+relbias-resampled" if tables else "window-scaled")
+    elif _is_windowed(module):
+        parts.append("window-padded")
     elif tables:
         parts.append("relbias-resampled")
     if _learned_ape(module):
