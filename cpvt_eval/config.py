@@ -10,6 +10,7 @@ from .errors import CpvtEvalError, ModelError
 
 REPORT_FORMATS = ("md", "csv", "tex", "json", "png")
 APE_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
+WINDOWS = ("keep", "scale")
 
 
 def _quiet(_: str) -> None:
@@ -46,11 +47,16 @@ class Hooks:
 
 @dataclass(frozen=True)
 class PEOptions:
-    """How absolute position embeddings meet a new grid (recorded in every result row as ``pe_policy``)."""
+    """How position encodings meet a new grid (recorded in every result row as ``pe_policy``).
+
+    ``window``: windowed attention (Swin) keeps its window and pads the grid to it (``keep``, timm's default), or
+    scales the window with the grid and resamples its relative position bias tables (``scale``).
+    """
 
     ape_interpolation: str = "bicubic"
     antialias: bool = False
     sincos: str = "regenerate"  # or "resample"
+    window: str = "keep"  # or "scale"
 
     def __post_init__(self):
         if self.ape_interpolation not in APE_INTERPOLATIONS:
@@ -59,6 +65,8 @@ class PEOptions:
             )
         if self.sincos not in ("regenerate", "resample"):
             raise ModelError(f"--sincos must be 'regenerate' or 'resample', got {self.sincos!r}")
+        if self.window not in WINDOWS:
+            raise ModelError(f"--window must be 'keep' or 'scale', got {self.window!r}")
 
 
 @dataclass(frozen=True)

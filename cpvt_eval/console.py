@@ -170,6 +170,13 @@ def print_shift_results(rows) -> None:
     err.print(shift_table(rows))
 
 
+def _paper_cell(top1, confidence, crop_pct) -> str:
+    """A paper figure, its grade, and the crop ratio it was measured at when the protocol names one."""
+    if top1 is None:
+        return "–"
+    return f"{top1:.1f}\n{confidence}" + (f"\ncrop {float(crop_pct)}" if crop_pct is not None else "")
+
+
 def models_table(rows: list[dict]) -> Table:
     """The rows of ``cpvt-eval models``: one line per model, aliases under the name, the grade under top-1."""
     table = Table(title="models (GFLOPs at the native size, attention included)", title_style="bold")
@@ -192,7 +199,7 @@ def models_table(rows: list[dict]) -> Table:
             f"{r['params'] / 1e6:.2f}M",
             f"{r['gflops']:.2f}",
             str(r["native_size"]),
-            f"{top1:.1f}\n{r['published_confidence']}" if top1 is not None else "–",
+            _paper_cell(top1, r["published_confidence"], r.get("published_crop_pct")),
             weights,
         )
     return table

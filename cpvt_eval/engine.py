@@ -22,14 +22,18 @@ from torch import nn
 from .config import Progress
 from .data import EvalDataset, EvalTransform, ImageSet, make_loader, normalize_batch
 from .errors import CpvtEvalError, DataError
-from .models.posenc import PEOptions, adapt_to_size, grid_of
+from .models.posenc import InPlace, PEOptions, grid_of
 from .models.registry import ModelSpec
 from .runtime import autocast_context, release_cached_memory
 
 
 @dataclass
 class EvalModel:
-    """A model ready to evaluate: its canonical name, spec, module (on the device), and preprocessing constants."""
+    """A model ready to evaluate: its canonical name, spec, module (on the device), and preprocessing constants.
+
+    ``module`` is the model at its native size, weights as loaded; ``sizer`` gives the module to run at each size
+    and its PE policy (``posenc.size_adapter``; default: the module itself, adapted in place).
+    """
 
     name: str
     spec: ModelSpec
@@ -40,6 +44,11 @@ class EvalModel:
     checkpoint_sha256: str = ""
     load_report: dict = field(default_factory=dict)
     model_args: dict = field(default_factory=dict)
+    sizer: object = None
+
+    def __post_init__(self):
+        if self.sizer is None:
+            self.sizer = InPlace(self.module)
 
     @property
     def num_params(self) -> int:
@@ -161,7 +170,11 @@ def evaluate_size(
 ) -> list[CellOutput]:
     """Evaluate every model at ``size`` in one pass over ``image_set``; return one ``CellOutput`` per model."""
     progress = progress or Progress()
-    policies = [adapt_to_size(m.module, size, settings.pe) for m in models]
+    # One module per model for this size: the model itself, or one timm built at this size (dropped after the pass).
+    sized = [m.sizer.module_at(size, settings.pe) for m in models]
+    modules = [module for module, _ in sized]
+    policies = [policy for _, policy in sized]
+    rebuilt = any(module is not m.module for module, m in zip(modules, models, strict=True))
     transform = EvalTransform(size, settings.crop_pct, settings.interpolation, settings.crop_mode)
     loader = make_loader(
         EvalDataset(image_set, transform),
@@ -180,7 +193,10 @@ def evaluate_size(
     progress.start(f"{size}px · {', '.join(m.name for m in models)}", n_total)
     t0 = time.perf_counter()
     non_blocking = settings.device.type == "cuda"
-    runners = [ChunkedForward(m.module, settings.batch_size, settings.device, settings.dtype, m.name) for m in models]
+    runners = [
+        ChunkedForward(module, settings.batch_size, settings.device, settings.dtype, m.name)
+        for module, m in zip(modules, models, strict=True)
+    ]
     try:
         with torch.inference_mode():
             for images, target, idx in loader:
@@ -205,12 +221,19 @@ def evaluate_size(
         raise _clean_worker_error(e) from None
     finally:
         progress.finish()
+    duration = time.perf_counter() - t0
+    grids = [grid_of(module) for module in modules]
+    chunks = [r.chunk for r in runners]
+    retries = [r.retries for r in runners]
+    nonfinite = [r.nonfinite for r in runners]
+    del sized, modules, runners
+    if rebuilt:
+        release_cached_memory(settings.device)
     if seen != n_total:
         raise DataError(f"the data pass at {size}px saw {seen} of {n_total} images")
-    duration = time.perf_counter() - t0
     outputs = []
     for j, m in enumerate(models):
-        grid = grid_of(m.module)
+        grid = grids[j]
         outputs.append(
             CellOutput(
                 model=m.name,
@@ -225,9 +248,9 @@ def evaluate_size(
                 indices=indices.clone(),
                 labels=labels.clone(),
                 topk=top5[j],
-                batch_size=runners[j].chunk,
-                oom_retries=runners[j].retries,
-                nonfinite=runners[j].nonfinite,
+                batch_size=chunks[j],
+                oom_retries=retries[j],
+                nonfinite=nonfinite[j],
             )
         )
     return outputs

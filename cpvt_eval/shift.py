@@ -11,8 +11,8 @@ twice per epoch on the device. The offsets are a function of (seed, epoch, image
 therefore the figures, do not depend on the batch size, the workers or which models share the pass. Every model
 sees the same pairs, which is what makes paired tests between models exact.
 
-The model side is the engine's: the PE policy per size (``adapt_to_size``), normalisation on the device with each
-model's own mean/std, autocast, and the batch halving on out-of-memory (``ChunkedForward``).
+The model side is the engine's: the module and PE policy of each size (``EvalModel.sizer``), normalisation on
+the device with each model's own mean/std, autocast, and the batch halving on out-of-memory (``ChunkedForward``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .config import Progress, ShiftProtocol
 from .data import EvalDataset, EvalTransform, ImageSet, make_loader, normalize_batch
 from .engine import ChunkedForward, EvalModel, EvalSettings, _clean_worker_error
 from .errors import CpvtEvalError, DataError
-from .models.posenc import adapt_to_size, grid_of
+from .models.posenc import grid_of
+from .runtime import release_cached_memory
 
 __all__ = ["ShiftCell", "pair_offsets", "shift_size", "shift_sweep", "shifted_views"]
 
@@ -132,7 +133,11 @@ def shift_size(
     """
     progress = progress or Progress()
     max_shift = protocol.max_shift_at(size)
-    policies = [adapt_to_size(m.module, size, settings.pe) for m in models]
+    # One module per model for this size: the model itself, or one timm built at this size (dropped after the pass).
+    sized = [m.sizer.module_at(size, settings.pe) for m in models]
+    modules = [module for module, _ in sized]
+    policies = [policy for _, policy in sized]
+    rebuilt = any(module is not m.module for module, m in zip(modules, models, strict=True))
     canvas = protocol.canvas_size(size)
     # The canvas is the eval transform at crop ratio 1: shorter side to `canvas`, centre crop `canvas`.
     transform = EvalTransform(canvas, 1.0, settings.interpolation)
@@ -153,7 +158,10 @@ def shift_size(
     correct_a = [0] * len(models)
     correct_b = [0] * len(models)
     correct5 = [0] * len(models)
-    runners = [ChunkedForward(m.module, settings.batch_size, settings.device, settings.dtype, m.name) for m in models]
+    runners = [
+        ChunkedForward(module, settings.batch_size, settings.device, settings.dtype, m.name)
+        for module, m in zip(modules, models, strict=True)
+    ]
     non_blocking = settings.device.type == "cuda"
     seen = 0
     progress.start(f"{size}px shift x{n_ep} · {', '.join(m.name for m in models)}", n_img)
@@ -198,9 +206,13 @@ def shift_size(
     if seen != n_img:
         raise DataError(f"the data pass at {size}px saw {seen} of {n_img} images")
     duration = time.perf_counter() - t0
+    grids = [grid_of(module) for module in modules]
+    del sized, modules
+    if rebuilt:
+        release_cached_memory(settings.device)
     out = []
     for j, m in enumerate(models):
-        grid = grid_of(m.module)
+        grid = grids[j]
         out.append(
             ShiftCell(
                 model=m.name,

@@ -238,9 +238,9 @@ def test_specs_sizes_and_policy():
     assert grid_of(model) == (24, 24)
     assert adapt_to_size(model, 96) == "conv-native"
     assert grid_of(model) == (6, 6)
-    with pytest.raises(ModelError, match=r"nearest: 192 or 208"):
+    with pytest.raises(ModelError, match=r"nearest valid sizes: 192 or 208"):
         adapt_to_size(model, 200)
-    with pytest.raises(ModelError, match=r"patch size 16 \(token grids must be whole; nearest: 192 or 208\)"):
+    with pytest.raises(ModelError, match=r"cvt_13's patch size 16; nearest valid sizes: 192 or 208"):
         check_sizes([224, 200], 16, "cvt_13")
     with pytest.raises(ModelError, match="act='swish'"):
         timm.create_model("cvt_toy", act="swish")
@@ -363,7 +363,7 @@ def test_resolution_run_through_the_cli(imagefolder, tmp_path):
     # a size that gives no whole grid stops before any work, naming the nearest valid sizes
     bad = CliRunner().invoke(app, [*args[:4], "200", *args[6:]])
     assert bad.exit_code == 2
-    assert "nearest: 192 or 208" in bad.output
+    assert "nearest valid sizes: 192 or 208" in bad.output
 
 
 def test_default_weights_come_from_the_hub_and_fail_fast_offline(monkeypatch):

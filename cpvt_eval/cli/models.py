@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from .. import console
+from ..errors import CpvtEvalError
+from ..pe_families import FAMILIES, pe_family
 from .app import app, guarded
 
 
@@ -55,21 +57,37 @@ def model_cost(spec) -> tuple[int, float]:
     return params, gflops
 
 
-def model_rows(names: list[str] | None = None, include_demo: bool = False) -> list[dict]:
+def matches_family(spec, family: str) -> bool:
+    """``--family``: the PE family (``ape``, ``peg``, ``rope``, ``relbias``, ``conv``, ``none``) or the model
+    family (``swin``, ``deit3``, ``rope-vit``, ...), by prefix and case-insensitively."""
+    want = family.strip().lower()
+    return pe_family(spec.pe).startswith(want) or spec.family.lower().startswith(want)
+
+
+def model_rows(names: list[str] | None = None, include_demo: bool = False, family: str | None = None) -> list[dict]:
     """One dict per model: names, PE, parameters and GFLOPs at the native size, published top-1, weights."""
     from ..models.registry import list_specs, resolve
+    from ..published import published_for
 
     specs = [resolve(n) for n in names] if names else list_specs(include_demo=include_demo)
+    if family:
+        chosen = [s for s in specs if matches_family(s, family)]
+        if not chosen:
+            known = sorted({*FAMILIES, *(s.family for s in specs)} - {"other"})
+            raise CpvtEvalError(f"no model of family {family!r}; families: {', '.join(known)}")
+        specs = chosen
     rows = []
     for spec in specs:
         params, gflops = model_cost(spec)
         published = spec.published.get(spec.native_size)
+        detail = published_for(spec.name)
         rows.append(
             {
                 "name": spec.name,
                 "aliases": list(spec.aliases),
                 "family": spec.family,
                 "pe": spec.pe,
+                "pe_family": pe_family(spec.pe),
                 "params": params,
                 "gflops": round(gflops, 3),
                 "gflops_img_size": spec.native_size,
@@ -77,7 +95,13 @@ def model_rows(names: list[str] | None = None, include_demo: bool = False) -> li
                 "patch_size": spec.patch_size,
                 "published_top1": published[0] if published else None,
                 "published_confidence": published[1] if published else None,
-                "published_by_size": {str(k): {"top1": v[0], "confidence": v[1]} for k, v in spec.published.items()},
+                # the crop ratio the paper evaluated at, where its protocol names one (RoPE-ViT: 1.0)
+                "published_crop_pct": detail[spec.native_size].crop_pct if spec.native_size in detail else None,
+                "published_by_size": {
+                    str(k): {"top1": v[0], "confidence": v[1]}
+                    | ({"crop_pct": detail[k].crop_pct} if detail[k].crop_pct is not None else {})
+                    for k, v in spec.published.items()
+                },
                 "default_weights": spec.default_weights,
                 "description": spec.description,
             }
@@ -91,6 +115,14 @@ def models_cmd(
         list[str] | None, typer.Argument(help="Only these models (names, aliases or any timm model).")
     ] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Include the offline demo's toy models.")] = False,
+    family: Annotated[
+        str | None,
+        typer.Option(
+            "--family",
+            "--pe",
+            help="Only this PE family (ape, peg, rope, relbias, conv, none) or model family (swin, deit3, ...).",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Write the list as JSON on stdout.")] = False,
 ) -> None:
     """Registered models: PE kind, parameters, GFLOPs at the native size (224 px; attention included), native
@@ -99,10 +131,12 @@ def models_cmd(
     Any other timm model also works by name (`--model vit_small_patch16_224`), and timm pretrained tags choose
     weights (`--model deit_tiny_patch16_224.fb_in1k`).
 
-    Example: cpvt-eval models --json; cpvt-eval models cpvt_ti_plus deit_ti
+    A paper figure measured at another crop ratio than the tool's default 0.875 says so ("crop 1.0").
+
+    Example: cpvt-eval models --json; cpvt-eval models cpvt_ti_plus deit_ti; cpvt-eval models --family rope
     """
     with guarded():
-        rows = model_rows(names or None, include_demo=all_models)
+        rows = model_rows(names or None, include_demo=all_models, family=family)
         if json_out:
             print(json.dumps(rows, indent=2))
         else:

@@ -66,10 +66,22 @@ ApeInterpOpt = Annotated[
     str, typer.Option(help="APE resampling: " + ", ".join(APE_INTERPOLATIONS), rich_help_panel=PROTOCOL)
 ]
 AntialiasOpt = Annotated[
-    bool, typer.Option(help="Antialias when resampling the APE (DeiT: no).", rich_help_panel=PROTOCOL)
+    bool,
+    typer.Option(
+        help="Antialias when resampling any learned APE (DeiT: no; timm's checkpoint filters: yes).",
+        rich_help_panel=PROTOCOL,
+    ),
 ]
 SincosOpt = Annotated[
     str, typer.Option(help="Sin-cos APE at a new size: regenerate or resample.", rich_help_panel=PROTOCOL)
+]
+WindowOpt = Annotated[
+    str,
+    typer.Option(
+        help="Windowed attention (Swin) at a new size: keep (timm's default: window kept, grid padded) or "
+        "scale (window scaled with the grid, bias tables resampled).",
+        rich_help_panel=PROTOCOL,
+    ),
 ]
 ModelArgOpt = Annotated[
     list[str],
@@ -151,6 +163,7 @@ def common_run_config(
     ape_interp: str,
     antialias: bool,
     sincos: str,
+    window: str,
     dtype: str,
     argv: tuple[str, ...],
     **rest,
@@ -166,7 +179,7 @@ def common_run_config(
         checkpoints=parse_checkpoints(checkpoint, models),
         model_args=parse_model_args(model_arg, models),
         dtype=check_dtype(dtype),
-        pe=PEOptions(ape_interpolation=ape_interp, antialias=antialias, sincos=sincos),
+        pe=PEOptions(ape_interpolation=ape_interp, antialias=antialias, sincos=sincos, window=window),
         argv=argv,
         **rest,
     )

@@ -39,6 +39,7 @@ from .options import (
     SincosOpt,
     SizesOpt,
     VerboseOpt,
+    WindowOpt,
     WorkersOpt,
     common_run_config,
 )
@@ -77,6 +78,7 @@ def resolution(
     ape_interp: ApeInterpOpt = "bicubic",
     antialias: AntialiasOpt = False,
     sincos: SincosOpt = "regenerate",
+    window: WindowOpt = "keep",
     model_arg: ModelArgOpt = [],  # noqa: B006
     ema: EmaOpt = None,
     throughput: Annotated[
@@ -124,6 +126,7 @@ def resolution(
             ape_interp=ape_interp,
             antialias=antialias,
             sincos=sincos,
+            window=window,
             dtype=dtype,
             argv=("cpvt-eval", *sys.argv[1:]),
             limit=limit,

@@ -36,6 +36,7 @@ from .options import (
     SincosOpt,
     SizesOpt,
     VerboseOpt,
+    WindowOpt,
     WorkersOpt,
     common_run_config,
 )
@@ -86,6 +87,7 @@ def shift(
     ape_interp: ApeInterpOpt = "bicubic",
     antialias: AntialiasOpt = False,
     sincos: SincosOpt = "regenerate",
+    window: WindowOpt = "keep",
     model_arg: ModelArgOpt = [],  # noqa: B006
     ema: EmaOpt = None,
     force: ForceOpt = False,
@@ -119,6 +121,7 @@ def shift(
             ape_interp=ape_interp,
             antialias=antialias,
             sincos=sincos,
+            window=window,
             dtype=dtype,
             argv=("cpvt-eval", *sys.argv[1:]),
             limit=limit,

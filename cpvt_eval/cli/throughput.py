@@ -49,7 +49,7 @@ def throughput_cmd(
     import torch
 
     from ..models.build import check_sizes
-    from ..models.posenc import PEOptions, adapt_to_size, patch_size_of
+    from ..models.posenc import PEOptions, patch_size_of, size_adapter
     from ..models.registry import resolve
     from ..runtime import resolve_device
     from ..throughput import benchmark_model
@@ -70,11 +70,12 @@ def throughput_cmd(
             spec = resolve(name)
             module = spec.create().eval().to(dev)
             check_sizes(size_list, patch_size_of(module), spec.name)
+            sizer = size_adapter(module, lambda _spec=spec, **size_args: _spec.create(**size_args).eval(), spec.name)
             for size in size_list:
-                adapt_to_size(module, size, PEOptions())
+                sized, _ = sizer.module_at(size, PEOptions())
                 console.info(f"{spec.name} @ {size}px ...")
                 result = benchmark_model(
-                    module,
+                    sized,
                     size,
                     dev,
                     batch_size=batch_size,

@@ -263,8 +263,9 @@ class _Job:
 
     def _add_throughput(self, row: ResultRow, m: EvalModel, size: int) -> None:
         cfg = self.cfg
+        module, _ = m.sizer.module_at(size, cfg.pe)  # the module the cell ran (built again if timm rebuilds it)
         t = benchmark_model(
-            m.module,
+            module,
             size,
             self.device,
             cfg.throughput.batch_size or cfg.batch_size,

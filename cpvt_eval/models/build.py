@@ -17,7 +17,7 @@ from ..engine import EvalModel
 from ..errors import CpvtEvalError, ModelError
 from ..limits import check_fits
 from ..results import pe_options_label
-from .posenc import check_runs_at, nearest_sizes, patch_size_of, pe_kind_of
+from .posenc import patch_size_of, pe_kind_of, size_adapter, size_error
 from .registry import ModelSpec, resolve
 
 Log = Callable[[str], None]
@@ -28,10 +28,11 @@ def _quiet(_: str) -> None:
 
 
 def check_sizes(sizes: Iterable[int], patch: int, model: str) -> None:
+    """Every size must be a positive multiple of the patch size (or total stride); the error names the nearest
+    valid sizes (EVA02, patch 14: 384 -> 378 or 392)."""
     for s in sizes:
         if s <= 0 or (patch and s % patch):
-            hint = f" (token grids must be whole; nearest: {nearest_sizes(s, patch)})" if patch and s > 0 else ""
-            raise ModelError(f"size {s} is not a positive multiple of {model}'s patch size {patch}{hint}")
+            raise size_error(s, patch or 1, model)
 
 
 def build_model(
@@ -44,7 +45,8 @@ def build_model(
 ) -> EvalModel:
     """Resolve ``name``, build it, load its weights strictly and put it on ``device`` in eval mode."""
     spec = resolve(name)
-    module = spec.create(**(model_args or {}))
+    args = dict(model_args or {})
+    module = spec.create(**args)
     if checkpoint:
         load = load_checkpoint(module, checkpoint, ema=ema)
     elif spec.default_weights:
@@ -66,7 +68,9 @@ def build_model(
         checkpoint_sha256=load.sha256,
         load_report=load.to_dict(),
         # choices a model records even at their defaults (CvT's activation), so every row says what ran
-        model_args={**(model_args or {}), **getattr(module, "recorded_args", {})},
+        model_args={**args, **getattr(module, "recorded_args", {})},
+        # timm builds the same model (same arguments) at another size when its family needs it
+        sizer=size_adapter(module, lambda **size_args: spec.create(**{**args, **size_args}).eval(), spec.name),
     )
 
 
@@ -89,7 +93,7 @@ def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> l
         m = build_model(name, canonical_ckpt.get(spec.name), canonical_args.get(spec.name), device, cfg.ema, log)
         check_sizes(cfg.sizes, patch_size_of(m.module), spec.name)
         check_fits(spec.name, m.module, cfg.sizes, cfg.crop_pct, device, cfg.dtype, patch_size_of(m.module))
-        check_runs_at(m.module, cfg.sizes)
+        m.sizer.check(cfg.sizes, cfg.pe)
         models.append(m)
     return models
 
@@ -106,12 +110,15 @@ def model_args_label(m: EvalModel) -> str:
 def pe_options_of(m: EvalModel, pe: PEOptions) -> str:
     """The PE options that can change this model's outputs, as recorded in its rows and keys.
 
-    A learned APE depends on how it is resampled, a sin-cos APE on regenerate vs resample; a PEG or a model
-    without PE depends on none of them, so changing ``--ape-interp`` keeps their finished cells.
+    A learned APE (alone or next to RoPE) depends on how it is resampled, a sin-cos APE on regenerate vs resample,
+    windowed attention on ``--window``; a PEG or a model without PE depends on none of them, so changing
+    ``--ape-interp`` keeps their finished cells.
     """
     kind = pe_kind_of(m.module)
     if kind == "ape-sincos" and pe.sincos == "regenerate":
         return "sincos=regenerate"
-    if kind.startswith("ape"):
+    if kind.startswith("ape") or kind.endswith("+ape"):
         return pe_options_label(pe.ape_interpolation, pe.antialias, pe.sincos if kind == "ape-sincos" else None)
+    if kind == "relbias-window" and pe.window != "keep":
+        return f"window={pe.window}"
     return ""

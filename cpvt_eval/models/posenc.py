@@ -8,9 +8,14 @@ Everything that changes when a model meets a new input size lives here:
 * fixed 2-D sin-cos PE: regenerated exactly for the new grid (or resampled, on request);
 * conditional PE (the PEG): a depthwise convolution that runs on any grid, nothing to do;
 * position from convolutions alone (CvT: conv token embeddings and conv projections): nothing to do;
-* no PE: nothing to do.
+* no PE: nothing to do;
+* RoPE, relative position bias, windowed attention, and the APE of models timm must rebuild at each size (CaiT,
+  EVA02): ``timm_policies``, which builds timm's model at the size and loads the native weights through timm's
+  checkpoint filter.
 
-``adapt_to_size`` applies the policy and returns its name, which every result row records.
+``size_adapter`` chooses how a model meets each size: ``InPlace`` (``adapt_to_size``, the model itself) or
+``timm_policies.Rebuilt`` (a module per size). Either returns the module to run and the name of its policy, which
+every result row records as ``pe_policy``.
 """
 
 from __future__ import annotations
@@ -71,13 +76,31 @@ def resample_abs_pos_embed(
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     dim = pos_embed.shape[-1]
-    grid = grid.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    grid = grid.reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    grid = resample_pos_map(grid, new_grid, interpolation, antialias)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def resample_pos_map(pos_map: torch.Tensor, new_grid: tuple[int, int], interpolation: str = "bicubic",
+                     antialias: bool = False) -> torch.Tensor:
+    """Resample a position embedding laid out as a ``(1, D, H, W)`` map (the grid part of a token table, or PiT's
+    own layout) to ``new_grid``, in float32, the DeiT way by default; the result takes the input dtype back."""
+    if interpolation not in APE_INTERPOLATIONS:
+        raise ModelError(f"unknown APE interpolation {interpolation!r}; choose one of {', '.join(APE_INTERPOLATIONS)}")
     kwargs = {}
     if interpolation in ("bicubic", "bilinear"):
         kwargs = {"align_corners": False, "antialias": antialias}
-    grid = F.interpolate(grid, size=tuple(new_grid), mode=interpolation, **kwargs)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
-    return torch.cat([prefix, grid], dim=1)
+    out = F.interpolate(pos_map.float(), size=tuple(new_grid), mode=interpolation, **kwargs)
+    return out.to(pos_map.dtype)
+
+
+def ape_policy(options: PEOptions, kind: str = "ape") -> str:
+    """The policy label of a resampled APE: ``ape-bicubic``, ``ape-bicubic-aa`` (antialiased), ``ape-nearest``..."""
+    policy = f"{kind}-{options.ape_interpolation}"
+    if options.antialias and options.ape_interpolation in ("bicubic", "bilinear"):
+        policy += "-aa"
+    return policy
 
 
 SINCOS_ORDERS = ("rc", "cr")
@@ -150,14 +173,22 @@ def patch_size_of(model: nn.Module) -> int:
     ps = getattr(pe, "patch_size", None)
     if ps is None:
         return 0
-    return _side(ps)
+    # A pyramid after its patch embedding (Swin: patch 4, then three 2x merges) needs the total stride.
+    reductions = [int(f.get("reduction", 0)) for f in getattr(model, "feature_info", None) or [] if isinstance(f, dict)]
+    return max([_side(ps), *reductions])
 
 
-def nearest_sizes(size: int, patch: int) -> str:
-    """The valid sizes next to ``size`` (multiples of ``patch``), for error messages: ``"208 or 224"``."""
-    below = (size // patch) * patch
-    sizes = [s for s in (below, below + patch) if s > 0]
-    return " or ".join(map(str, sizes))
+def nearest_valid_sizes(size: int, step: int) -> list[int]:
+    """The multiples of ``step`` just below and just above ``size`` (only the one above when none is below)."""
+    below = size // step * step
+    return [s for s in (below, below + step) if s > 0 and s != size]
+
+
+def size_error(size: int, step: int, model: str | None = None) -> ModelError:
+    """A size that is not a multiple of the patch size (or a pyramid's total stride), with the nearest valid ones."""
+    near = " or ".join(str(s) for s in nearest_valid_sizes(size, step))
+    what = f"a positive multiple of {model}'s patch size" if model else "a multiple of the patch size"
+    return ModelError(f"size {size} is not {what} {step}; nearest valid sizes: {near}")
 
 
 def grid_of(model: nn.Module) -> tuple[int, int] | None:
@@ -169,7 +200,13 @@ def grid_of(model: nn.Module) -> tuple[int, int] | None:
 
 
 def pe_kind_of(model: nn.Module) -> str:
-    """``peg``, ``ape-sincos``, ``ape-learned`` or ``none``, from the module itself."""
+    """``peg``, ``ape-sincos``, ``ape-learned``, ``rope-axial``/``rope-mixed`` (``+ape``), ``relbias``,
+    ``relbias-window`` or ``none``, from the module itself."""
+    from .timm_policies import pe_kind
+
+    kind = pe_kind(model)
+    if kind is not None:
+        return kind
     if getattr(model, "pos_block", None) is not None or any(
         "pos_block" in n or "pos_blocks" in n for n, _ in model.named_modules()
     ):
@@ -210,19 +247,23 @@ def _runs_anywhere(model: nn.Module) -> bool:
     return isinstance(model, (VisionTransformer, Twins, CvT))
 
 
-def _probe(model: nn.Module, size: int) -> None:
-    """Run one blank image at ``size`` so that a model which cannot take that size fails here, clearly."""
+def _probe(model: nn.Module, size: int, name: str | None = None) -> None:
+    """Run one blank image at ``size`` so that a model which cannot take that size fails here, in one line that
+    says why and what it would need."""
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    chans = int(cfg.get("input_size", (3,))[0])
-    name = cfg.get("architecture") or type(model).__name__
+    chans = int(cfg.get("input_size", (3,))[0]) if isinstance(cfg, dict) else 3
+    name = name or (cfg.get("architecture") if isinstance(cfg, dict) else None) or type(model).__name__
     try:
         with torch.inference_mode():
             model(torch.zeros(1, chans, size, size, device=device))
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as e:
-        detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise ModelError(f"{name} cannot run at {size}px without changes this tool does not make: {detail}") from None
+        detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)[:300]
+        raise ModelError(
+            f"{name} cannot run at {size}px: {detail}; it would need a resolution policy for this model, which "
+            f"this tool does not have"
+        ) from None
 
 
 def check_runs_at(model: nn.Module, sizes) -> None:
@@ -242,10 +283,7 @@ def adapt_to_size(model: nn.Module, size: int, options: PEOptions = PEOptions())
     """
     patch = patch_size_of(model)
     if patch and size % patch:
-        raise ModelError(
-            f"size {size} is not a multiple of the patch size {patch}, so the token grid would not be whole "
-            f"(nearest: {nearest_sizes(size, patch)})"
-        )
+        raise size_error(size, patch)
     kind = pe_kind_of(model)
     if not _runs_anywhere(model):
         # left as it is: its own forward either takes the size or the probe says why not
@@ -270,9 +308,7 @@ def adapt_to_size(model: nn.Module, size: int, options: PEOptions = PEOptions())
             new = resample_abs_pos_embed(
                 native, grid, native_grid, num_prefix, options.ape_interpolation, options.antialias
             )
-            policy = f"{'sincos' if kind == 'ape-sincos' else 'ape'}-{options.ape_interpolation}"
-            if options.antialias and options.ape_interpolation in ("bicubic", "bilinear"):
-                policy += "-aa"
+            policy = ape_policy(options, "sincos" if kind == "ape-sincos" else "ape")
         model.pos_embed = nn.Parameter(new.to(model.pos_embed.device), requires_grad=False)
         _set_patch_grid(model, size, grid)
         return policy
@@ -280,3 +316,32 @@ def adapt_to_size(model: nn.Module, size: int, options: PEOptions = PEOptions())
     if kind == "peg":
         return "peg-native"
     return "none"
+
+
+class InPlace:
+    """How a model of the in-place families meets each size: the module itself, adapted by ``adapt_to_size``.
+
+    ViT/DeiT (APE resampled), CPVT and Twins (PEG, nothing to do), and models that run at any size as they are
+    (``native``, probed once per size).
+    """
+
+    def __init__(self, module: nn.Module):
+        self.native = module
+
+    def module_at(self, size: int, options: PEOptions = PEOptions()) -> tuple[nn.Module, str]:
+        return self.native, adapt_to_size(self.native, size, options)
+
+    def check(self, sizes, options: PEOptions = PEOptions()) -> None:
+        check_runs_at(self.native, sizes)
+
+
+def size_adapter(module: nn.Module, create=None, name: str = ""):
+    """How ``module`` meets each size: ``InPlace`` for ViT/DeiT/CPVT/Twins (exact, tested) and for models with
+    nothing tied to the grid; ``timm_policies.Rebuilt`` (timm builds it at each size, ``create(img_size=...)``)
+    for the others: RoPE, relative position bias, windows, CaiT/EVA02 APE, anything else timm can build at a size.
+    Without ``create`` the module is always adapted in place."""
+    from .timm_policies import Rebuilt, grid_dependent
+
+    if create is None or _runs_anywhere(module) or not grid_dependent(module):
+        return InPlace(module)
+    return Rebuilt(module, create, name or type(module).__name__)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 
 from ..errors import ResultsError
-from ..published import published_top1
+from ..pe_families import family_rank, family_title
+from ..published import published_for
 from ..results import ResultRow, RunStore, id_fields, mcnemar_exact, row_key, wilson_interval
 from ..results.schema import DATA, PROTOCOL, WEIGHTS
 
@@ -63,12 +64,13 @@ def top1_records(rows: list[ResultRow]) -> list[dict]:
         label = labels[row_key(r)]
         lo, hi = wilson_interval(r.correct1, r.n_images)
         native = by_cell.get((label, r.native_size)) if r.native_size else None
-        pub = published_top1(r.model, r.img_size)
+        pub = published_for(r.model).get(r.img_size)
         out.append(
             {
                 "label": label,
                 "model": r.model,
                 "pe": r.pe,
+                "pe_family": family_title(r.pe),
                 "img_size": r.img_size,
                 "n_images": r.n_images,
                 "correct1": r.correct1,
@@ -78,12 +80,20 @@ def top1_records(rows: list[ResultRow]) -> list[dict]:
                 "top1_ci95_high": _r(hi),
                 "native_size": r.native_size,
                 "delta_native": None if native is None else _r(r.top1 - native.top1),
-                "published_top1": None if pub is None else pub[0],
-                "published_confidence": None if pub is None else pub[1],
-                "delta_published": None if pub is None else _r(r.top1 - pub[0]),
+                "published_top1": None if pub is None else pub.top1,
+                "published_confidence": None if pub is None else pub.confidence,
+                "published_crop_pct": None if pub is None else pub.crop_pct,
+                "delta_published": None if pub is None else _r(r.top1 - pub.top1),
             }
         )
     return out
+
+
+def by_family(labels: list[str], pe_of: dict[str, str]) -> list[str]:
+    """Labels grouped by PE family (APE, PEG, RoPE, relative bias, convolution, none), in order of appearance
+    within a family, so that one table compares the families."""
+    first = {lab: i for i, lab in enumerate(labels)}
+    return sorted(labels, key=lambda lab: (family_rank(pe_of[lab]), first[lab]))
 
 
 def throughput_records(rows: list[ResultRow]) -> list[dict]:

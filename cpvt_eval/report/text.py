@@ -7,10 +7,11 @@ import math
 import pandas as pd
 
 from ..errors import CpvtEvalError
-from ..published import published_top1
+from ..pe_families import family_title
+from ..published import published_for
 from ..results import CSV_COLUMNS, ResultRow
 from .plots import PLOT_THROUGHPUT, PLOT_TOP1
-from .records import ordered, throughput_records, top1_records
+from .records import by_family, ordered, throughput_records, top1_records
 
 FORMATS = ("md", "csv", "tex", "json", "png")
 TITLE = "Resolution generalization without fine-tuning"
@@ -46,12 +47,14 @@ def to_csv(rows: list[ResultRow]) -> str:
     """The flat rows, one per cell, with the run conditions as columns, and the paper's top-1 for the cell (with
     its confidence grade and our difference to it) where the paper has one."""
     df = rows_frame(rows)
-    published = [published_top1(m, int(s)) for m, s in zip(df["model"], df["img_size"], strict=True)]
-    df["published_top1"] = [None if p is None else p[0] for p in published]
-    df["published_confidence"] = [None if p is None else p[1] for p in published]
+    published = [published_for(m).get(int(s)) for m, s in zip(df["model"], df["img_size"], strict=True)]
+    df["published_top1"] = [None if p is None else p.top1 for p in published]
+    df["published_confidence"] = [None if p is None else p.confidence for p in published]
     df["top1_vs_published"] = [
-        None if p is None else round(t - p[0], 4) for t, p in zip(df["top1"], published, strict=True)
+        None if p is None else round(t - p.top1, 4) for t, p in zip(df["top1"], published, strict=True)
     ]
+    # the crop ratio of the paper's protocol, where it names one (RoPE-ViT: 1.0, not this tool's 0.875)
+    df["published_crop_pct"] = [None if p is None else p.crop_pct for p in published]
     return df.to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 
@@ -124,8 +127,12 @@ def markdown_report(
     pe = {r["label"]: r["pe"] for r in records}
     labels, sizes, top1 = _pivot(records, "top1")
     out = [f"# {title}", "", "## Top-1 accuracy (%)", ""]
-    body = [[lab, pe[lab]] + [_fmt(top1.get((lab, s)), ".2f") for s in sizes] for lab in labels]
-    out += [_md_table(["model", "PE"] + [f"{s}px" for s in sizes], body, align_right_from=2), ""]
+    # one table, grouped by PE family: APE, PEG, RoPE, relative bias, convolution, none
+    body = [
+        [family_title(pe[lab]), lab, pe[lab]] + [_fmt(top1.get((lab, s)), ".2f") for s in sizes]
+        for lab in by_family(labels, pe)
+    ]
+    out += [_md_table(["PE family", "model", "PE"] + [f"{s}px" for s in sizes], body, align_right_from=3), ""]
 
     out += ["## Top-1 by size: 95% interval, change from native size and from the paper", ""]
     body = [
@@ -135,7 +142,8 @@ def markdown_report(
             _fmt(r["top1"], ".2f"),
             f"{_fmt(r['top1_ci95_low'], '.2f')}–{_fmt(r['top1_ci95_high'], '.2f')}",
             "native" if r["img_size"] == r["native_size"] else _fmt(r["delta_native"], "+.2f"),
-            _fmt(r["published_top1"], ".1f"),
+            _fmt(r["published_top1"], ".1f")
+            + (f" (crop {float(r['published_crop_pct'])})" if r["published_crop_pct"] is not None else ""),
             _fmt(r["delta_published"], "+.2f"),
             r["published_confidence"] or "–",
             str(r["n_images"]),
@@ -149,6 +157,14 @@ def markdown_report(
         "rows graded `unverified` rest on a single transcription of the paper's table.",
         "",
     ]
+    crops = sorted({r["published_crop_pct"] for r in records if r["published_crop_pct"] is not None})
+    if crops:
+        run_crops = ", ".join(dict.fromkeys(str(r.crop_pct) for r in rows))
+        out += [
+            f"Paper figures marked (crop {', '.join(str(float(c)) for c in crops)}) were measured at that crop "
+            f"ratio; this table's images were cropped at {run_crops} (`--crop-pct`).",
+            "",
+        ]
 
     tp = throughput_records(rows)
     if tp:
@@ -276,7 +292,10 @@ def latex_report(rows: list[ResultRow], title: str = TITLE) -> str:
             text += f" ({r['delta_native']:+.2f})"
         return text
 
-    body = [[tex_escape(lab), tex_escape(pe[lab])] + [top1_cell(lab, s) for s in sizes] for lab in labels]
+    body = [
+        [tex_escape(family_title(pe[lab])), tex_escape(lab), tex_escape(pe[lab])] + [top1_cell(lab, s) for s in sizes]
+        for lab in by_family(labels, pe)
+    ]
     n = max(r["n_images"] for r in records)
     lines += [
         r"\begin{table}[t]",
@@ -284,7 +303,7 @@ def latex_report(rows: list[ResultRow], title: str = TITLE) -> str:
         rf"  \caption{{{tex_escape(title)}: top-1 accuracy (\%) by input size on {n} images; in parentheses the "
         r"change in points from the model's training size.}",
         r"  \label{tab:resolution-top1}",
-        *_tex_tabular(["Model", "PE"] + [f"{s}px" for s in sizes], body, 2),
+        *_tex_tabular(["PE family", "Model", "PE"] + [f"{s}px" for s in sizes], body, 3),
         r"\end{table}",
     ]
     tp = throughput_records(rows)
