@@ -418,3 +418,32 @@ def test_bad_flags_are_one_line_and_exit_2(imagefolder, toy_checkpoints, tmp_pat
     assert len(lines) == 1, result.stderr
     assert message in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()  # nothing written before the flags are checked
+
+
+def test_a_family_rebuilt_at_each_size_runs_the_probe(imagefolder, tmp_path):
+    # Swin is built by timm at each size (window kept, grid padded); the probe uses the same per-size module as
+    # `resolution`, records its policy, and with no shift both views are the same image.
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    swin = timm.create_model(
+        "swin_tiny_patch4_window7_224", embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=1000
+    )
+    ckpt = tmp_path / "swin.safetensors"
+    save_file({k: v.contiguous() for k, v in swin.state_dict().items()}, str(ckpt))
+    cfg = RunConfig(
+        models=("swin_tiny_patch4_window7_224",),
+        sizes=(224, 256),
+        data=imagefolder,
+        out=tmp_path / "run",
+        checkpoints={"swin_tiny_patch4_window7_224": str(ckpt)},
+        model_args={"swin_tiny_patch4_window7_224": dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))},
+        workers=0,
+        batch_size=8,
+        report_formats=("md", "csv"),
+    )
+    outcome = run_shift(cfg, protocol=ShiftProtocol(epochs=1, max_shift=0))
+    rows = {r.img_size: r for r in outcome.rows}
+    assert rows[256].pe_policy == "window-padded" and rows[224].pe_policy != ""
+    assert all(r.extra["consistency"] == 100.0 for r in rows.values())
