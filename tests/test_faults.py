@@ -700,3 +700,25 @@ def test_a_bug_is_one_line_exit_4_and_debug_shows_it(finished, monkeypatch):
 
 def test_cpvt_eval_still_imports_light():
     assert "torch" not in cpvt_eval.__dict__
+
+
+def test_full_disk_during_the_shift_probe(data, ckpt, tmp_path, monkeypatch):
+    import cpvt_eval.results.store as store_module
+
+    out = tmp_path / "shift"
+    real = store_module.atomic_write_bytes
+
+    def full(path, payload):
+        if "predictions" in os.fspath(path) and "64px" in os.fspath(path):
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(path))
+        return real(path, payload)
+
+    args = ["shift", "-m", "cpvt_toy", "-s", "56", "64", "--data", data, "-c", ckpt, "--out", out, "--epochs", "1"]
+    monkeypatch.setattr(store_module, "atomic_write_bytes", full)
+    result = invoke(*args, "--model-arg", "num_classes=1000", "-j", "0")
+    assert result.exit_code == EXIT_ENVIRONMENT
+    assert "kept 1 of 2 finished cell(s)" in one_line(result)
+    monkeypatch.undo()
+    again = invoke(*args, "--model-arg", "num_classes=1000", "-j", "0")
+    assert again.exit_code == 0, again.output
+    assert "skipping 1 finished cell(s)" in again.stderr

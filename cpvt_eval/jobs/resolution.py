@@ -123,19 +123,7 @@ class _Job:
         return {ident.key() for ident in self._keys().values()} <= store.finished_keys()
 
     def no_space(self, store: RunStore, e: OSError) -> EnvironmentFailure:
-        """The one line of a full disk: where, and which of this run's cells are kept (the rerun resumes)."""
-        try:
-            finished = store.finished_keys()
-        except (OSError, CpvtEvalError):
-            finished = set()
-        ids = self._keys()
-        kept = [ident.describe() for ident in ids.values() if ident.key() in finished]
-        listed = f": {', '.join(kept)}" if kept else ""
-        where = Path(e.filename).parent if e.filename else store.root
-        return EnvironmentFailure(
-            f"no space left on {where}; kept {len(kept)} of {len(ids)} finished cell(s){listed}; "
-            "free some space and rerun the same command to resume"
-        )
+        return no_space_error(store, self._keys().values(), e)
 
     def _tidy(self, store: RunStore, ids: dict[tuple[str, int], CellId]) -> None:
         """Before a resumed run: set damaged rows aside, and the rows an earlier version wrote for the cells
@@ -279,6 +267,22 @@ class _Job:
         row.gflops_per_image = None if t.gflops_per_image is None else round(t.gflops_per_image, 4)
         row.throughput_scope = "model-only per rank" if self.dist.enabled else "model-only"
         row.extra.update(row_extra(t))
+
+
+def no_space_error(store: RunStore, ids, e: OSError) -> EnvironmentFailure:
+    """The one line of a full disk: where, and which of this run's cells are kept (the rerun resumes)."""
+    try:
+        finished = store.finished_keys()
+    except (OSError, CpvtEvalError):
+        finished = set()
+    ids = list(ids)
+    kept = [ident.describe() for ident in ids if ident.key() in finished]
+    listed = f": {', '.join(kept)}" if kept else ""
+    where = Path(e.filename).parent if e.filename else store.root
+    return EnvironmentFailure(
+        f"no space left on {where}; kept {len(kept)} of {len(ids)} finished cell(s){listed}; "
+        "free some space and rerun the same command to resume"
+    )
 
 
 def skipped_tsv(skipped: list[tuple[str, str]]) -> str:

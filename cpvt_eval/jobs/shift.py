@@ -18,12 +18,14 @@ from ..config import Hooks, RunConfig, ShiftProtocol
 from ..data import apply_bad_image_policy, default_workers, open_dataset
 from ..distributed import launched
 from ..engine import CellOutput, EvalModel, EvalSettings
-from ..errors import CpvtEvalError
+from ..errors import CpvtEvalError, is_no_space
+from ..limits import check_transform
 from ..models.build import prepare_models
 from ..results import ResultRow, RunStore, format_ci, provenance_record
+from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
 from ..shift import ShiftCell, shift_sweep
-from .resolution import RunOutcome, config_summary
+from .resolution import RunOutcome, config_summary, no_space_error, skipped_tsv
 from .rows import cell_id, make_row
 
 __all__ = ["run_shift", "shift_arrays", "shift_row"]
@@ -45,6 +47,7 @@ def run_shift(cfg: RunConfig, hooks: Hooks | None = None, protocol: ShiftProtoco
     device = resolve_device(cfg.device)
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
+    check_transform(cfg.crop_pct, cfg.interpolation)
     for size in cfg.sizes:
         protocol.max_shift_at(size)  # a bound that does not fit is an input error before anything runs
     image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes, cfg.class_names)
@@ -53,17 +56,33 @@ def run_shift(cfg: RunConfig, hooks: Hooks | None = None, protocol: ShiftProtoco
     workers = default_workers() if cfg.workers is None else cfg.workers
     apply_bad_image_policy(image_set, cfg.on_bad_image, workers, hooks.progress)
     models = prepare_models(cfg, device, hooks.log)
+    probe = protocol.probe()
+    ids = {(m.name, s): cell_id(m, s, cfg, image_set, probe) for s in cfg.sizes for m in models}
     store = RunStore(cfg.out)
-    with store.locked():
-        outcome = _compute(cfg, protocol, hooks, models, image_set, device, workers, store)
-        report.render(store, cfg.report_formats)
+    try:
+        with store.locked():
+            for n, problem in store.set_aside_damaged():
+                hooks.notify(
+                    f"{store.rows_path}:{n}: damaged row ({problem}) moved to {store.DAMAGED}; its cell is recomputed"
+                )
+            outcome = _compute(cfg, protocol, hooks, models, image_set, device, workers, store, ids)
+            report.render(store, cfg.report_formats)
+    except ReadOnlyRunDir:
+        # Nothing to write when every cell is finished: the stored rows are the answer.
+        if not cfg.force and {i.key() for i in ids.values()} <= store.finished_keys():
+            hooks.notify(f"{store.root} is read-only; every cell is finished, nothing was written")
+            return RunOutcome(store=store)
+        raise
+    except OSError as e:
+        if not is_no_space(e):
+            raise
+        raise no_space_error(store, ids.values(), e) from None
     return outcome
 
 
-def _compute(cfg, protocol, hooks, models: list[EvalModel], image_set, device, workers, store) -> RunOutcome:
+def _compute(cfg, protocol, hooks, models: list[EvalModel], image_set, device, workers, store, ids) -> RunOutcome:
     torch.manual_seed(protocol.seed)
     probe = protocol.probe()
-    ids = {(m.name, s): cell_id(m, s, cfg, image_set, probe) for s in cfg.sizes for m in models}
     keys = {cell: ident.key() for cell, ident in ids.items()}
     done = set() if cfg.force else store.finished_keys() & set(keys.values())
     skipped = [cell for cell, key in keys.items() if key in done]
@@ -75,7 +94,7 @@ def _compute(cfg, protocol, hooks, models: list[EvalModel], image_set, device, w
     record.update(cells_total=len(keys), cells_skipped=len(skipped), force=cfg.force, distributed=None)
     store.record_provenance(record)
     if image_set.skipped:
-        store.write_text("skipped.tsv", "".join(f"{rel}\t{why}\n" for rel, why in image_set.skipped))
+        store.write_text("skipped.tsv", skipped_tsv(image_set.skipped))
     store.write_text("load_reports.json", json.dumps({m.name: m.load_report for m in models}, indent=2) + "\n")
     settings = EvalSettings(
         device=device,
