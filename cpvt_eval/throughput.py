@@ -3,8 +3,13 @@
 Throughput follows the field's protocol (DeiT's ``throughput``, timm's ``benchmark.py``): synthetic input of the
 evaluation shape, warm-up, device-synchronised timing; we report the median of repeated timed runs and their
 spread rather than one mean, because a single slow run (another process, a clock change) should not move the
-figure. FLOPs are counted with ``torch.utils.flop_counter`` while attention runs through the math SDPA backend,
-because the counter does not see the fused CPU attention kernel (it would miss the ``QK^T`` and ``AV`` products).
+figure. Models compared at a size are timed together in interleaved rounds (one forward of each per round), so
+that a drift of the machine lands on all of them alike and their ratio, taken round by round, stays put. How
+long to time is a ``TimingPlan``: a forced number of rounds, or a time budget with a floor of rounds (the
+bounded default of ``resolution``'s throughput column).
+
+FLOPs are counted with ``torch.utils.flop_counter`` while attention runs through the math SDPA backend, because
+the counter does not see the fused CPU attention kernel (it would miss the ``QK^T`` and ``AV`` products).
 
 Each result also carries the device's measured peak: a dense matmul microbenchmark in the same dtype, so that
 achieved GFLOP/s can be read against what the hardware does on the friendliest possible workload.
@@ -27,7 +32,6 @@ from .runtime import autocast_context, check_dtype, device_name, release_cached_
 
 # The batch sizes ``find_max_batch`` tries: powers of two (the DeiT throughput protocol) up to this cap.
 MAX_AUTO_BATCH = 4096
-
 
 # Past a few dozen rounds the median and the quartiles no longer move; fast models stop here before their budget.
 DEFAULT_MAX_ROUNDS = 100
