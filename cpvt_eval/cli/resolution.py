@@ -130,7 +130,7 @@ def resolution(
     ] = None,
     throughput_repeats: Annotated[
         Optional[int],
-        typer.Option(min=1, help="Force this many timed rounds (default: as the budget allows)", rich_help_panel=SPEED),
+        typer.Option(min=1, help="Force this many timed rounds (default: the budget decides).", rich_help_panel=SPEED),
     ] = None,
     throughput_budget: Annotated[
         float,
