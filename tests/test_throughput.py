@@ -426,3 +426,13 @@ def test_resolution_cli_throughput_options(imagefolder, toy_checkpoints, tmp_pat
     (row,) = RunStore(tmp_path / "run").rows()
     assert (row.extra["throughput_rounds_policy"], row.extra["throughput_budget_s"]) == (policy, budget)
     assert row.extra["throughput_repeats"] == rounds if rounds else row.extra["throughput_repeats"] >= 3
+
+
+def test_the_report_marks_ratios_equal_within_noise():
+    from cpvt_eval.report.text import _ratio_cell
+
+    base = {"model": "cpvt_ti", "ratio_reference": "deit_ti"}
+    assert _ratio_cell({**base, "ratio": 0.98, "ratio_q1": 0.95, "ratio_q3": 1.01}) == "0.980 [0.95–1.01]~"
+    assert _ratio_cell({**base, "ratio": 0.90, "ratio_q1": 0.88, "ratio_q3": 0.93}) == "0.900 [0.88–0.93]"
+    assert _ratio_cell({**base, "model": "deit_ti", "ratio": 1.0, "ratio_q1": 1.0, "ratio_q3": 1.0}) == "1 (ref.)"
+    assert _ratio_cell({**base, "ratio": None}) == _ratio_cell(None) == "–"
