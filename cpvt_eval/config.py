@@ -76,7 +76,7 @@ class ThroughputConfig:
 
     Attributes:
         batch_size: images per timed forward; None: the evaluation batch, halved if need be so that
-            ``min_rounds`` forwards of the slowest model fit in ``budget_s``.
+            ``min_rounds`` forwards of the slowest model fit in ``budget_s`` (never below 8 images).
         warmup: untimed forwards per model before the rounds.
         repeats: force exactly this many rounds; None: as many as ``budget_s`` allows.
         budget_s: seconds of timed forwards per model and size (the bounded default).

@@ -404,12 +404,16 @@ def test_interleaved_results_carry_the_spread_the_rounds_and_the_ratio():
 
 def test_the_batch_is_fitted_to_the_budget():
     clock = FakeClock()
-    per_image = Costly("A", clock, [], [0.1])  # 0.1 s per forward at batch 1 (the fake cost ignores the batch)
-    plan = TimingPlan(budget_s=3.0, min_rounds=3)  # 1 s per forward at most
-    assert fit_batch_to_budget([per_image], 8, CPU, 64, "fp32", plan, clock=clock) == 8
-    assert fit_batch_to_budget([per_image], 8, CPU, 4, "fp32", plan, clock=clock) == 4
+    probe = Costly("A", clock, [], [0.8])  # 0.8 s per forward of the 8-image probe (the fake ignores the batch)
+    plan = TimingPlan(budget_s=3.0, min_rounds=3)  # 1 s per forward at most: 0.1 s per image -> 8 images
+    assert fit_batch_to_budget([probe], 8, CPU, 64, "fp32", plan, clock=clock) == 8
+    assert fit_batch_to_budget([probe], 8, CPU, 4, "fp32", plan, clock=clock) == 4  # at most the probe: kept
+    cheap = Costly("A", clock, [], [0.2])  # 0.025 s per image -> 40 images fit: 64 halves once
+    assert fit_batch_to_budget([cheap], 8, CPU, 64, "fp32", plan, clock=clock) == 32
+    slow = Costly("A", clock, [], [80.0])  # never below the probe, however slow
+    assert fit_batch_to_budget([slow], 8, CPU, 64, "fp32", plan, clock=clock) == 8
     forced = TimingPlan(rounds=2)
-    assert fit_batch_to_budget([per_image], 8, CPU, 64, "fp32", forced, clock=clock) == 64
+    assert fit_batch_to_budget([probe], 8, CPU, 64, "fp32", forced, clock=clock) == 64
 
 
 @pytest.mark.parametrize(
