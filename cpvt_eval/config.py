@@ -69,14 +69,34 @@ class PEOptions:
             raise ModelError(f"--window must be 'keep' or 'scale', got {self.window!r}")
 
 
+# The bounded default of the throughput timing: each model at each size is timed for about this many seconds (its
+# share of the interleaved rounds), and never in fewer than this many rounds; a few seconds on a CPU.
+DEFAULT_BUDGET_S = 3.0
+DEFAULT_MIN_ROUNDS = 3
+
+
 @dataclass(frozen=True)
 class ThroughputConfig:
-    """How the model-only throughput column is measured (None batch: the evaluation batch size)."""
+    """How the model-only throughput column is measured.
+
+    All the models of a size are timed together in interleaved rounds (one forward each per round) right after
+    that size's data pass.
+
+    Attributes:
+        batch_size: images per timed forward; None: the evaluation batch, halved if need be so that
+            ``min_rounds`` forwards of the slowest model fit in ``budget_s`` (never below 8 images).
+        warmup: untimed forwards per model before the rounds.
+        repeats: force exactly this many rounds; None: as many as ``budget_s`` allows.
+        budget_s: seconds of timed forwards per model and size (the bounded default).
+        min_rounds: the fewest rounds, whatever the budget.
+    """
 
     enabled: bool = True
     batch_size: int | None = None
-    warmup: int = 2
-    repeats: int = 5
+    warmup: int = 1
+    repeats: int | None = None
+    budget_s: float = DEFAULT_BUDGET_S
+    min_rounds: int = DEFAULT_MIN_ROUNDS
 
 
 @dataclass(frozen=True)

@@ -227,19 +227,28 @@ def print_data_check(summary: dict) -> None:
 
 
 def throughput_table(rows: list[dict]) -> Table:
-    """One line per (model, size): images/s with its spread, and how far the achieved GFLOP/s is from the peak."""
-    table = Table(title="model-only throughput (median of timed runs)", title_style="bold")
-    for col in ("model", "size", "batch", "images/s", "ms/batch", "spread", "GFLOPs/img", "GFLOP/s", "% of peak"):
+    """One line per (model, size): images/s with its spread over the rounds, the ratio to the first model timed in
+    the same rounds, and how far the achieved GFLOP/s is from the peak."""
+    table = Table(title="model-only throughput (median of interleaved rounds)", title_style="bold")
+    columns = ("model", "size", "batch", "images/s", "ms/batch", "IQR / range", "rounds", "vs first [IQR]")
+    for col in (*columns, "GFLOPs/img", "GFLOP/s", "% of peak"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
         peak = r.get("peak_fraction")
+        ratio, q1, q3 = r.get("ratio"), r.get("ratio_q1"), r.get("ratio_q3")
+        vs = ""
+        if ratio is not None and r.get("ratio_reference") != r["model"]:
+            vs = f"{ratio:.3f} [{q1:.2f}-{q3:.2f}]" + ("~" if q1 <= 1 <= q3 else "")
+        iqr = "" if r.get("iqr_pct") is None else f"{r['iqr_pct']:.0f}% / "
         table.add_row(
             r["model"],
             str(r["img_size"]),
             str(r["batch_size"]),
             f"{r['images_per_sec']:,.1f}",
             f"{r['ms_per_batch']:.2f}",
-            f"{r['spread_pct']:.1f}%",
+            f"{iqr}{r['spread_pct']:.0f}%",
+            str(r["repeats"]),
+            vs,
             "" if r.get("gflops_per_image") is None else f"{r['gflops_per_image']:.3f}",
             "" if r.get("achieved_gflops_per_sec") is None else f"{r['achieved_gflops_per_sec']:,.1f}",
             "" if peak is None else f"{100 * peak:.1f}%",
@@ -247,9 +256,16 @@ def throughput_table(rows: list[dict]) -> Table:
     if rows:
         r = rows[0]
         peak_gflops = r.get("peak_gflops_per_sec")
+        rounds = (
+            f"{r['repeats']} rounds (forced)"
+            if r.get("rounds_policy") == "fixed"
+            else f"budget {r.get('budget_s')} s per model, at least {r.get('min_rounds')} rounds"
+        )
         table.caption = (
-            f"{r['device_name']} · {r['dtype']} · {r['threads']} threads · warm-up {r['warmup']}, "
-            f"{r['repeats']} timed runs · channels_last={r['channels_last']} · compile={r['compile']}"
+            f"{r['device_name']} · {r['dtype']} · {r['threads']} threads · warm-up {r['warmup']}, {rounds} · "
+            f"channels_last={r['channels_last']} · compile={r['compile']}"
             + ("" if peak_gflops is None else f" · matmul peak {peak_gflops:,.1f} GFLOP/s")
+            + f" · vs first: median of per-round images/s ratios to {r['ratio_reference']}, the first model of a size"
+            + "; ~: its IQR holds 1 (equal within noise)"
         )
     return table

@@ -150,3 +150,51 @@ def test_delta_is_computed_from_counts():
     result = compare_runs([cell(correct=701)], [replace(cell(correct=700), top1=12.3)], max_drop=0.1)
     assert result.ok  # 0.1 points from the counts, whatever the rounded top1 column says
     assert result.cells[0].top1_delta == pytest.approx(-0.1)
+
+
+def timed(ips: float, q1_ips: float, q3_ips: float, **over):
+    """A cell whose timed rounds (batch 10) had the middle half of their images/s between ``q1_ips`` and ``q3_ips``."""
+    batch = 10
+    extra = {
+        "throughput_ms_per_batch_q1": 1000 * batch / q3_ips,  # the fast end of the rounds: the shortest times
+        "throughput_ms_per_batch_q3": 1000 * batch / q1_ips,
+    }
+    return cell(ips=ips, throughput_batch=batch, extra=extra, **over)
+
+
+def test_throughput_is_not_gated_by_default(tmp_path, baseline):
+    current = write_run(tmp_path / "cur", [cell(ips=20.0)])  # five times slower, no spread recorded
+    result = invoke(baseline, current, "--json", "--allow-missing")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["max_slowdown"] is None
+    (c,) = doc["cells"]
+    assert c["speed_ratio"] == pytest.approx(0.2) and c["speed_failed"] is False and c["status"] == "ok"
+    assert "not gated" in invoke(baseline, current, "--allow-missing").stderr
+    assert invoke(baseline, current, "--max-slowdown", "0.1", "--allow-missing").exit_code == 1
+
+
+def test_a_slowdown_within_the_spread_of_both_runs_passes_as_noise(tmp_path):
+    base = write_run(tmp_path / "base", [timed(100.0, 85.0, 110.0)])
+    noisy = write_run(tmp_path / "noisy", [timed(80.0, 70.0, 88.0)])  # 20% slower; IQRs 85-110 and 70-88 overlap
+    result = invoke(base, noisy, "--max-slowdown", "0.1")
+    assert result.exit_code == 0, result.output
+    assert "ok (slower, within noise)" in result.stdout
+    assert "within the measured spread" in result.stderr and "cpvt_toy@56px" in result.stderr
+    (c,) = json.loads(invoke(base, noisy, "--max-slowdown", "0.1", "--json").stdout)["cells"]
+    assert (c["speed_failed"], c["speed_within_noise"]) == (False, True)
+    assert c["images_per_sec_iqr_baseline"] == pytest.approx([85.0, 110.0])
+    assert c["images_per_sec_iqr_current"] == pytest.approx([70.0, 88.0])
+
+
+def test_a_slowdown_beyond_the_spread_fails(tmp_path):
+    base = write_run(tmp_path / "base", [timed(100.0, 95.0, 105.0)])
+    slow = write_run(tmp_path / "slow", [timed(80.0, 78.0, 82.0)])  # IQRs 95-105 and 78-82 are apart
+    result = invoke(base, slow, "--max-slowdown", "0.1")
+    assert result.exit_code == 1, result.output
+    assert "| slower" in result.stdout
+    # within the tolerance: ok whatever the spread
+    assert invoke(base, slow, "--max-slowdown", "0.25").exit_code == 0
+    # a run without quartiles (older rows) cannot claim noise
+    plain = write_run(tmp_path / "plain", [cell(ips=80.0)])
+    assert invoke(base, plain, "--max-slowdown", "0.1").exit_code == 1

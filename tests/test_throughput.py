@@ -15,10 +15,14 @@ from cpvt_eval.errors import CpvtEvalError
 from cpvt_eval.models.posenc import adapt_to_size
 from cpvt_eval.throughput import (
     ThroughputResult,
+    TimingPlan,
     benchmark_model,
     count_flops,
     find_max_batch,
+    fit_batch_to_budget,
+    interleaved_rounds,
     matmul_peak_gflops,
+    measure_interleaved,
     measure_throughput,
     prepare_for_timing,
     resolve_batch,
@@ -80,7 +84,9 @@ def test_a_throughput_row_carries_all_its_fields():
     r = benchmark_model(model, 56, CPU, batch_size=4, warmup=1, repeats=3, name="cpvt_toy")
     d = r.to_dict()
     for key, value in d.items():
-        assert value is not None, key
+        assert value is not None or key == "budget_s", key  # a forced count (repeats) has no budget
+    assert (r.rounds_policy, r.budget_s, r.min_rounds, r.interleaved, r.ratio) == ("fixed", None, 3, 1, 1.0)
+    assert r.ms_per_batch_min <= r.ms_per_batch_q1 <= r.ms_per_batch <= r.ms_per_batch_q3 <= r.ms_per_batch_max
     assert (r.model, r.img_size, r.batch_size, r.repeats, r.warmup, r.dtype) == ("cpvt_toy", 56, 4, 3, 1, "fp32")
     assert (r.device, r.threads, r.batch_policy, r.oom_retries) == ("cpu", torch.get_num_threads(), "fixed", 0)
     assert r.device_name and not r.channels_last and not r.compile
@@ -162,17 +168,35 @@ def test_throughput_command_json_rows():
     result = runner.invoke(app, [*args, "--warmup", "1", "--repeats", "2", "--device", "cpu", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
+    # size by size: the models of a size are timed together
     assert [(r["model"], r["img_size"]) for r in rows] == [
         ("cpvt_toy", 56),
-        ("cpvt_toy", 64),
         ("deit_toy", 56),
+        ("cpvt_toy", 64),
         ("deit_toy", 64),
     ]
     for r in rows:
         assert r["batch_size"] == 2 and r["repeats"] == 2 and r["warmup"] == 1 and r["device"] == "cpu"
         assert r["images_per_sec"] > 0 and r["gflops_per_image"] > 0 and r["peak_fraction"] > 0
+        assert (r["rounds_policy"], r["budget_s"], r["interleaved"], r["ratio_reference"]) == (
+            "fixed",
+            None,
+            2,
+            "cpvt_toy",
+        )
+        assert r["ratio_q1"] <= r["ratio"] <= r["ratio_q3"]
+    assert rows[0]["ratio"] == 1.0 and rows[2]["ratio"] == 1.0  # the reference against itself
     # the attention part makes 64 px cost more than (64/56)^2 times 56 px
-    assert rows[1]["gflops_per_image"] / rows[0]["gflops_per_image"] > (64 / 56) ** 2
+    assert rows[2]["gflops_per_image"] / rows[0]["gflops_per_image"] > (64 / 56) ** 2
+
+
+def test_throughput_command_budget_is_recorded():
+    args = ["throughput", "-m", "deit_toy", "-s", "32", "-b", "1", "--warmup", "0", "--budget", "0.01", "--json"]
+    result = runner.invoke(app, [*args, "--no-flops", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert (row["rounds_policy"], row["budget_s"], row["min_rounds"]) == ("budget", 0.01, 3)
+    assert row["repeats"] >= 3
 
 
 def test_throughput_command_table():
@@ -181,6 +205,7 @@ def test_throughput_command_table():
     )
     assert result.exit_code == 0, result.output
     assert "model-only throughput" in result.output and "compile=False" in result.output
+    assert "1 rounds (forced)" in result.output
 
 
 @pytest.mark.parametrize(
@@ -224,6 +249,194 @@ def test_resolution_rows_carry_the_throughput_figures(imagefolder, toy_checkpoin
     model = cpvt_eval.create_model("cpvt_toy", num_classes=1000).eval()
     assert row.gflops_per_image == pytest.approx(count_flops(model, 56), rel=1e-3)
     for name in ROW_EXTRA_FIELDS:
-        assert row.extra[f"throughput_{name}"] is not None, name
+        if name != "budget_s":  # a forced count has no budget
+            assert row.extra[f"throughput_{name}"] is not None, name
     assert row.extra["throughput_repeats"] == 2 and row.extra["throughput_threads"] == torch.get_num_threads()
+    assert (row.extra["throughput_rounds_policy"], row.extra["throughput_budget_s"]) == ("fixed", None)
     assert row.extra["eval_batch"] == 4 and row.extra["eval_oom_retries"] == 0
+
+
+def test_resolution_times_the_models_of_a_size_together_within_a_budget(
+    imagefolder, toy_checkpoints, tmp_path, monkeypatch
+):
+    from cpvt_eval.config import RunConfig, ThroughputConfig
+    from cpvt_eval.jobs import resolution
+    from cpvt_eval.results import RunStore
+
+    calls = []
+    real = resolution.benchmark_models
+
+    def spy(models, size, *args, **kwargs):
+        calls.append(([name for name, _ in models], size, kwargs.get("fit_budget")))
+        return real(models, size, *args, **kwargs)
+
+    monkeypatch.setattr(resolution, "benchmark_models", spy)
+    names = ("cpvt_toy", "deit_toy")
+    cfg = RunConfig(
+        models=names,
+        sizes=(32, 56),
+        data=imagefolder,
+        out=tmp_path / "run",
+        checkpoints={n: str(toy_checkpoints[n][1]) for n in names},
+        model_args={n: {"num_classes": 1000} for n in names},
+        batch_size=4,
+        device="cpu",
+        workers=0,
+        throughput=ThroughputConfig(warmup=0, budget_s=0.01),
+    )
+    resolution.run_resolution(cfg)
+    # one interleaved timing per size, of every model due at it, the batch fitted to the budget
+    assert calls == [(list(names), 32, True), (list(names), 56, True)]
+    rows = RunStore(cfg.out).rows()
+    assert [(r.model, r.img_size) for r in rows] == [(n, s) for s in (32, 56) for n in names]
+    for r in rows:
+        x = r.extra
+        assert (x["throughput_rounds_policy"], x["throughput_budget_s"], x["throughput_min_rounds"]) == (
+            "budget",
+            0.01,
+            3,
+        )
+        assert x["throughput_repeats"] >= 3 and x["throughput_interleaved"] == 2
+        assert x["throughput_ratio_reference"] == "cpvt_toy"
+        assert x["throughput_ms_per_batch_min"] <= x["throughput_ms_per_batch_q1"] <= x["throughput_ms_per_batch"]
+        assert x["throughput_ms_per_batch"] <= x["throughput_ms_per_batch_q3"] <= x["throughput_ms_per_batch_max"]
+        assert x["throughput_iqr_pct"] >= 0 and x["throughput_spread_pct"] >= x["throughput_iqr_pct"]
+    # timed while the models were adapted to the size: the 56 px rows count 56 px FLOPs
+    model = cpvt_eval.create_model("deit_toy", num_classes=1000).eval()
+    adapt_to_size(model, 56)
+    assert rows[3].gflops_per_image == pytest.approx(count_flops(model, 56), rel=1e-3)
+    report = (cfg.out / "results.md").read_text()
+    assert "relative to `cpvt_toy`, timed in the same interleaved rounds" in report
+    assert "1 (ref.)" in report and "budget 0.01 s per model" in report
+    # a rerun of finished cells times nothing
+    resolution.run_resolution(cfg)
+    assert len(calls) == 2
+
+
+class FakeClock:
+    """A clock that moves only when a fake forward says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_forwards(clock: FakeClock, costs: dict[str, float], log: list[str]):
+    def make(name):
+        def forward():
+            log.append(name)
+            clock.now += costs[name]
+
+        return forward
+
+    return [make(name) for name in costs]
+
+
+def test_rounds_interleave_the_models():
+    clock, log = FakeClock(), []
+    times = interleaved_rounds(
+        fake_forwards(clock, {"A": 1.0, "B": 2.0}, log), TimingPlan(warmup=2, rounds=3), clock=clock
+    )
+    assert log == ["A", "A", "B", "B"] + ["A", "B"] * 3  # warm-up each, then one forward of each per round
+    assert times == [[1.0] * 3, [2.0] * 3]
+
+
+def test_the_budget_stops_the_rounds():
+    clock, log = FakeClock(), []
+    plan = TimingPlan(warmup=0, budget_s=10.0, min_rounds=1)
+    times = interleaved_rounds(fake_forwards(clock, {"A": 1.0, "B": 1.0}, log), plan, clock=clock)
+    # 2 s per round; the two models' budget of 2 x 10 s is spent after 10 rounds
+    assert len(times[0]) == len(times[1]) == 10 and clock.now == 20.0
+
+
+def test_the_minimum_and_the_cap_of_rounds_hold_whatever_the_budget():
+    clock = FakeClock()
+    slow = TimingPlan(warmup=0, budget_s=0.5, min_rounds=3)
+    assert len(interleaved_rounds(fake_forwards(clock, {"A": 5.0}, []), slow, clock=clock)[0]) == 3
+    fast = TimingPlan(warmup=0, budget_s=100.0, min_rounds=3, max_rounds=7)
+    assert len(interleaved_rounds(fake_forwards(clock, {"A": 0.001}, []), fast, clock=clock)[0]) == 7
+
+
+def test_repeats_force_the_count():
+    clock = FakeClock()
+    plan = TimingPlan(warmup=0, rounds=2, budget_s=0.001, min_rounds=5)
+    assert len(interleaved_rounds(fake_forwards(clock, {"A": 9.0}, []), plan, clock=clock)[0]) == 2
+    assert plan.policy == "fixed" and TimingPlan().policy == "budget"
+    for bad in (dict(rounds=0), dict(budget_s=0), dict(min_rounds=0), dict(min_rounds=9, max_rounds=3)):
+        with pytest.raises(CpvtEvalError):
+            TimingPlan(**bad)
+
+
+class Costly(torch.nn.Module):
+    """A module whose forward advances a fake clock by ``cost`` seconds, or by ``costs[round]``, and logs its name."""
+
+    def __init__(self, name, clock, log, costs):
+        super().__init__()
+        self.name, self.clock, self.log, self.costs = name, clock, log, list(costs)
+        self.proj = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        self.log.append(self.name)
+        self.clock.now += self.costs.pop(0) if len(self.costs) > 1 else self.costs[0]
+        return self.proj(x.mean(dim=(2, 3)))
+
+
+def test_interleaved_results_carry_the_spread_the_rounds_and_the_ratio():
+    clock, log = FakeClock(), []
+    # warm-up (1), then 4 rounds; B is half as fast as A in every round, both drift together
+    a = Costly("A", clock, log, [1.0, 1.0, 2.0, 1.0, 4.0])
+    b = Costly("B", clock, log, [1.0, 2.0, 4.0, 2.0, 8.0])
+    plan = TimingPlan(warmup=1, rounds=4)
+    ra, rb = measure_interleaved([a, b], 8, CPU, batch_size=2, plan=plan, names=["A", "B"], clock=clock)
+    assert log == ["A", "B"] + ["A", "B"] * 4
+    assert (ra.repeats, ra.rounds_policy, ra.budget_s, ra.interleaved, ra.warmup) == (4, "fixed", None, 2, 1)
+    assert ra.ms_per_batch == 1500.0 and rb.ms_per_batch == 3000.0  # medians of 1,2,1,4 and 2,4,2,8
+    assert (ra.ms_per_batch_min, ra.ms_per_batch_max) == (1000.0, 4000.0)
+    assert (ra.ms_per_batch_q1, ra.ms_per_batch_q3) == (1000.0, 2500.0)
+    assert ra.iqr_pct == pytest.approx(100.0) and ra.spread_pct == pytest.approx(200.0)
+    assert ra.images_per_sec == pytest.approx(2 / 1.5)
+    # the drift is common to both, so every per-round ratio is exactly 0.5 although the times vary 4x
+    assert (rb.ratio, rb.ratio_q1, rb.ratio_q3, rb.ratio_min, rb.ratio_max) == (0.5, 0.5, 0.5, 0.5, 0.5)
+    assert (ra.ratio, ra.ratio_reference, rb.ratio_reference, rb.model) == (1.0, "A", "A", "B")
+
+
+def test_the_batch_is_fitted_to_the_budget():
+    clock = FakeClock()
+    probe = Costly("A", clock, [], [0.8])  # 0.8 s per forward of the 8-image probe (the fake ignores the batch)
+    plan = TimingPlan(budget_s=3.0, min_rounds=3)  # 1 s per forward at most: 0.1 s per image -> 8 images
+    assert fit_batch_to_budget([probe], 8, CPU, 64, "fp32", plan, clock=clock) == 8
+    assert fit_batch_to_budget([probe], 8, CPU, 4, "fp32", plan, clock=clock) == 4  # at most the probe: kept
+    cheap = Costly("A", clock, [], [0.2])  # 0.025 s per image -> 40 images fit: 64 halves once
+    assert fit_batch_to_budget([cheap], 8, CPU, 64, "fp32", plan, clock=clock) == 32
+    slow = Costly("A", clock, [], [80.0])  # never below the probe, however slow
+    assert fit_batch_to_budget([slow], 8, CPU, 64, "fp32", plan, clock=clock) == 8
+    forced = TimingPlan(rounds=2)
+    assert fit_batch_to_budget([probe], 8, CPU, 64, "fp32", forced, clock=clock) == 64
+
+
+@pytest.mark.parametrize(
+    "options, policy, budget, rounds",
+    [(["--throughput-budget", "0.01"], "budget", 0.01, None), (["--throughput-repeats", "2"], "fixed", None, 2)],
+)
+def test_resolution_cli_throughput_options(imagefolder, toy_checkpoints, tmp_path, options, policy, budget, rounds):
+    from cpvt_eval.results import RunStore
+
+    argv = ["resolution", "-m", "cpvt_toy", "-s", "32", "--data", str(imagefolder), "--out", str(tmp_path / "run")]
+    argv += ["--checkpoint", f"cpvt_toy={toy_checkpoints['cpvt_toy'][1]}", "--model-arg", "num_classes=1000"]
+    result = runner.invoke(app, [*argv, "-j", "0", "-b", "4", *options])
+    assert result.exit_code == 0, result.output
+    (row,) = RunStore(tmp_path / "run").rows()
+    assert (row.extra["throughput_rounds_policy"], row.extra["throughput_budget_s"]) == (policy, budget)
+    assert row.extra["throughput_repeats"] == rounds if rounds else row.extra["throughput_repeats"] >= 3
+
+
+def test_the_report_marks_ratios_equal_within_noise():
+    from cpvt_eval.report.text import _ratio_cell
+
+    base = {"model": "cpvt_ti", "ratio_reference": "deit_ti"}
+    assert _ratio_cell({**base, "ratio": 0.98, "ratio_q1": 0.95, "ratio_q3": 1.01}) == "0.980 [0.95–1.01]~"
+    assert _ratio_cell({**base, "ratio": 0.90, "ratio_q1": 0.88, "ratio_q3": 0.93}) == "0.900 [0.88–0.93]"
+    assert _ratio_cell({**base, "model": "deit_ti", "ratio": 1.0, "ratio_q1": 1.0, "ratio_q3": 1.0}) == "1 (ref.)"
+    assert _ratio_cell({**base, "ratio": None}) == _ratio_cell(None) == "–"

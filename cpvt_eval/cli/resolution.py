@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import console
-from ..config import Hooks, RunConfig, ThroughputConfig
+from ..config import DEFAULT_BUDGET_S, Hooks, RunConfig, ThroughputConfig
 from ..errors import CpvtEvalError
 from .app import MultiValueCommand, app, guarded, stop_on_sigterm
 from .options import (
@@ -82,13 +82,33 @@ def resolution(
     model_arg: ModelArgOpt = [],  # noqa: B006
     ema: EmaOpt = None,
     throughput: Annotated[
-        bool, typer.Option(help="Measure model-only images/s per cell.", rich_help_panel=SPEED)
+        bool,
+        typer.Option(
+            help="Measure model-only images/s per cell: the models of a size are timed together, in interleaved "
+            "rounds, after the size's data pass.",
+            rich_help_panel=SPEED,
+        ),
     ] = True,
     throughput_batch: Annotated[
         Optional[int],
-        typer.Option(min=1, help="Batch of the timing runs (default: --batch-size).", rich_help_panel=SPEED),
+        typer.Option(
+            min=1,
+            help="Batch of the timing runs (default: --batch-size, halved until the minimum rounds fit the budget).",
+            rich_help_panel=SPEED,
+        ),
     ] = None,
-    throughput_repeats: Annotated[int, typer.Option(min=1, rich_help_panel=SPEED)] = 5,
+    throughput_repeats: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Force this many timed rounds (default: the budget decides).", rich_help_panel=SPEED),
+    ] = None,
+    throughput_budget: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            help="Seconds of timed forwards per model and size; at least 3 rounds run whatever the budget.",
+            rich_help_panel=SPEED,
+        ),
+    ] = DEFAULT_BUDGET_S,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
@@ -137,7 +157,9 @@ def resolution(
             workers=workers,
             device=device,
             ema=ema,
-            throughput=ThroughputConfig(enabled=throughput, batch_size=throughput_batch, repeats=throughput_repeats),
+            throughput=ThroughputConfig(
+                enabled=throughput, batch_size=throughput_batch, repeats=throughput_repeats, budget_s=throughput_budget
+            ),
             layout=layout,
             labels=labels,
             classes=classes,

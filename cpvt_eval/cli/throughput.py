@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import console
+from ..config import DEFAULT_BUDGET_S, DEFAULT_MIN_ROUNDS
 from ..errors import CpvtEvalError
 from ..runtime import check_dtype
 from .app import MultiValueCommand, app, guarded, parse_models, parse_sizes
@@ -17,7 +18,7 @@ from .app import MultiValueCommand, app, guarded, parse_models, parse_sizes
     "throughput",
     cls=MultiValueCommand,
     epilog=(
-        "Example: cpvt-eval throughput --model cpvt_ti deit_ti --sizes 224 384 --batch-size auto --dtype bf16 --json"
+        "Example: cpvt-eval throughput --model deit_ti cpvt_ti --sizes 224 384 --batch-size auto --dtype bf16 --json"
     ),
 )
 def throughput_cmd(
@@ -30,19 +31,27 @@ def throughput_cmd(
     ] = "64",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast); the peak is measured in it too.")] = "fp32",
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed forwards before timing.")] = 3,
-    repeats: Annotated[int, typer.Option(min=1, help="Timed forwards; the figure is their median.")] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed forwards per model before the rounds.")] = 3,
+    repeats: Annotated[
+        Optional[int], typer.Option(min=1, help="Force this many timed rounds (default: as --budget allows).")
+    ] = None,
+    budget: Annotated[
+        float, typer.Option(min=0.01, help="Seconds of timed forwards per model and size (at least 3 rounds).")
+    ] = DEFAULT_BUDGET_S,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's own).")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Channels-last input and weights.")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="Time torch.compile(model) (warm-up compiles).")] = False,
     flops: Annotated[bool, typer.Option(help="Count GFLOPs per image and measure the matmul peak.")] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Write the rows as JSON on stdout.")] = False,
 ) -> None:
-    """Model-only throughput: synthetic input, warm-up, device-synchronised timing, median of repeated runs.
+    """Model-only throughput: synthetic input, warm-up, device-synchronised timing in interleaved rounds.
+
+    The models of a size are timed together, one forward each per round (A B A B ...), until the budget is spent
+    (at least 3 rounds) or --repeats rounds have run, so that a drift of the machine lands on all of them alike.
+    Each row gives the median of its rounds and their spread (IQR, min-max); "vs" is the median of the per-round
+    images/s ratios to the first model.
 
     Weights do not change the speed: models are built with random weights (no checkpoint, no download).
-
-    Each row states batch, dtype, threads, device, layout and compilation next to images/s and ms/batch.
 
     GFLOPs per image count attention; the achieved GFLOP/s is set against the device's dense-matmul peak.
     """
@@ -52,7 +61,7 @@ def throughput_cmd(
     from ..models.posenc import PEOptions, patch_size_of, size_adapter
     from ..models.registry import resolve
     from ..runtime import resolve_device
-    from ..throughput import benchmark_model
+    from ..throughput import benchmark_models, plan_for
 
     with guarded():
         names = parse_models(model)
@@ -65,29 +74,32 @@ def throughput_cmd(
         dev = resolve_device(device)
         if threads is not None:
             torch.set_num_threads(threads)
-        rows = []
+        plan = plan_for(repeats, warmup, budget, DEFAULT_MIN_ROUNDS)
+        built = []
         for name in names:
             spec = resolve(name)
             module = spec.create().eval().to(dev)
             check_sizes(size_list, patch_size_of(module), spec.name)
             sizer = size_adapter(module, lambda _spec=spec, **size_args: _spec.create(**size_args).eval(), spec.name)
-            for size in size_list:
-                sized, _ = sizer.module_at(size, PEOptions())
-                console.info(f"{spec.name} @ {size}px ...")
-                result = benchmark_model(
-                    sized,
-                    size,
-                    dev,
-                    batch_size=batch_size,
-                    dtype=dtype,
-                    warmup=warmup,
-                    repeats=repeats,
-                    channels_last=channels_last,
-                    compile=compile,
-                    flops=flops,
-                    name=spec.name,
-                )
-                rows.append(result.to_dict())
+            built.append((spec.name, sizer))
+        rows = []
+        for size in size_list:
+            # the module of each model at this size: adapted in place, or built by timm at the size
+            sized = [(name, sizer.module_at(size, PEOptions())[0]) for name, sizer in built]
+            console.info(f"{size}px: {', '.join(n for n, _ in sized)} ...")
+            results = benchmark_models(
+                sized,
+                size,
+                dev,
+                batch_size=batch_size,
+                dtype=dtype,
+                plan=plan,
+                channels_last=channels_last,
+                compile=compile,
+                flops=flops,
+            )
+            rows += [r.to_dict() for r in results]
+            del sized
         if json_out:
             print(json.dumps(rows, indent=2))
         else:

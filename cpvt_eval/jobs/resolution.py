@@ -28,7 +28,7 @@ from ..models.build import prepare_models
 from ..results import SCHEMA_VERSION, CellId, ResultRow, RunStore, provenance_record, row_key
 from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
-from ..throughput import benchmark_model, row_extra
+from ..throughput import ThroughputResult, TimingPlan, benchmark_models, row_extra
 from .rows import cell_id, make_row, prediction_arrays
 
 # Evaluation is deterministic; the seed is set anyway (and recorded) so that anything random in a model is repeatable.
@@ -203,13 +203,19 @@ class _Job:
             todo = dist.agreed_todo(lambda m, size: keys[(m.name, size)] not in done, models, cfg.sizes)
             shard = dist.shard(image_set, cfg.batch_size)
             cells = sweep(models, shard.image_set, cfg.sizes, settings, hooks.progress, todo)
+            timings: dict[int, dict[str, ThroughputResult]] = {}
             for cell in dist.gather_cells(cells, shard):
                 m = by_name[cell.model]
                 ident = ids[(m.name, cell.size)]
                 row = make_row(m, cell, ident, image_set, device, started, self.real, dist)
                 self._check_finite(cell)
                 if cfg.throughput.enabled:
-                    self._add_throughput(row, m, cell.size)
+                    if cell.size not in timings:
+                        # The sweep has just finished this size's data pass for every model due at it (they are
+                        # all adapted to the size until the next pass starts): time them together, once.
+                        due = [mm for mm in models if todo is None or todo(mm, cell.size)]
+                        timings[cell.size] = self._time_size(due, cell.size)
+                    self._add_throughput(row, timings[cell.size][m.name])
                 # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
                 row.predictions = store.save_predictions(ident.key(), m.name, cell.size, prediction_arrays(cell))
                 store.append(row)
@@ -249,19 +255,25 @@ class _Job:
                 "logits (counted in n_nonfinite; their predictions mean nothing)"
             )
 
-    def _add_throughput(self, row: ResultRow, m: EvalModel, size: int) -> None:
-        cfg = self.cfg
-        module, _ = m.sizer.module_at(size, cfg.pe)  # the module the cell ran (built again if timm rebuilds it)
-        t = benchmark_model(
-            module,
+    def _time_size(self, due: list[EvalModel], size: int) -> dict[str, ThroughputResult]:
+        """Model-only timing of the models ``due`` at ``size``, in interleaved rounds (rank 0 only under torchrun)."""
+        tp = self.cfg.throughput
+        plan = TimingPlan(warmup=tp.warmup, rounds=tp.repeats, budget_s=tp.budget_s, min_rounds=tp.min_rounds)
+        how = f"{tp.repeats} rounds" if tp.repeats is not None else f"budget {tp.budget_s:g} s per model"
+        self.hooks.log(f"timing {', '.join(m.name for m in due)} @ {size}px, interleaved ({how})")
+        results = benchmark_models(
+            # the module each cell ran: adapted in place, or built again by timm at this size
+            [(m.name, m.sizer.module_at(size, self.cfg.pe)[0]) for m in due],
             size,
             self.device,
-            cfg.throughput.batch_size or cfg.batch_size,
-            cfg.dtype,
-            cfg.throughput.warmup,
-            cfg.throughput.repeats,
-            name=m.name,
+            tp.batch_size or self.cfg.batch_size,
+            self.cfg.dtype,
+            plan,
+            fit_budget=tp.batch_size is None,
         )
+        return {r.model: r for r in results}
+
+    def _add_throughput(self, row: ResultRow, t: ThroughputResult) -> None:
         row.images_per_sec = round(t.images_per_sec, 2)
         row.throughput_batch = t.batch_size
         row.gflops_per_image = None if t.gflops_per_image is None else round(t.gflops_per_image, 4)

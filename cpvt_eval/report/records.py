@@ -108,6 +108,14 @@ def throughput_records(rows: list[ResultRow]) -> list[dict]:
             "throughput_batch": r.throughput_batch,
             "device": r.device,
             "dtype": r.dtype,
+            # Timed in interleaved rounds with the other models of the size: the spread of the rounds and the
+            # median of the per-round images/s ratios to the reference (the first model of those rounds).
+            "rounds": r.extra.get("throughput_repeats"),
+            "iqr_pct": _r(r.extra.get("throughput_iqr_pct")),
+            "ratio_reference": r.extra.get("throughput_ratio_reference") or None,
+            "ratio": _r(r.extra.get("throughput_ratio")),
+            "ratio_q1": _r(r.extra.get("throughput_ratio_q1")),
+            "ratio_q3": _r(r.extra.get("throughput_ratio_q3")),
         }
         for r in ordered(rows)
         if r.images_per_sec is not None

@@ -77,6 +77,44 @@ def _pivot(records: list[dict], value: str) -> tuple[list[str], list[int], dict[
     return labels, sizes, {(r["label"], r["img_size"]): r[value] for r in records}
 
 
+def _ratio_cell(r: dict | None) -> str:
+    if r is None or r["ratio"] is None:
+        return "–"
+    if r["ratio_reference"] == r["model"]:
+        return "1 (ref.)"
+    noise = "~" if r["ratio_q1"] <= 1 <= r["ratio_q3"] else ""
+    return f"{r['ratio']:.3f} [{r['ratio_q1']:.2f}–{r['ratio_q3']:.2f}]{noise}"
+
+
+def _ratio_table(tp: list[dict], labels: list[str], sizes: list[int]) -> list[str]:
+    """Images/s relative to the first model timed in the same rounds, when there is more than one model."""
+    with_ratio = [r for r in tp if r["ratio"] is not None]
+    if len({r["model"] for r in with_ratio}) < 2:
+        return []
+    by_cell = {(r["label"], r["img_size"]): r for r in with_ratio}
+    refs = ", ".join(f"`{m}`" for m in dict.fromkeys(r["ratio_reference"] for r in with_ratio))
+    body = [[lab] + [_ratio_cell(by_cell.get((lab, s))) for s in sizes] for lab in labels]
+    return [
+        f"Images/s relative to {refs}, timed in the same interleaved rounds: median of the per-round ratios "
+        "[interquartile range]; ~ marks a ratio whose range holds 1 (equal within noise).",
+        "",
+        _md_table(["model"] + [f"{s}px" for s in sizes], body),
+        "",
+    ]
+
+
+def _rounds_text(rows: list[ResultRow]) -> str:
+    rounds = sorted({r.extra.get("throughput_repeats") for r in rows if r.images_per_sec is not None} - {None})
+    if not any(r.extra.get("throughput_interleaved") for r in rows):  # rows written before interleaved rounds
+        return ", median of timed runs after warm-up"
+    budgets = sorted({r.extra.get("throughput_budget_s") for r in rows} - {None})
+    return (
+        ", median of the timed rounds after warm-up (the models of a size interleaved, one forward each per round), "
+        + ("rounds " + ", ".join(str(n) for n in rounds) if rounds else "")
+        + (" (budget " + ", ".join(f"{b:g}" for b in budgets) + " s per model)" if budgets else "")
+    )
+
+
 def _conditions(rows: list[ResultRow], provenance: dict | None) -> list[str]:
     def values(name: str) -> str:
         return ", ".join(f"`{v}`" for v in dict.fromkeys(str(getattr(r, name)) for r in rows))
@@ -99,8 +137,8 @@ def _conditions(rows: list[ResultRow], provenance: dict | None) -> list[str]:
     batches = {r.throughput_batch for r in rows if r.images_per_sec is not None}
     if batches:
         lines.append(
-            "- throughput: batch " + ", ".join(str(b) for b in sorted(batches)) + ", median of timed runs after "
-            "warm-up, synthetic input, model only"
+            "- throughput: batch " + ", ".join(str(b) for b in sorted(batches)) + _rounds_text(rows) + ", synthetic "
+            "input, model only"
         )
     lines.append(f"- versions: {values('versions')}")
     if provenance:
@@ -173,6 +211,7 @@ def markdown_report(
         out += ["## Throughput (images/s, model only)", ""]
         body = [[lab] + [_fmt(ips.get((lab, s)), ",.1f") for s in t_sizes] for lab in t_labels]
         out += [_md_table(["model"] + [f"{s}px" for s in t_sizes], body), ""]
+        out += _ratio_table(tp, t_labels, t_sizes)
         if any(v is not None for v in gflops.values()):
             out += ["GFLOPs per image (attention included):", ""]
             body = [[lab] + [_fmt(gflops.get((lab, s)), ".3f") for s in t_sizes] for lab in t_labels]
