@@ -29,6 +29,14 @@ def test_classes_are_ten_distinct_names():
     assert len(set(ds.CLASSES)) == len(ds.CLASSES)
 
 
+def test_the_two_classes_of_a_pair_have_the_same_parts():
+    # class 2k is "a left of b", class 2k + 1 "b left of a": only position tells them apart
+    for k, (a, b) in enumerate(ds.PAIRS):
+        assert ds.CLASSES[2 * k] == f"{a}-left-of-{b}" and ds.CLASSES[2 * k + 1] == f"{b}-left-of-{a}"
+    hues = [h for pair in ds.PAIRS for h in pair]
+    assert all(hues.count(h) == 2 for h in ds.HUES)  # no single colour names a class
+
+
 def test_render_is_deterministic_and_seeded():
     a = ds.render_jpeg(3, seed=0, index=7)
     assert a == ds.render_jpeg(3, seed=0, index=7)
@@ -129,7 +137,21 @@ def test_shipped_models_beat_chance_at_native_size(tmp_path):
     cfg = DemoConfig(**{**cfg.__dict__, "throughput": False, "device": "cpu"})
     rows = run_demo(cfg).outcome.rows
     for r in rows:
-        assert r.top1 >= 20.0, (r.model, r.top1)
+        assert r.top1 >= 30.0, (r.model, r.top1)
+
+
+@pytest.mark.parametrize(("name", "ablation"), [("deit_toy", "ape-mean"), ("cpvt_toy", "peg-zero")])
+def test_shipped_models_use_their_position_encoding(name, ablation):
+    """A retraining that loses the mechanism fails here: on a small fixed val sample at the native size, replacing
+    the toy DeiT's APE by its mean (or zeroing the toy CPVT's PEG) must cost at least 10 points."""
+    from cpvt_eval.demo.mechanism import ablate, top1, val_sample
+
+    images, labels = val_sample(per_class=10)
+    model = resolve(name).create()
+    load_checkpoint(model, checkpoint_path(name))
+    intact = top1(model, images, labels)
+    ablated = top1(ablate(model, ablation), images, labels)
+    assert intact - ablated >= 10.0, (name, intact, ablated)
 
 
 def test_demo_rejects_a_model_without_a_shipped_checkpoint(tmp_path):
