@@ -37,7 +37,10 @@ def mcnemar_exact(b: int, c: int) -> float:
     n = b + c
     if n == 0:
         return 1.0
-    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + n * math.log(0.5) for i in range(min(b, c) + 1)]
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + n * math.log(0.5)
+        for i in range(min(b, c) + 1)
+    ]
     top = max(terms)
     return min(1.0, 2.0 * math.exp(top) * sum(math.exp(t - top) for t in terms))
 
@@ -103,8 +106,14 @@ def main() -> None:
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{n} images, {args.boot} paired bootstrap resamples (seed {args.seed}); change = top-1 at size - top-1 at {NATIVE} px\n")
-    print(f"| model vs {args.ape} | size | change {args.ape} | change model | diff in change [95% CI] | McNemar p at size | McNemar p change (APE / model) |")
+    print(
+        f"{n} images, {args.boot} paired bootstrap resamples (seed {args.seed}); "
+        f"change: top-1 at size - at {NATIVE} px\n"
+    )
+    print(
+        f"| model vs {args.ape} | size | change {args.ape} | change model | diff in change [95% CI] "
+        "| McNemar p at size | McNemar p change (APE / model) |"
+    )
     print("|---|---:|---:|---:|---|---:|---:|")
     for r in results:
         print(

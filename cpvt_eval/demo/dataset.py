@@ -1,18 +1,24 @@
 """A procedural image world for the offline demo: ten classes rendered from a seed, saved as JPEGs.
 
 Why this design. The paper's effect is about position: a learned absolute PE is tied to the grid it was trained
-on, a PEG infers position from local context on any grid. So the classes are built so that a model *must* use
-position and fine detail, and cannot win on colour or on a bag of patches:
+on, a PEG infers position from local context (and the zero padding at the frame's edge) on any grid. So the world
+is built so that position is *the* thing to learn, and everything else is cheap:
 
-* **layout** (5 ways): a disk and a square, arranged disk-above-square, square-above-disk, disk-left-of-square,
-  square-left-of-disk, or disk-inside-square. The two "above" classes (and the two "left" ones) contain the same
-  parts and differ only in where they are, so a model without any position encoding cannot tell them apart
-  (its tokens are an unordered set); no horizontal flip is allowed in training for the same reason.
-* **fine detail** (2 ways): both objects are filled with stripes or with a checkerboard of a period of 8-11 px
-  at the original resolution, i.e. 3.5-5 px at the native 56 px eval size: near the limit of a 4 px patch, so a
-  larger eval size shows the texture more clearly (as ImageNet objects show more detail at 384 than at 224).
-* **clutter**: a textured, noisy background and small distractor shapes (solid, or dotted: a third texture that
-  belongs to no class) around the objects; colours, sizes, positions, texture angle and period are random.
+* **ten classes, five colour pairs x which colour is on the left**. The left part of the frame is filled with
+  shapes of one colour, the right part with shapes of the other, an empty vertical band between them. The two
+  classes of a pair ("red-left-of-blue", "blue-left-of-red") contain the same parts in the same amounts: only
+  where they are differs, so a model without position (its tokens are an unordered set) is at 50% within a pair.
+  Colour names the parts, so recognising them costs a model nothing; each hue is in two pairs, so no single
+  colour names a class. No horizontal flip in training, for the same reason.
+* **no position cue inside a patch**: every shape is left-right symmetric, one shape kind per image for both
+  colours, and the band (10-16 px, 1-1.6 patches at 56 px) is wider than a patch, so no patch shows both colours
+  and no patch shows which side of the band it is on.
+* **the same evidence in every window, at one random scale**: each half is a jittered lattice of shapes of one
+  random size that runs past the frame's edges, so a crop (a training RandomResizedCrop, or the eval centre crop
+  at any size) shows the same kind of pattern, only at another scale in tokens; there is no single object whose
+  whole view is new at a larger size.
+* **little else**: a low-saturation grey gradient background (no hue of the palette hides in it) and pixel
+  noise; sizes, spacings, positions, the shape kind and brightness are random.
 
 Images are rendered at an "original" resolution whose shorter side is 128 px (2.3x the native 56 px, as
 ImageNet's ~500 px originals relate to 224) with ImageNet-like aspect ratios, saved as JPEG, and go through the
@@ -51,20 +57,10 @@ SPLITS = {"val": 0, "train": 1}
 
 # the world's knobs, in original pixels (x 0.44 at 56 px, x 1.0 at 128 px) or in units of the shape radius u
 UNIT = (5.0, 9.0)  # shape radius u
-GAP = (5.5, 7.5)  # edge-to-edge gap inside a pair, px: about one 4 px patch at 56 px, two tokens at 128 px
-PAIR_SPACING = (3.0, 4.0)  # edge-to-edge gap between the pairs of a row, in u: 3-8x GAP, so pairs read as pairs
-ROW_SPACING = (0.8, 1.4)  # gap between rows, in u
-JITTER = 0.2  # per-pair random shift, in u
-
-
-def _contrasting(rng: np.random.Generator, base: np.ndarray, min_diff: float) -> np.ndarray:
-    """A random colour whose luma differs from ``base`` by at least ``min_diff``."""
-    luma = np.array([0.299, 0.587, 0.114])
-    for _ in range(64):
-        c = rng.uniform(0, 255, 3)
-        if abs(float((c - base) @ luma)) >= min_diff:
-            return c
-    return 255.0 - base
+BAND = (10.0, 16.0)  # width of the empty band between the two halves, px: 1-1.6 patches at 56 px, 2.5-4 tokens at 128
+SPACING = (1.2, 2.0)  # edge-to-edge gap between neighbouring shapes of a half, in u
+JITTER = 0.25  # per-shape random shift, in u
+SPLIT_JITTER = 0.06  # the band's centre moves by up to this fraction of the width around the middle
 
 
 def _shape_mask(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -124,21 +120,24 @@ def render(class_index: int, seed: int, index: int, split: str = "val") -> Image
     colour = {name: np.array(HUES[name], dtype=np.float64) * rng.uniform(0.75, 1.1) for name in (left, right)}
     shape = SHAPES[int(rng.integers(len(SHAPES)))]
 
-    # a jittered lattice of pairs at one random scale, covering the whole frame (and past its edges)
+    # the left colour's shapes fill the frame left of a vertical empty band, the right colour's shapes fill it right
+    # of the band: two jittered lattices at one random scale that run past the frame's edges
     u = rng.uniform(*UNIT)
-    gap = rng.uniform(*GAP)
-    period_x = 4 * u + gap + u * rng.uniform(*PAIR_SPACING)
-    period_y = 2 * u + u * rng.uniform(*ROW_SPACING)
-    y = -rng.uniform(0, period_y)
-    while y < h + period_y:
-        x = -rng.uniform(0, period_x)
-        while x < w + period_x:
-            px, py = x + rng.uniform(-JITTER, JITTER) * u, y + rng.uniform(-JITTER, JITTER) * u
-            half = u + gap / 2  # centre of each shape from the pair's middle
-            _paint_shape(canvas, shape, px - half, py, u, colour[left])
-            _paint_shape(canvas, shape, px + half, py, u, colour[right])
-            x += period_x
-        y += period_y
+    band = rng.uniform(*BAND)
+    split = w / 2 + rng.uniform(-SPLIT_JITTER, SPLIT_JITTER) * w
+    period_x, period_y = 2 * u + u * rng.uniform(*SPACING), 2 * u + u * rng.uniform(*SPACING)
+    for name, x_from, x_to in ((left, -period_x, split - band / 2), (right, split + band / 2, w + period_x)):
+        y = -rng.uniform(0, period_y)
+        while y < h + period_y:
+            x = x_to - u - rng.uniform(0, period_x) if name == left else x_from + u + rng.uniform(0, period_x)
+            step = -period_x if name == left else period_x
+            while (x > x_from) if name == left else (x < x_to):
+                cx = x + rng.uniform(-JITTER, JITTER) * u
+                # no shape crosses into the band: its edge stays on its own side
+                cx = min(cx, split - band / 2 - u) if name == left else max(cx, split + band / 2 + u)
+                _paint_shape(canvas, shape, cx, y + rng.uniform(-JITTER, JITTER) * u, u, colour[name])
+                x += step
+            y += period_y
 
     canvas += rng.normal(0, 5, canvas.shape)
     return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB")

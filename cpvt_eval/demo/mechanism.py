@@ -58,7 +58,7 @@ def ablate(model: nn.Module, kind: str, seed: int = 0) -> nn.Module:
 
 
 def val_sample(per_class: int, seed: int = 0, size: int = 56) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``per_class`` val images of every class (rendered in memory), through the eval transform at ``size``."""
+    """The first ``per_class`` val images of every class (rendered in memory) through the eval transform at ``size``."""
     transform = EvalTransform(size)
     images, labels = [], []
     for c in range(len(CLASSES)):
