@@ -130,14 +130,15 @@ def test_demo_command_end_to_end(tmp_path):
 
 
 def test_shipped_models_beat_chance_at_native_size(tmp_path):
-    """The checkpoints learned the world they ship with: far above the 10% of chance on held-out images."""
+    """The checkpoints learned the world they ship with, on held-out images: the no-PE toy gets the colour pair
+    (far above the 10% of chance, at most ~50%: the side is a coin toss for it), the others the side as well."""
     from cpvt_eval.demo.run import DemoConfig, run_demo
 
     cfg = DemoConfig(out=tmp_path / "run", sizes=(56,), per_class=4, cache_dir=tmp_path / "cache", workers=0)
     cfg = DemoConfig(**{**cfg.__dict__, "throughput": False, "device": "cpu"})
     rows = run_demo(cfg).outcome.rows
     for r in rows:
-        assert r.top1 >= 60.0, (r.model, r.top1)
+        assert r.top1 >= (30.0 if r.pe == "none" else 80.0), (r.model, r.top1)
 
 
 @pytest.mark.parametrize(("name", "ablation"), [("deit_toy", "ape-mean"), ("cpvt_toy", "peg-zero")])
