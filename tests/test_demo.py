@@ -112,9 +112,7 @@ def test_demo_command_end_to_end(tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert {(r["model"], r["img_size"]) for r in rows} == {
-        (m, s) for m in DEFAULT_MODELS for s in (56, 112)
-    }
+    assert {(r["model"], r["img_size"]) for r in rows} == {(m, s) for m in DEFAULT_MODELS for s in (56, 112)}
     by = {(r["model"], r["img_size"]): r for r in rows}
     assert by[("deit_toy", 56)]["grid"] == "14x14" and by[("deit_toy", 112)]["grid"] == "28x28"
     assert by[("deit_toy", 112)]["pe_policy"].startswith("ape")
