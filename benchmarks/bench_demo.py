@@ -1,4 +1,4 @@
-"""Wall time of ``cpvt-eval demo`` from a cold cache (dataset generation included) against its 2-minute budget.
+"""Wall time of ``cpvt-eval demo`` from a cold cache (dataset generation included) against its 150 s budget.
 
 What it measures, each in a fresh temporary cache directory:
 
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-BUDGET_S = 120.0
+BUDGET_S = 150.0  # the default demo's budget on a 2-core machine, cold cache included
 
 
 def run_once(extra: list[str]) -> tuple[dict, str]:

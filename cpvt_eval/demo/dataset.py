@@ -1,18 +1,24 @@
 """A procedural image world for the offline demo: ten classes rendered from a seed, saved as JPEGs.
 
 Why this design. The paper's effect is about position: a learned absolute PE is tied to the grid it was trained
-on, a PEG infers position from local context on any grid. So the classes are built so that a model *must* use
-position and fine detail, and cannot win on colour or on a bag of patches:
+on, a PEG infers position from local context (and the zero padding at the frame's edge) on any grid. So the world
+is built so that position is *the* thing to learn, and everything else is cheap:
 
-* **layout** (5 ways): a disk and a square, arranged disk-above-square, square-above-disk, disk-left-of-square,
-  square-left-of-disk, or disk-inside-square. The two "above" classes (and the two "left" ones) contain the same
-  parts and differ only in where they are, so a model without any position encoding cannot tell them apart
-  (its tokens are an unordered set); no horizontal flip is allowed in training for the same reason.
-* **fine detail** (2 ways): both objects are filled with stripes or with a checkerboard of a period of 8-11 px
-  at the original resolution, i.e. 3.5-5 px at the native 56 px eval size: near the limit of a 4 px patch, so a
-  larger eval size shows the texture more clearly (as ImageNet objects show more detail at 384 than at 224).
-* **clutter**: a textured, noisy background and small distractor shapes (solid, or dotted: a third texture that
-  belongs to no class) around the objects; colours, sizes, positions, texture angle and period are random.
+* **ten classes, five colour pairs x which colour is on the left**. The left part of the frame is filled with
+  shapes of one colour, the right part with shapes of the other, an empty vertical band between them. The two
+  classes of a pair ("red-left-of-blue", "blue-left-of-red") contain the same parts in the same amounts: only
+  where they are differs, so a model without position (its tokens are an unordered set) is at 50% within a pair.
+  Colour names the parts, so recognising them costs a model nothing; each hue is in two pairs, so no single
+  colour names a class. No horizontal flip in training, for the same reason.
+* **no position cue inside a patch**: every shape is left-right symmetric, one shape kind per image for both
+  colours, and the band (10-16 px, 1-1.6 patches at 56 px) is wider than a patch, so no patch shows both colours
+  and no patch shows which side of the band it is on.
+* **the same evidence in every window, at one random scale**: each half is a jittered lattice of shapes of one
+  random size that runs past the frame's edges, so a crop (a training RandomResizedCrop, or the eval centre crop
+  at any size) shows the same kind of pattern, only at another scale in tokens; there is no single object whose
+  whole view is new at a larger size.
+* **little else**: a low-saturation grey gradient background (no hue of the palette hides in it) and pixel
+  noise; sizes, spacings, positions, the shape kind and brightness are random.
 
 Images are rendered at an "original" resolution whose shorter side is 128 px (2.3x the native 56 px, as
 ImageNet's ~500 px originals relate to 224) with ImageNet-like aspect ratios, saved as JPEG, and go through the
@@ -36,79 +42,60 @@ from PIL import Image
 from ..errors import DataError
 from ..runtime import cache_dir
 
-LAYOUTS = ("disk-above-square", "square-above-disk", "disk-left-of-square", "square-left-of-disk", "disk-in-square")
-TEXTURES = ("stripes", "checker")
-CLASSES: tuple[str, ...] = tuple(f"{layout}-{texture}" for texture in TEXTURES for layout in LAYOUTS)
+SHAPES = ("disk", "square", "triangle", "cross", "ring")  # each one left-right symmetric
+# the parts of a motif are named by their colour: five hues, each in two pairs, so one colour never names a class
+HUES = {"red": (220, 40, 40), "yellow": (230, 200, 30), "green": (40, 170, 60), "blue": (40, 80, 220),
+        "magenta": (200, 50, 200)}  # fmt: skip
+PAIRS = (("red", "blue"), ("yellow", "green"), ("green", "magenta"), ("blue", "yellow"), ("magenta", "red"))
+# class 2k: colour a left of colour b; class 2k + 1: b left of a. The two classes of a pair have the same parts.
+CLASSES: tuple[str, ...] = tuple(f"{x}-left-of-{y}" for a, b in PAIRS for x, y in ((a, b), (b, a)))
 
 ORIGINAL_SHORT_SIDE = 128  # 2.3x the native 56 px, as ~500 px ImageNet originals relate to 224
 LONG_SIDES = (128, 144, 160, 171)  # 1:1 to 4:3, the common ImageNet aspect ratios
 JPEG_QUALITY = 90
-DATASET_VERSION = 1  # bump when the rendering changes: cached copies of another version are not reused
+DATASET_VERSION = 2  # bump when the rendering changes: cached copies of another version are not reused
 SPLITS = {"val": 0, "train": 1}
 
-
-def _contrasting(rng: np.random.Generator, base: np.ndarray, min_diff: float) -> np.ndarray:
-    """A random colour whose luma differs from ``base`` by at least ``min_diff`` (so textures stay visible)."""
-    luma = np.array([0.299, 0.587, 0.114])
-    for _ in range(64):
-        c = rng.uniform(0, 255, 3)
-        if abs(float((c - base) @ luma)) >= min_diff:
-            return c
-    return 255.0 - base
+# the world's knobs, in original pixels (x 0.44 at 56 px, x 1.0 at 128 px) or in units of the shape radius u
+UNIT = (5.0, 9.0)  # shape radius u
+BAND = (10.0, 16.0)  # width of the empty band between the two halves, px: 1-1.6 patches at 56 px, 2.5-4 tokens at 128
+SPACING = (1.2, 2.0)  # edge-to-edge gap between neighbouring shapes of a half, in u
+JITTER = 0.25  # per-shape random shift, in u
+SPLIT_JITTER = 0.06  # the band's centre moves by up to this fraction of the width around the middle
 
 
-def _texture(kind: str, xx: np.ndarray, yy: np.ndarray, period: float, angle: float, phase: float) -> np.ndarray:
-    """A [0, 1] pattern with soft edges (about one pixel wide, so it does not alias before the JPEG)."""
-    u = xx * math.cos(angle) + yy * math.sin(angle)
-    v = -xx * math.sin(angle) + yy * math.cos(angle)
-    su = np.sin(2 * math.pi * u / period + phase)
-    if kind == "stripes":
-        s = su
-    elif kind == "checker":
-        s = su * np.sin(2 * math.pi * v / period + phase)
-        s = np.sign(s) * np.sqrt(np.abs(s))  # squares, not blobs
-    elif kind == "dots":
-        s = (su + np.sin(2 * math.pi * v / period + phase)) / 2 - 0.4
+def _shape_mask(kind: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
+    """Soft (one pixel wide edge) mask of a shape of radius ``r`` centred at offset 0 (``dy`` grows downwards)."""
+    if kind == "disk":
+        d = r - np.hypot(dx, dy)
+    elif kind == "square":
+        d = 0.85 * r - np.maximum(np.abs(dx), np.abs(dy))
+    elif kind == "triangle":  # pointing up, circumradius 1.15 r
+        R = 1.15 * r
+        n = (math.sqrt(3) / 2, 0.5)
+        d = np.minimum(R / 2 - dy, R / 2 - (n[0] * np.abs(dx) - n[1] * dy))
+    elif kind == "cross":
+        arm = 0.32 * r
+        d = np.maximum(np.minimum(arm - np.abs(dx), r - np.abs(dy)), np.minimum(arm - np.abs(dy), r - np.abs(dx)))
+    elif kind == "ring":
+        dist = np.hypot(dx, dy)
+        d = np.minimum(r - dist, dist - 0.5 * r)
     else:
         raise ValueError(kind)
-    return np.clip(0.5 + 1.6 * s, 0.0, 1.0)
+    return np.clip(d + 0.5, 0.0, 1.0)
 
 
-def _disk(xx, yy, cx, cy, r):
-    return np.clip(r - np.hypot(xx - cx, yy - cy) + 0.5, 0.0, 1.0)
-
-
-def _square(xx, yy, cx, cy, half):
-    return np.clip(half - np.maximum(np.abs(xx - cx), np.abs(yy - cy)) + 0.5, 0.0, 1.0)
-
-
-def _paint(canvas: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> None:
-    m = mask[..., None]
-    canvas *= 1.0 - m
-    canvas += m * colour
-
-
-def _place_pair(rng: np.random.Generator, layout: str, cx: float, cy: float):
-    """Centres and sizes of the disk and the square for ``layout`` (in original pixels)."""
-    if layout == "disk-in-square":
-        half = rng.uniform(30, 40)
-        r = half * rng.uniform(0.45, 0.6)
-        sx, sy = cx + rng.uniform(-8, 8), cy + rng.uniform(-8, 8)
-        dx, dy = sx + rng.uniform(-0.2, 0.2) * half, sy + rng.uniform(-0.2, 0.2) * half
-        return (dx, dy, r), (sx, sy, half)
-    r = rng.uniform(16, 22)
-    half = rng.uniform(14, 19)
-    gap = rng.uniform(4, 12)
-    along = (r + half + gap) / 2  # distance of each centre from the pair's middle
-    across = rng.uniform(-6, 6, 2)
-    first_is_disk = layout.startswith("disk")
-    a, b = (-along, along)  # the first object comes first (above / left)
-    if "above" in layout:
-        first, second = (cx + across[0], cy + a), (cx + across[1], cy + b)
-    else:
-        first, second = (cx + a, cy + across[0]), (cx + b, cy + across[1])
-    disk_c, square_c = (first, second) if first_is_disk else (second, first)
-    return (*disk_c, r), (*square_c, half)
+def _paint_shape(canvas: np.ndarray, kind: str, cx: float, cy: float, r: float, colour: np.ndarray) -> None:
+    h, w = canvas.shape[:2]
+    x0, x1 = max(0, int(cx - 1.3 * r) - 1), min(w, int(cx + 1.3 * r) + 2)
+    y0, y1 = max(0, int(cy - 1.3 * r) - 1), min(h, int(cy + 1.3 * r) + 2)
+    if x0 >= x1 or y0 >= y1:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    m = _shape_mask(kind, xx - cx, yy - cy, r)[..., None]
+    patch = canvas[y0:y1, x0:x1]
+    patch *= 1.0 - m
+    patch += m * colour
 
 
 def render(class_index: int, seed: int, index: int, split: str = "val") -> Image.Image:
@@ -116,45 +103,42 @@ def render(class_index: int, seed: int, index: int, split: str = "val") -> Image
     if not 0 <= class_index < len(CLASSES):
         raise DataError(f"demo class index {class_index} is outside 0..{len(CLASSES) - 1}")
     rng = np.random.default_rng([seed, SPLITS[split], class_index, index])
-    layout = LAYOUTS[class_index % len(LAYOUTS)]
-    texture = TEXTURES[class_index // len(LAYOUTS)]
+    a, b = PAIRS[class_index // 2]
+    left, right = (a, b) if class_index % 2 == 0 else (b, a)
     long_side = int(rng.choice(LONG_SIDES))
     w, h = (long_side, ORIGINAL_SHORT_SIDE) if rng.random() < 0.7 else (ORIGINAL_SHORT_SIDE, long_side)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
 
-    # background: a gradient between two colours, a faint texture, pixel noise
-    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
-    t = (xx * math.cos(rng.uniform(0, 2 * math.pi)) + yy * math.sin(rng.uniform(0, 2 * math.pi))) / max(w, h)
+    # background: a gradient between two greys (low saturation, so no hue of the palette hides in it)
+    g0, g1 = rng.uniform(30, 225, 2)
+    tint = rng.uniform(-12, 12, (2, 3))
+    c0, c1 = g0 + tint[0], g1 + tint[1]
+    angle = rng.uniform(0, 2 * math.pi)
+    t = (xx * math.cos(angle) + yy * math.sin(angle)) / max(w, h)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     canvas = c0 * (1 - t[..., None]) + c1 * t[..., None]
-    faint = _texture("stripes", xx, yy, rng.uniform(12, 30), rng.uniform(0, math.pi), rng.uniform(0, 6.3))
-    canvas += (faint[..., None] - 0.5) * rng.uniform(0, 20)
+    # the parts: the pair's hues with a random brightness, one shape for the whole image
+    colour = {name: np.array(HUES[name], dtype=np.float64) * rng.uniform(0.75, 1.1) for name in (left, right)}
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
 
-    # distractors: small solid or dotted shapes anywhere (the objects are painted over them)
-    for _ in range(int(rng.integers(3, 9))):
-        x, y = rng.uniform(0, w), rng.uniform(0, h)
-        size = rng.uniform(3, 7)
-        mask = _disk(xx, yy, x, y, size) if rng.random() < 0.5 else _square(xx, yy, x, y, size * 0.85)
-        colour = rng.uniform(0, 255, 3)
-        if rng.random() < 0.4:
-            dots = _texture("dots", xx, yy, rng.uniform(5, 8), rng.uniform(0, math.pi), rng.uniform(0, 6.3))
-            other = _contrasting(rng, colour, 60)
-            _paint(canvas, mask, colour)
-            _paint(canvas, mask * dots, other)
-        else:
-            _paint(canvas, mask, colour)
-
-    # the two objects, in the middle of the image (the eval centre crop keeps 87.5% of the shorter side)
-    cx, cy = w / 2 + rng.uniform(-6, 6), h / 2 + rng.uniform(-6, 6)
-    (dx, dy, r), (sx, sy, half) = _place_pair(rng, layout, cx, cy)
-    period = rng.uniform(8, 11)
-    for mask in (_square(xx, yy, sx, sy, half), _disk(xx, yy, dx, dy, r)):  # the disk may sit on the square
-        fg = rng.uniform(0, 255, 3)
-        bg = _contrasting(rng, fg, 70)
-        pattern = _texture(texture, xx, yy, period, rng.uniform(0, math.pi), rng.uniform(0, 6.3))
-        fill = bg * (1 - pattern[..., None]) + fg * pattern[..., None]
-        m = mask[..., None]
-        canvas = canvas * (1 - m) + fill * m
+    # the left colour's shapes fill the frame left of a vertical empty band, the right colour's shapes fill it right
+    # of the band: two jittered lattices at one random scale that run past the frame's edges
+    u = rng.uniform(*UNIT)
+    band = rng.uniform(*BAND)
+    split = w / 2 + rng.uniform(-SPLIT_JITTER, SPLIT_JITTER) * w
+    period_x, period_y = 2 * u + u * rng.uniform(*SPACING), 2 * u + u * rng.uniform(*SPACING)
+    for name, x_from, x_to in ((left, -period_x, split - band / 2), (right, split + band / 2, w + period_x)):
+        y = -rng.uniform(0, period_y)
+        while y < h + period_y:
+            x = x_to - u - rng.uniform(0, period_x) if name == left else x_from + u + rng.uniform(0, period_x)
+            step = -period_x if name == left else period_x
+            while (x > x_from) if name == left else (x < x_to):
+                cx = x + rng.uniform(-JITTER, JITTER) * u
+                # no shape crosses into the band: its edge stays on its own side
+                cx = min(cx, split - band / 2 - u) if name == left else max(cx, split + band / 2 + u)
+                _paint_shape(canvas, shape, cx, y + rng.uniform(-JITTER, JITTER) * u, u, colour[name])
+                x += step
+            y += period_y
 
     canvas += rng.normal(0, 5, canvas.shape)
     return Image.fromarray(np.clip(canvas + 0.5, 0, 255).astype(np.uint8), "RGB")
