@@ -125,6 +125,16 @@ def test_demo_command_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     paper = (out / "paper.md").read_text()
     assert "DeiT-Ti (paper, ImageNet)" in paper and "112 px (448)" in paper
+    # the paper's second claim beside the first: consistency under translation at the native size
+    from cpvt_eval.report import split_rows
+    from cpvt_eval.results import RunStore
+
+    _, shift = split_rows(RunStore(out).rows())
+    assert {(r.model, r.img_size) for r in shift} == {(m, 56) for m in DEFAULT_MODELS}
+    assert all(0 <= r.extra["consistency"] <= 100 for r in shift)
+    assert "consistency" in (out / "shift.md").read_text().lower()
+    plain = CliRunner().invoke(app, [a for a in args if a != "--json"])
+    assert plain.exit_code == 0 and "consistency" in plain.output
 
 
 def test_shipped_models_beat_chance_at_native_size(tmp_path):

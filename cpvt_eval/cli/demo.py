@@ -16,15 +16,15 @@ from .app import MultiValueCommand, app, guarded, parse_models, parse_sizes
 @app.command(
     "demo",
     cls=MultiValueCommand,
-    epilog="Example: cpvt-eval demo --out runs/demo   (add --all for the sin-cos and no-PE ablations)",
+    epilog="Example: cpvt-eval demo --out runs/demo   (--per-class 200 for the 2,000 images the README reports)",
 )
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
     model: Annotated[
         Optional[list[str]],
-        typer.Option("--model", "-m", help="Toy models [default: deit_toy cpvt_toy cpvt_toy_gap]."),
+        typer.Option("--model", "-m", help="Toy models [default: deit_toy cpvt_toy deit_toy_nope]."),
     ] = None,
-    all_models: Annotated[bool, typer.Option("--all", help="Every toy model, the PE ablations included.")] = False,
+    all_models: Annotated[bool, typer.Option("--all", help="Every toy model with a shipped checkpoint.")] = False,
     sizes: Annotated[
         Optional[list[str]], typer.Option("--sizes", "-s", help="Sizes in px; 56 is native [default: 56 96 112 128].")
     ] = None,
@@ -37,6 +37,12 @@ def demo(
     workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help="[default: cores]")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     throughput: Annotated[bool, typer.Option(help="Measure model-only images/s per cell.")] = True,
+    shift_epochs: Annotated[
+        int,
+        typer.Option(
+            "--shift-epochs", min=0, help="Passes of the translation probe (consistency, shift.md); 0 leaves it out."
+        ),
+    ] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Write the rows as JSON on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show dataset and checkpoint messages.")] = False,
 ) -> None:
@@ -60,10 +66,13 @@ def demo(
             workers=workers,
             device=device,
             throughput=throughput,
+            shift_epochs=shift_epochs,
         )
         log = console.info if verbose else (lambda _m: None)
         result = run_demo(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]])
-        rows = result.outcome.store.rows()
+        from ..report import split_rows
+
+        rows, _ = split_rows(result.outcome.store.rows())
         if json_out:
             print(json.dumps([r.to_dict() for r in rows], indent=2))
         else:
@@ -71,4 +80,7 @@ def demo(
             console.info("demo vs paper (top-1 %, change from native size; the paper's size in brackets):")
             console.info(result.paper_table)
             root = result.outcome.store.root
-            console.info(f"results: {root / 'results.csv'}, {root / 'results.md'}, {root / 'paper.md'}")
+            if result.shift_rows:
+                console.print_shift_results(result.shift_rows)
+            shift = f", {root / 'shift.md'}" if result.shift_rows else ""
+            console.info(f"results: {root / 'results.csv'}, {root / 'results.md'}, {root / 'paper.md'}{shift}")
