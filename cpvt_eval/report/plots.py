@@ -28,25 +28,24 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_top1(rows: list[ResultRow]) -> bytes:
-    """Top-1 vs resolution: one line per model (with its 95% interval), the published points as markers."""
+def interval_plot(records: list[dict], value: str, published: str, ylabel: str, title: str) -> bytes:
+    """One line per record label of ``value`` against size with its 95% interval (``value_ci95_low/high``), and the
+    ``published`` figures as markers of the same colour."""
     from matplotlib.lines import Line2D
 
-    records = top1_records(rows)
     fig = _figure()
     ax = fig.add_subplot()
     any_published = False
     for i, label in enumerate(dict.fromkeys(r["label"] for r in records)):
         mine = [r for r in records if r["label"] == label]
         color = f"C{i % 10}"
-        xs = [r["img_size"] for r in mine]
-        ys = [r["top1"] for r in mine]
+        ys = [r[value] for r in mine]
         err = [
-            [r["top1"] - r["top1_ci95_low"] for r in mine],
-            [r["top1_ci95_high"] - r["top1"] for r in mine],
+            [r[value] - r[f"{value}_ci95_low"] for r in mine],
+            [r[f"{value}_ci95_high"] - r[value] for r in mine],
         ]
-        ax.errorbar(xs, ys, yerr=err, color=color, marker="o", capsize=3, label=label)
-        pub = [(r["img_size"], r["published_top1"]) for r in mine if r["published_top1"] is not None]
+        ax.errorbar([r["img_size"] for r in mine], ys, yerr=err, color=color, marker="o", capsize=3, label=label)
+        pub = [(r["img_size"], r[published]) for r in mine if r[published] is not None]
         if pub:
             any_published = True
             ax.scatter([p[0] for p in pub], [p[1] for p in pub], marker="x", s=60, color=color, zorder=3)
@@ -56,11 +55,22 @@ def plot_top1(rows: list[ResultRow]) -> bytes:
         names.append("published")
     ax.legend(handles, names, fontsize="small")
     ax.set_xlabel("input size (px)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_xticks(sorted({r["img_size"] for r in records}))
-    ax.set_title("Top-1 vs resolution (no fine-tuning; bars: 95% Wilson interval)", fontsize="medium")
+    ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def plot_top1(rows: list[ResultRow]) -> bytes:
+    """Top-1 vs resolution: one line per model (with its 95% interval), the published points as markers."""
+    return interval_plot(
+        top1_records(rows),
+        "top1",
+        "published_top1",
+        "top-1 accuracy (%)",
+        "Top-1 vs resolution (no fine-tuning; bars: 95% Wilson interval)",
+    )
 
 
 def plot_throughput(rows: list[ResultRow]) -> bytes | None:

@@ -347,38 +347,15 @@ def shift_json(rows: list[ResultRow], pairs: list[dict] | None = None, provenanc
 
 def plot_consistency(rows: list[ResultRow]) -> bytes:
     """Consistency vs resolution: one line per model (with its 95% interval), published figures as markers."""
-    from matplotlib.lines import Line2D
+    from .plots import interval_plot
 
-    from .plots import _figure, _png
-
-    records = consistency_records(rows)
-    fig = _figure()
-    ax = fig.add_subplot()
-    any_published = False
-    for i, label in enumerate(dict.fromkeys(r["label"] for r in records)):
-        mine = [r for r in records if r["label"] == label]
-        color = f"C{i % 10}"
-        ys = [r["consistency"] for r in mine]
-        err = [
-            [r["consistency"] - r["consistency_ci95_low"] for r in mine],
-            [r["consistency_ci95_high"] - r["consistency"] for r in mine],
-        ]
-        ax.errorbar([r["img_size"] for r in mine], ys, yerr=err, color=color, marker="o", capsize=3, label=label)
-        pub = [(r["img_size"], r["published_consistency"]) for r in mine if r["published_consistency"] is not None]
-        if pub:
-            any_published = True
-            ax.scatter([p[0] for p in pub], [p[1] for p in pub], marker="x", s=60, color=color, zorder=3)
-    handles, names = ax.get_legend_handles_labels()
-    if any_published:
-        handles.append(Line2D([], [], color="0.3", marker="x", linestyle="none"))
-        names.append("published")
-    ax.legend(handles, names, fontsize="small")
-    ax.set_xlabel("input size (px)")
-    ax.set_ylabel("consistency (% of pairs whose top-1 agree)")
-    ax.set_xticks(sorted({r["img_size"] for r in records}))
-    ax.set_title("Consistency under translation vs resolution (bars: 95% Wilson interval)", fontsize="medium")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return interval_plot(
+        consistency_records(rows),
+        "consistency",
+        "published_consistency",
+        "consistency (% of pairs whose top-1 agree)",
+        "Consistency under translation vs resolution (bars: 95% Wilson interval)",
+    )
 
 
 def render_shift(
