@@ -112,30 +112,33 @@ class BarProgress(Progress):
             self._progress = None
 
 
-def results_table(rows) -> Table:
-    """Models x sizes: top-1 (top-5) and images/s in each cell."""
+def _models_by_sizes(rows, title: str, cell_text) -> Table:
+    """A models x sizes table, one line per model with its PE kind; ``cell_text(row)`` fills each cell."""
     models = list(dict.fromkeys(r.model for r in rows))
     sizes = sorted({r.img_size for r in rows})
     cells = {(r.model, r.img_size): r for r in rows}
-    table = Table(title="top-1 % (top-5 %) · images/s", title_style="bold")
+    table = Table(title=title, title_style="bold")
     table.add_column("model")
     table.add_column("PE")
     for s in sizes:
         table.add_column(f"{s}px", justify="right")
     for m in models:
         pe = next(r.pe for r in rows if r.model == m)
-        values = []
-        for s in sizes:
-            r = cells.get((m, s))
-            if r is None:
-                values.append("–")
-                continue
-            text = f"{r.top1:.2f} ({r.top5:.2f})"
-            if r.images_per_sec:
-                text += f"\n{r.images_per_sec:,.1f}/s"
-            values.append(text)
+        values = [cell_text(cells[(m, s)]) if (m, s) in cells else "–" for s in sizes]
         table.add_row(plain(m), plain(pe), *values)
     return table
+
+
+def _result_cell(r) -> str:
+    text = f"{r.top1:.2f} ({r.top5:.2f})"
+    if r.images_per_sec:
+        text += f"\n{r.images_per_sec:,.1f}/s"
+    return text
+
+
+def results_table(rows) -> Table:
+    """Models x sizes: top-1 (top-5) and images/s in each cell."""
+    return _models_by_sizes(rows, "top-1 % (top-5 %) · images/s", _result_cell)
 
 
 def print_results(rows) -> None:
@@ -144,26 +147,12 @@ def print_results(rows) -> None:
 
 def shift_table(rows) -> Table:
     """Models x sizes: consistency (top-1 of each view) in each cell of the translation probe."""
-    models = list(dict.fromkeys(r.model for r in rows))
-    sizes = sorted({r.img_size for r in rows})
-    cells = {(r.model, r.img_size): r for r in rows}
-    table = Table(title="consistency % (top-1 % of view A / view B)", title_style="bold")
-    table.add_column("model")
-    table.add_column("PE")
-    for s in sizes:
-        table.add_column(f"{s}px", justify="right")
-    for m in models:
-        pe = next(r.pe for r in rows if r.model == m)
-        values = []
-        for s in sizes:
-            r = cells.get((m, s))
-            if r is None:
-                values.append("–")
-                continue
-            e = r.extra
-            values.append(f"{e['consistency']:.2f}\n({e['top1_a']:.2f} / {e['top1_b']:.2f})")
-        table.add_row(m, pe, *values)
-    return table
+
+    def cell(r) -> str:
+        e = r.extra
+        return f"{e['consistency']:.2f}\n({e['top1_a']:.2f} / {e['top1_b']:.2f})"
+
+    return _models_by_sizes(rows, "consistency % (top-1 % of view A / view B)", cell)
 
 
 def print_shift_results(rows) -> None:
