@@ -1,11 +1,12 @@
 """The published numbers shipped with the package, read in one place.
 
-``published_results.csv``: top-1 by model and size, with the protocol it was measured under and a confidence
-grade (``primary`` = the paper's own table; ``secondary``/``quoted`` = read from a figure or quoted elsewhere;
-``unverified`` = one transcription only). A protocol other than ``train224-no-finetune`` says how the figure
-differs: ``...-crop1.0`` (evaluated with crop ratio 1.0), ``finetune384`` (a model fine-tuned at that size, not a
-zero-shot result: never shown as one), ``native384-squash`` (the figure of a model registered at native size 384,
-e.g. ``cvt_13_384``, whose weights were fine-tuned there: its native-size figure, official squash evaluation).
+``published_results.csv``: top-1 by model and size, with the protocol it was measured under and a confidence grade
+(``primary`` = the paper's own table; ``secondary-xN`` = N independent transcriptions that agree; ``secondary``,
+``quoted``, ``approximate`` = a single reading: one note, a quote elsewhere, a figure read by eye). A protocol
+other than ``train224-no-finetune`` says how the figure differs: ``...-crop1.0`` (evaluated with crop ratio 1.0),
+``finetune384`` (a model fine-tuned at that size, not a zero-shot result: never shown as one), ``native384-squash``
+(the figure of a model registered at native size 384, e.g. ``cvt_13_384``, whose weights were fine-tuned there: its
+native-size figure, official squash evaluation).
 ``published_throughput.csv``: the paper's V100 figures, for context. ``published_shift.csv``: shift consistency
 (Zhang 2019 protocol).
 """
@@ -70,6 +71,15 @@ def published_results() -> tuple[Published, ...]:
 def published_for(model: str, zero_shot_only: bool = True) -> dict[int, Published]:
     """``{size: Published}`` of a model; fine-tuned figures only when asked for."""
     return {p.img_size: p for p in published_results() if p.model == model and (p.zero_shot or not zero_shot_only)}
+
+
+# grades that rest on a single reading of the paper; compact tables mark their figures with "?"
+SINGLE_READING = frozenset({"secondary", "quoted", "approximate", "unverified"})
+
+
+def single_reading(confidence: str) -> bool:
+    """Whether a figure of this grade rests on one reading only (not the paper's table, no agreeing copies)."""
+    return confidence in SINGLE_READING
 
 
 def published_top1(model: str, size: int) -> tuple[float, str] | None:

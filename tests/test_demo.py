@@ -14,7 +14,7 @@ from cpvt_eval.checkpoints import load_checkpoint
 from cpvt_eval.cli import app
 from cpvt_eval.data import open_dataset
 from cpvt_eval.demo import dataset as ds
-from cpvt_eval.demo.run import DEFAULT_MODELS, DEMO_MODELS, PAPER_SIZE, checkpoint_path, paper_table
+from cpvt_eval.demo.run import DEFAULT_MODELS, DEMO_MODELS, FINDING, PAPER_SIZE, checkpoint_path, paper_table
 from cpvt_eval.errors import DataError
 from cpvt_eval.models.registry import resolve
 from cpvt_eval.results import ResultRow
@@ -125,6 +125,7 @@ def test_demo_command_end_to_end(tmp_path):
         assert (out / name).is_file(), name
     paper = (out / "paper.md").read_text()
     assert "DeiT-Ti (paper, ImageNet)" in paper and "112 px (448)" in paper
+    assert paper.rstrip().endswith(FINDING)  # the table never stands without what it does not show
     # the paper's second claim beside the first: consistency under translation at the native size
     from cpvt_eval.report import split_rows
     from cpvt_eval.results import RunStore
@@ -135,6 +136,7 @@ def test_demo_command_end_to_end(tmp_path):
     assert "consistency" in (out / "shift.md").read_text().lower()
     plain = CliRunner().invoke(app, [a for a in args if a != "--json"])
     assert plain.exit_code == 0 and "consistency" in plain.output
+    assert "do not reproduce the paper's resolution effect" in " ".join(plain.output.split())
 
 
 def test_shipped_models_beat_chance_at_native_size(tmp_path):
@@ -189,6 +191,16 @@ def test_paper_table_maps_sizes_to_the_same_grid():
     assert lines[2] == "| deit_toy (demo) | ape-learned | 80.0 | 70.0 (-10.0) |"
     # DeiT-Ti: 72.2 at 224 and 71.2 at 384 in the shipped published results
     assert lines[3] == "| DeiT-Ti (paper, ImageNet) | ape-learned | 72.2 | 71.2 (-1.0) |"
+
+
+def test_paper_table_marks_figures_that_rest_on_a_single_reading():
+    from cpvt_eval.published import published_top1, single_reading
+
+    # CPVT-Ti at 384 is graded "secondary" (one note); at 448 "secondary-x2" (two notes that agree)
+    assert single_reading(published_top1("cpvt_ti", 384)[1]) and not single_reading(published_top1("cpvt_ti", 448)[1])
+    rows = [_row("cpvt_toy", "peg-0", s, 90.0) for s in (56, 96, 112)]
+    paper = paper_table(rows).splitlines()[3]
+    assert paper == "| CPVT-Ti (paper, ImageNet) | peg-0 | 72.4 | 73.2 (+0.8) ? | 71.8 (-0.6) |"
 
 
 def test_demo_all_includes_the_ablations(tmp_path):

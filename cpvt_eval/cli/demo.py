@@ -51,7 +51,7 @@ def demo(
     The models were trained at 56 px with patch 4 (a 14x14 grid, as patch 16 at 224); 96/112/128 px give the
     24/28/32 grids of 384/448/512 px. Writes the usual reports plus paper.md (the demo next to the paper).
     """
-    from ..demo.run import DEFAULT_MODELS, DEMO_MODELS, DEMO_SIZES, DemoConfig, run_demo
+    from ..demo.run import DEFAULT_MODELS, DEMO_MODELS, DEMO_SIZES, FINDING, DemoConfig, run_demo
 
     with guarded():
         models = parse_models(model or []) or (DEMO_MODELS if all_models else DEFAULT_MODELS)
@@ -79,6 +79,7 @@ def demo(
             console.print_results(rows)
             console.info("demo vs paper (top-1 %, change from native size; the paper's size in brackets):")
             console.info(result.paper_table)
+            console.info(FINDING)
             root = result.outcome.store.root
             if result.shift_rows:
                 console.print_shift_results(result.shift_rows)

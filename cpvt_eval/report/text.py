@@ -192,7 +192,8 @@ def markdown_report(
     out += [_md_table(header, body, align_right_from=2), ""]
     out += [
         "Δ native: points from the same model at its training size. Δ paper: points from the published top-1; "
-        "rows graded `unverified` rest on a single transcription of the paper's table.",
+        "confidence `primary` is the paper's own table, `secondary-xN` N transcriptions that agree; `secondary`, "
+        "`quoted` and `approximate` rest on a single reading.",
         "",
     ]
     crops = sorted({r["published_crop_pct"] for r in records if r["published_crop_pct"] is not None})
