@@ -90,8 +90,10 @@ def published_top1(model: str, size: int) -> tuple[float, str] | None:
 
 @lru_cache(maxsize=1)
 def published_throughput() -> tuple[dict, ...]:
-    return tuple({**r, "img_size": int(r["img_size"]), "images_per_sec": float(r["images_per_sec"])}
-                 for r in _read("published_throughput.csv"))
+    return tuple(
+        {**r, "img_size": int(r["img_size"]), "images_per_sec": float(r["images_per_sec"])}
+        for r in _read("published_throughput.csv")
+    )
 
 
 @lru_cache(maxsize=1)

@@ -279,7 +279,7 @@ def test_cli_size_not_a_multiple_of_14_names_the_nearest_valid_sizes(imagefolder
 
 def test_cli_swin_total_stride_and_window_option(imagefolder, tmp_path):
     name = FAMILIES["swin"][0]
-    _native(name, dict(embed_dim=24, num_classes=10), tmp_path / "swin.pth")  # --model-arg takes no tuples
+    _native(name, dict(embed_dim=24, num_classes=10), tmp_path / "swin.pth")
     base = ["resolution", "-m", "swin_t", "--data", imagefolder, "-c", tmp_path / "swin.pth", "--no-throughput"]
     base += ["--model-arg=embed_dim=24", "--model-arg=num_classes=10", "--out", tmp_path / "run"]
     result = _run([*base, "-s", "400"])
@@ -355,3 +355,20 @@ def test_any_model_timm_builds_at_a_size_pit_map_ape(tmp_path):
     x = torch.randn(2, 3, 384, 384, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(module(x), reference(x))
+
+
+def test_cli_model_arg_tuple_reaches_the_constructor(imagefolder, tmp_path):
+    """``--model-arg depths=1,1,1,1`` builds the 4-stage Swin with one block per stage, whose checkpoint then loads
+    strictly; the row records the argument as it was typed."""
+    name = FAMILIES["swin"][0]
+    kwargs = dict(embed_dim=24, num_classes=10, depths=(1, 1, 1, 1))
+    _native(name, kwargs, tmp_path / "swin.pth")
+    args = ["resolution", "-m", "swin_t", "--data", imagefolder, "-c", tmp_path / "swin.pth", "--no-throughput"]
+    args += ["--model-arg=embed_dim=24", "--model-arg=num_classes=10", "--model-arg=depths=1,1,1,1"]
+    result = _run([*args, "-s", "224", "--out", tmp_path / "run", "--json"])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)
+    assert row["model_args"] == "depths=1,1,1,1,embed_dim=24,num_classes=10"
+    result = _run([*args[:-1], "--model-arg=depths=1,,1", "-s", "224", "--out", tmp_path / "bad"])
+    assert result.exit_code == 2
+    assert _error_line(result).endswith("--model-arg depths=1,,1: empty item in the list '1,,1'")

@@ -6,7 +6,6 @@ retried unsafely. Loading is strict: a missing, unexpected or mis-shaped key sto
 What was renamed, resampled, regenerated or dropped on the way is kept in a ``LoadReport`` stored with the results.
 """
 
-
 from __future__ import annotations
 
 import fnmatch

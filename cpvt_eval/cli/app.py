@@ -213,8 +213,20 @@ def _coerce(value: str):
     return value
 
 
+def _coerce_arg(value: str, key: str, raw: str):
+    """A constructor argument from its text: numbers and booleans as such, ``a,b,...`` as a tuple of them
+    (``depths=1,1,2,1``). ``peg_positions`` stays text, as its stored keys always had it."""
+    if key == "peg_positions" or "," not in raw:
+        return raw if key == "peg_positions" else _coerce(raw)
+    items = [item.strip() for item in raw.split(",")]
+    if not all(items):
+        raise CpvtEvalError(f"--model-arg {value}: empty item in the list {raw!r}")
+    return tuple(_coerce(item) for item in items)
+
+
 def parse_model_args(values: list[str], models: tuple[str, ...]) -> dict[str, dict]:
-    """``[NAME:]key=value``; without a NAME the argument applies to every model."""
+    """``[NAME:]key=value``; without a NAME the argument applies to every model. A comma-separated value is a
+    tuple."""
     out: dict[str, dict] = {}
     for value in values:
         target, sep, rest = value.partition(":")
@@ -223,10 +235,11 @@ def parse_model_args(values: list[str], models: tuple[str, ...]) -> dict[str, di
         else:
             targets = [target]
         key, eq, raw = rest.partition("=")
+        key = key.strip()
         if not eq or not key:
             raise CpvtEvalError(f"--model-arg {value}: expected [NAME:]key=value")
         for t in targets:
-            out.setdefault(t, {})[key.strip()] = raw if key.strip() == "peg_positions" else _coerce(raw)
+            out.setdefault(t, {})[key] = _coerce_arg(value, key, raw)
     return out
 
 

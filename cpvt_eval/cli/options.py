@@ -87,7 +87,7 @@ ModelArgOpt = Annotated[
     list[str],
     typer.Option(
         "--model-arg",
-        help="[NAME:]key=value for the model constructor, e.g. peg_positions=0,3.",
+        help="[NAME:]key=value for the model constructor, e.g. peg_positions=0,3; a,b,... is a tuple.",
         rich_help_panel=MODEL,
     ),
 ]

@@ -104,7 +104,12 @@ def pe_label(m: EvalModel) -> str:
 
 
 def model_args_label(m: EvalModel) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(m.model_args.items()))
+    """``k=v`` pairs as ``--model-arg`` takes them (a tuple as ``a,b,...``), sorted by key."""
+
+    def text(v) -> str:
+        return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+
+    return ",".join(f"{k}={text(v)}" for k, v in sorted(m.model_args.items()))
 
 
 def pe_options_of(m: EvalModel, pe: PEOptions) -> str:

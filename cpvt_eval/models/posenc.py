@@ -82,8 +82,9 @@ def resample_abs_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
-def resample_pos_map(pos_map: torch.Tensor, new_grid: tuple[int, int], interpolation: str = "bicubic",
-                     antialias: bool = False) -> torch.Tensor:
+def resample_pos_map(
+    pos_map: torch.Tensor, new_grid: tuple[int, int], interpolation: str = "bicubic", antialias: bool = False
+) -> torch.Tensor:
     """Resample a position embedding laid out as a ``(1, D, H, W)`` map (the grid part of a token table, or PiT's
     own layout) to ``new_grid``, in float32, the DeiT way by default; the result takes the input dtype back."""
     if interpolation not in APE_INTERPOLATIONS:
