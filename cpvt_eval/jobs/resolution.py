@@ -173,18 +173,9 @@ class _Job:
         if store is not None:
             self._tidy(store, ids)
         # Only rank 0 reads the run directory; the other ranks learn the cells left to do from it.
-        done = set() if cfg.force or store is None else store.finished_keys() & set(keys.values())
-        skipped = [cell for cell, key in keys.items() if key in done]
-        if skipped:
-            listed = ", ".join(f"{name}@{size}px" for name, size in skipped)
-            hooks.notify(f"{store.root}: skipping {len(skipped)} finished cell(s) ({listed}); --force recomputes them")
-        record = provenance_record(list(cfg.argv), str(device), SEED, config_summary(cfg))
-        record.update(cells_total=len(keys), cells_skipped=len(skipped), force=cfg.force, distributed=dist.describe())
-        if store is not None:
-            store.record_provenance(record)
-            if image_set.skipped:
-                store.write_text("skipped.tsv", skipped_tsv(image_set.skipped))
-            store.write_text("load_reports.json", json.dumps({m.name: m.load_report for m in models}, indent=2) + "\n")
+        done, record = open_run(
+            store, cfg, hooks, models, image_set, keys, device, SEED, config_summary(cfg), dist.describe()
+        )
         settings = EvalSettings(
             device=device,
             batch_size=cfg.batch_size,
@@ -295,6 +286,39 @@ def no_space_error(store: RunStore, ids, e: OSError) -> EnvironmentFailure:
         f"no space left on {where}; kept {len(kept)} of {len(ids)} finished cell(s){listed}; "
         "free some space and rerun the same command to resume"
     )
+
+
+def open_run(
+    store: RunStore | None,
+    cfg: RunConfig,
+    hooks: Hooks,
+    models: list[EvalModel],
+    image_set: ImageSet,
+    keys: dict[tuple[str, int], str],
+    device: torch.device,
+    seed: int,
+    summary: dict,
+    dist_info: dict | None,
+) -> tuple[set[str], dict]:
+    """The opening of a job's computation: the finished cells it skips (said once, by name), and its provenance
+    record, ``skipped.tsv`` and ``load_reports.json`` written to the run directory (none on a rank without one).
+
+    Returns:
+        ``(done, record)``: the keys of the finished cells, and the provenance record to complete at the end.
+    """
+    done = set() if cfg.force or store is None else store.finished_keys() & set(keys.values())
+    skipped = [cell for cell, key in keys.items() if key in done]
+    if skipped:
+        listed = ", ".join(f"{name}@{size}px" for name, size in skipped)
+        hooks.notify(f"{store.root}: skipping {len(skipped)} finished cell(s) ({listed}); --force recomputes them")
+    record = provenance_record(list(cfg.argv), str(device), seed, summary)
+    record.update(cells_total=len(keys), cells_skipped=len(skipped), force=cfg.force, distributed=dist_info)
+    if store is not None:
+        store.record_provenance(record)
+        if image_set.skipped:
+            store.write_text("skipped.tsv", skipped_tsv(image_set.skipped))
+        store.write_text("load_reports.json", json.dumps({m.name: m.load_report for m in models}, indent=2) + "\n")
+    return done, record
 
 
 def skipped_tsv(skipped: list[tuple[str, str]]) -> str:

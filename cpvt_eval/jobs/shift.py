@@ -8,7 +8,6 @@ provenance. Each row is one (model, size, protocol) cell; its per-pair predictio
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 
 import torch
@@ -21,11 +20,11 @@ from ..engine import CellOutput, EvalModel, EvalSettings
 from ..errors import CpvtEvalError, is_no_space
 from ..limits import check_transform
 from ..models.build import prepare_models
-from ..results import ResultRow, RunStore, format_ci, provenance_record
+from ..results import ResultRow, RunStore, format_ci
 from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
 from ..shift import ShiftCell, shift_sweep
-from .resolution import RunOutcome, config_summary, no_space_error, skipped_tsv
+from .resolution import RunOutcome, config_summary, no_space_error, open_run
 from .rows import cell_id, make_row
 
 __all__ = ["run_shift", "shift_arrays", "shift_row"]
@@ -84,18 +83,8 @@ def _compute(cfg, protocol, hooks, models: list[EvalModel], image_set, device, w
     torch.manual_seed(protocol.seed)
     probe = protocol.probe()
     keys = {cell: ident.key() for cell, ident in ids.items()}
-    done = set() if cfg.force else store.finished_keys() & set(keys.values())
-    skipped = [cell for cell, key in keys.items() if key in done]
-    if skipped:
-        listed = ", ".join(f"{name}@{size}px" for name, size in skipped)
-        hooks.notify(f"{store.root}: skipping {len(skipped)} finished cell(s) ({listed}); --force recomputes them")
     summary = {**config_summary(cfg), "shift": asdict(protocol), "probe": probe}
-    record = provenance_record(list(cfg.argv), str(device), protocol.seed, summary)
-    record.update(cells_total=len(keys), cells_skipped=len(skipped), force=cfg.force, distributed=None)
-    store.record_provenance(record)
-    if image_set.skipped:
-        store.write_text("skipped.tsv", skipped_tsv(image_set.skipped))
-    store.write_text("load_reports.json", json.dumps({m.name: m.load_report for m in models}, indent=2) + "\n")
+    done, record = open_run(store, cfg, hooks, models, image_set, keys, device, protocol.seed, summary, None)
     settings = EvalSettings(
         device=device,
         batch_size=cfg.batch_size,
