@@ -239,6 +239,8 @@ def test_mcnemar_between_models_on_the_same_pairs(imagefolder, toy_checkpoints, 
     )
     md = (tmp_path / "run" / "shift.md").read_text()
     assert "exact McNemar" in md and "| 56px | cpvt_toy | deit_toy |" in md
+    header = "| size | A | B | consistency A | consistency B | Δ (A−B) | only A agrees | only B agrees | p |"
+    assert header in md.splitlines()
     doc = json.loads((tmp_path / "run" / "shift.json").read_text())
     assert doc["pairs"] == [pair]
 

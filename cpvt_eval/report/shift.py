@@ -241,7 +241,7 @@ def shift_markdown(
 ) -> str:
     """Consistency by size (pivot, then with intervals, each view's top-1 and the published figure), paired tests,
     plots, conditions."""
-    from .text import _fmt, _md_table, _pivot
+    from .text import _fmt, _md_table, _pivot, paired_section
 
     if not rows:
         return f"# {title}\n\nNo finished cells yet.\n"
@@ -277,24 +277,13 @@ def shift_markdown(
         "",
     ]
     if pairs:
-        out += ["## Paired differences (exact McNemar test on the agreement of the same view pairs)", ""]
-        body = [
-            [
-                f"{p['img_size']}px",
-                p["a"],
-                p["b"],
-                _fmt(p["consistency_a"], ".2f"),
-                _fmt(p["consistency_b"], ".2f"),
-                _fmt(p["delta"], "+.2f"),
-                str(p["only_a_agrees"]),
-                str(p["only_b_agrees"]),
-                _fmt(p["p_value"], ".4f"),
-            ]
-            for p in pairs
-        ]
-        header = ["size", "A", "B", "consistency A", "consistency B", "Δ (A−B)", "only A agrees", "only B agrees", "p"]
-        out += [_md_table(header, body, align_right_from=3), ""]
-        out += ["A small p says one model's higher consistency on these pairs is unlikely to be chance.", ""]
+        out += paired_section(
+            pairs,
+            "exact McNemar test on the agreement of the same view pairs",
+            ("consistency", "consistency"),
+            ("agrees", "agrees"),
+            "A small p says one model's higher consistency on these pairs is unlikely to be chance.",
+        )
     if plots:
         out += ["## Plots", "", *(f"![Consistency vs resolution]({p})" for p in plots), ""]
     out += ["## Conditions", "", *_conditions(rows, provenance), ""]

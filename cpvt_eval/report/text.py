@@ -219,24 +219,13 @@ def markdown_report(
             out += [_md_table(["model"] + [f"{s}px" for s in t_sizes], body), ""]
 
     if pairs:
-        out += ["## Paired differences (exact McNemar test on the same images)", ""]
-        body = [
-            [
-                f"{p['img_size']}px",
-                p["a"],
-                p["b"],
-                _fmt(p["top1_a"], ".2f"),
-                _fmt(p["top1_b"], ".2f"),
-                _fmt(p["delta"], "+.2f"),
-                str(p["only_a_correct"]),
-                str(p["only_b_correct"]),
-                _fmt(p["p_value"], ".4f"),
-            ]
-            for p in pairs
-        ]
-        header = ["size", "A", "B", "top-1 A", "top-1 B", "Δ (A−B)", "only A right", "only B right", "p"]
-        out += [_md_table(header, body, align_right_from=3), ""]
-        out += ["A small p says the two models' difference on these images is unlikely to be chance.", ""]
+        out += paired_section(
+            pairs,
+            "exact McNemar test on the same images",
+            ("top1", "top-1"),
+            ("correct", "right"),
+            "A small p says the two models' difference on these images is unlikely to be chance.",
+        )
 
     if plots:
         out += ["## Plots", ""]
@@ -246,6 +235,30 @@ def markdown_report(
     out += real_section(rows)
     out += ["## Conditions", ""] + _conditions(rows, provenance) + data_conditions(rows) + [""]
     return "\n".join(out)
+
+
+def paired_section(
+    pairs: list[dict], test: str, value: tuple[str, str], only: tuple[str, str], reading: str
+) -> list[str]:
+    """Markdown: the paired comparisons of two models at each size. ``value`` is ``(key, title)`` of the compared
+    figure (``top1_a``/``top1_b`` in a pair record), ``only`` of the discordant counts (``only_a_correct``...)."""
+    (key, title), (only_key, only_title) = value, only
+    body = [
+        [
+            f"{p['img_size']}px",
+            p["a"],
+            p["b"],
+            _fmt(p[f"{key}_a"], ".2f"),
+            _fmt(p[f"{key}_b"], ".2f"),
+            _fmt(p["delta"], "+.2f"),
+            str(p[f"only_a_{only_key}"]),
+            str(p[f"only_b_{only_key}"]),
+            _fmt(p["p_value"], ".4f"),
+        ]
+        for p in pairs
+    ]
+    header = ["size", "A", "B", f"{title} A", f"{title} B", "Δ (A−B)", f"only A {only_title}", f"only B {only_title}"]
+    return [f"## Paired differences ({test})", "", _md_table(header + ["p"], body, align_right_from=3), "", reading, ""]
 
 
 def data_conditions(rows: list[ResultRow]) -> list[str]:
