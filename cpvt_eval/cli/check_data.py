@@ -17,22 +17,49 @@ from .app import app, guarded
     "check-data",
     epilog=(
         "Example: cpvt-eval check-data /datasets/imagenet/val  ·  "
-        "cpvt-eval check-data val_flat --labels LOC_val_solution.csv --json"
+        "cpvt-eval check-data val_flat --labels LOC_val_solution.csv --json  ·  "
+        "cpvt-eval check-data 'shards/imagenet1k-validation-{00..63}.tar'  ·  "
+        "cpvt-eval check-data hf/imagenet-1k/data --split validation"
     ),
 )
 def check_data(
-    data: Annotated[Path, typer.Argument(help="Dataset folder (any layout) or manifest CSV.")],
-    layout: Annotated[str, typer.Option(help="auto, imagefolder, flat, imagenetv2 or manifest.")] = "auto",
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Dataset folder (any layout), manifest CSV, WebDataset shards ('val-{00..63}.tar', a folder of "
+            "them, _info.json) or Hugging Face parquet/arrow files (a file, a folder, a save_to_disk folder)."
+        ),
+    ],
+    layout: Annotated[
+        str, typer.Option(help="auto, imagefolder, flat, imagenetv2, manifest, images, wds, parquet or arrow.")
+    ] = "auto",
     labels: Annotated[
         Optional[Path], typer.Option(help="Devkit ground truth, Kaggle LOC_val_solution.csv or a path,label manifest.")
     ] = None,
     classes: Annotated[Optional[Path], typer.Option(help="File of WordNet ids: check only these classes.")] = None,
+    label_key: Annotated[
+        Optional[str],
+        typer.Option(help="Where a store holds the label: a shard's .json field, a parquet/arrow column."),
+    ] = None,
+    split: Annotated[
+        Optional[str], typer.Option(help="The split of a store that holds several (default: validation).")
+    ] = None,
+    require_labels: Annotated[
+        bool,
+        typer.Option(
+            "--require-labels/--no-labels",
+            help="--no-labels: check a set as the label-free commands read it (an unlabelled folder is `images`).",
+        ),
+    ] = True,
     workers: Annotated[
         Optional[int], typer.Option("--workers", "-j", min=0, help="Data loader workers (default: the cores).")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Write the findings as JSON on stdout.")] = False,
 ) -> None:
     """Decode every image of a validation set and list every problem (empty, not an image, truncated).
+
+    Stores are checked in place: a problem names the shard member (``shard.tar/KEY.jpg``), the parquet/arrow row
+    (``file.parquet[row 12]``), or the shard / row group that cannot be read.
 
     Also reports the layout, the label source, whether it is the full 50,000-image set, the fingerprint that
     result rows carry, and odd but valid files (CMYK, grayscale, PNG data behind a .JPEG name). Exit code 0
@@ -43,7 +70,15 @@ def check_data(
     from ..data.images import ImageCheck
 
     with guarded():
-        image_set = open_dataset(data, layout=layout, labels=labels, classes=classes)
+        image_set = open_dataset(
+            data,
+            layout=layout,
+            labels=labels,
+            classes=classes,
+            require_labels=require_labels,
+            label_key=label_key,
+            split=split,
+        )
         problems = [ImageCheck(rel, problem=why) for rel, why in image_set.unreadable]
         notes = []
         checks = scan_images(
@@ -58,11 +93,13 @@ def check_data(
             elif check.note:
                 notes.append(check)
         summary = {
-            "root": str(image_set.root),
+            "root": image_set.source,
             "layout": image_set.layout,
             "label_source": image_set.label_source,
+            "has_labels": image_set.has_labels,
+            "split": image_set.split,
             "n_images": len(image_set),
-            "n_classes": len({s.label for s in image_set.samples}),
+            "n_classes": len({s.label for s in image_set.samples if s.label >= 0}),
             "full_val": image_set.is_full_imagenet_val,
             "fingerprint": image_set.fingerprint,
             "problems": [{"path": c.relpath, "problem": c.problem} for c in problems],

@@ -3,9 +3,10 @@
 Labels are always the canonical ImageNet-1k index (sorted WordNet ids: 0 = n01440764, 999 = n15075141),
 never the order of folders found on disk, so a subset of class folders still gets the right indices.
 
-``labels`` (canonical labels, label files), ``layouts`` (the on-disk layouts, subsets, fingerprint), ``images``
-(decoding, bad files) and ``real`` (ImageNet-ReaL) hold the parts; this module keeps the transform and loaders
-and re-exports the rest, so ``from cpvt_eval.data import ...`` is the one import path.
+``labels`` (canonical labels, label files), ``layouts`` (the on-disk layouts, subsets, fingerprint), ``stores``
+(WebDataset shards, Hugging Face parquet/arrow files), ``images`` (decoding, bad files), ``subsets`` (label subsets
+such as ImageNet-A/-R, test-set names) and ``real`` (ImageNet-ReaL) hold the parts; this module keeps the transform
+and loaders and re-exports the rest, so ``from cpvt_eval.data import ...`` is the one import path.
 """
 
 from __future__ import annotations
@@ -20,7 +21,17 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from ..errors import DataError
-from .images import BAD_IMAGE_POLICIES, ImageCheck, apply_bad_image_policy, check_image, load_rgb, scan_images
+from .images import (
+    BAD_IMAGE_POLICIES,
+    ImageCheck,
+    apply_bad_image_policy,
+    check_image,
+    check_sample,
+    decode_rgb,
+    load_rgb,
+    load_sample,
+    scan_images,
+)
 from .labels import (
     FULL_VAL_CLASSES,
     FULL_VAL_IMAGES,
@@ -34,6 +45,7 @@ from .labels import (
 from .layouts import (
     IMAGE_EXTENSIONS,
     LAYOUTS,
+    STORE_LAYOUTS,
     ImageSet,
     Sample,
     detect_layout,
@@ -44,10 +56,13 @@ from .layouts import (
     scan_imagefolder,
     scan_imagenetv2,
     scan_manifest,
+    scan_unlabelled,
     select_classes,
     stratified_subset,
 )
 from .real import RealLabels, RealScore, load_real_labels, real_score
+from .stores import StoreSpec, expand_braces, resolve_store
+from .subsets import LABEL_SUBSETS, LabelSubset, detect_test_set, load_label_subset
 
 __all__ = [
     "BAD_IMAGE_POLICIES",
@@ -56,29 +71,40 @@ __all__ = [
     "FULL_VAL_IMAGES",
     "IMAGE_EXTENSIONS",
     "INTERPOLATIONS",
+    "LABEL_SUBSETS",
     "LAYOUTS",
+    "STORE_LAYOUTS",
     "EvalDataset",
     "EvalTransform",
     "ImageCheck",
     "ImageSet",
     "LabelFile",
+    "LabelSubset",
     "RealLabels",
     "RealScore",
     "Sample",
+    "StoreSpec",
     "apply_bad_image_policy",
     "check_image",
+    "check_sample",
+    "decode_rgb",
     "default_workers",
     "detect_layout",
+    "detect_test_set",
+    "expand_braces",
     "fingerprint",
     "imagenet_synsets",
     "imagenet_val_wnids",
+    "load_label_subset",
     "load_real_labels",
     "load_rgb",
+    "load_sample",
     "make_loader",
     "normalize_batch",
     "open_dataset",
     "read_label_file",
     "real_score",
+    "resolve_store",
     "resize_size",
     "scan",
     "scan_flat",
@@ -86,6 +112,7 @@ __all__ = [
     "scan_imagenetv2",
     "scan_images",
     "scan_manifest",
+    "scan_unlabelled",
     "select_classes",
     "stratified_subset",
     "synset_to_index",
@@ -106,21 +133,34 @@ def resize_size(size: int, crop_pct: float) -> int:
     return int(math.floor(size / crop_pct))
 
 
-CROP_MODES = ("center", "squash")
+# timm's inference crop modes under timm's names (``timm.data.create_transform(crop_mode=...)``), and ``full``.
+CROP_MODES = ("center", "squash", "border", "full")
 
 
 class EvalTransform:
-    """PIL image -> uint8 ``(3, size, size)``: shorter side to ``floor(size / crop_pct)``, centre crop.
+    """PIL image -> uint8 ``(3, size, size)``, by crop mode (timm's meaning of each name):
 
-    The same maths as timm's and DeiT's eval transform (PIL resize, then crop); the float conversion and the
-    normalisation happen on the device (``normalize_batch``), which gives the same values as ``ToTensor`` +
-    ``Normalize`` because the operations run in the same order.
+    * ``center`` (the default, the DeiT/CPVT/timm eval transform): shorter side to ``floor(size / crop_pct)``,
+      centre crop ``size``;
+    * ``squash``: both sides to ``floor(size / crop_pct)`` (aspect ratio not kept), centre crop ``size``; nothing is
+      cut off at ``crop_pct`` 1;
+    * ``border``: the longer side to ``floor(size / crop_pct)`` (aspect ratio kept), then centre crop, padding the
+      short side with ``fill`` (timm fills with the model's mean colour, ``round(255 * mean)``);
+    * ``full``: the whole image resized to ``size x size``, ``crop_pct`` unused (the official CvT evaluation of its
+      384 models; the same pixels as ``squash`` at ``crop_pct`` 1).
 
-    ``crop_mode="squash"`` resizes the whole image to ``size x size`` instead (aspect ratio not kept, nothing cut
-    off, ``crop_pct`` unused): the official CvT evaluation of its 384 models.
+    The float conversion and the normalisation happen on the device (``normalize_batch``), which gives the same
+    values as ``ToTensor`` + ``Normalize`` because the operations run in the same order.
     """
 
-    def __init__(self, size: int, crop_pct: float = 0.875, interpolation: str = "bicubic", crop_mode: str = "center"):
+    def __init__(
+        self,
+        size: int,
+        crop_pct: float = 0.875,
+        interpolation: str = "bicubic",
+        crop_mode: str = "center",
+        fill: tuple[int, int, int] = (0, 0, 0),
+    ):
         if interpolation not in INTERPOLATIONS:
             raise DataError(f"unknown interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
         if crop_mode not in CROP_MODES:
@@ -129,14 +169,28 @@ class EvalTransform:
         self.crop_pct = crop_pct
         self.interpolation = interpolation
         self.crop_mode = crop_mode
-        self.resize_size = resize_size(size, crop_pct) if crop_mode == "center" else size
+        self.fill = tuple(int(v) for v in fill)
+        self.resize_size = size if crop_mode == "full" else resize_size(size, crop_pct)
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         mode = INTERPOLATIONS[self.interpolation]
+        size, scale = self.size, self.resize_size
+        if self.crop_mode == "full":
+            return TF.pil_to_tensor(TF.resize(img, [size, size], interpolation=mode))
         if self.crop_mode == "squash":
-            return TF.pil_to_tensor(TF.resize(img, [self.size, self.size], interpolation=mode))
-        img = TF.resize(img, self.resize_size, interpolation=mode)
-        img = TF.center_crop(img, [self.size, self.size])
+            img = TF.resize(img, [scale, scale], interpolation=mode)
+        elif self.crop_mode == "border":
+            w, h = img.size
+            ratio = max(h / scale, w / scale)
+            img = TF.resize(img, [round(h / ratio), round(w / ratio)], interpolation=mode)
+            w, h = img.size
+            if w < size or h < size:
+                left, top = max(0, (size - w) // 2), max(0, (size - h) // 2)
+                right, bottom = max(0, (size - w + 1) // 2), max(0, (size - h + 1) // 2)
+                img = TF.pad(img, [left, top, right, bottom], fill=self.fill)
+        else:
+            img = TF.resize(img, scale, interpolation=mode)
+        img = TF.center_crop(img, [size, size])
         return TF.pil_to_tensor(img)
 
 
@@ -153,7 +207,7 @@ class EvalDataset(Dataset):
     def __getitem__(self, i: int):
         s = self.image_set.samples[i]
         draft = self.transform.resize_size if self.image_set.decode_draft else None
-        img = load_rgb(self.image_set.root / s.relpath, draft)
+        img = load_sample(self.image_set, s, draft)
         return self.transform(img), s.label, i
 
 

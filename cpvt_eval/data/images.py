@@ -10,6 +10,7 @@ changes pixels) is used only when asked for, and the run records it.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
-from .layouts import ImageSet, fingerprint
+from ..errors import DataError, shown
+from .layouts import ImageSet, Sample, fingerprint
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 # PIL's format name -> the extensions that announce it; anything else is noted as a mismatch.
@@ -48,20 +49,50 @@ def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """
     try:
         with open(path, "rb") as f:
-            img = Image.open(f)
-            if draft_size is not None and img.format == "JPEG":
-                img.draft("RGB", (draft_size, draft_size))
-            img.load()
+            img = _open_loaded(f, draft_size)
     except FileNotFoundError:
         raise DataError(f"image not found: {path}") from None
     except UnidentifiedImageError:
         raise DataError(f"cannot decode image {path}: not an image PIL can identify") from None
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
         raise DataError(f"cannot decode image {path}: {_decode_error(e)}") from None
+    return _to_rgb(img)
+
+
+def _open_loaded(f, draft_size: int | None) -> Image.Image:
+    img = Image.open(f)
+    if draft_size is not None and img.format == "JPEG":
+        img.draft("RGB", (draft_size, draft_size))
+    img.load()
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
     with warnings.catch_warnings():
         # Palette images with a transparency entry warn on convert; the result is the reference one anyway.
         warnings.simplefilter("ignore", UserWarning)
         return img.convert("RGB")
+
+
+def decode_rgb(data: bytes, where: str, draft_size: int | None = None) -> Image.Image:
+    """``load_rgb`` for image bytes held in a store (a shard member, a parquet row): the same decode, the same
+    pixels as the same bytes in a file. ``where`` names the sample in errors."""
+    try:
+        img = _open_loaded(io.BytesIO(data), draft_size)
+    except UnidentifiedImageError:
+        raise DataError(f"cannot decode image {shown(where)}: not an image PIL can identify") from None
+    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+        raise DataError(f"cannot decode image {shown(where)}: {_decode_error(e)}") from None
+    return _to_rgb(img)
+
+
+def load_sample(image_set: ImageSet, sample: Sample, draft_size: int | None = None) -> Image.Image:
+    """The RGB image of one sample: a file under ``image_set.root``, or bytes read from the store."""
+    if not sample.loc:
+        return load_rgb(image_set.root / sample.relpath, draft_size)
+    from .stores import read_store_bytes
+
+    return decode_rgb(read_store_bytes(image_set, sample), str(image_set.root / sample.relpath), draft_size)
 
 
 @dataclass(frozen=True)
@@ -96,15 +127,20 @@ def check_image(root: Path, relpath: str, full: bool = True) -> ImageCheck:
         f = open(path, "rb")  # noqa: SIM115 (closed by the with below; an unreadable file is not a corrupt one)
     except OSError as e:
         return ImageCheck(relpath, problem=f"cannot read: {e.strerror or e}")
+    with f:
+        return _check_opened(relpath, f, full, relpath)
+
+
+def _check_opened(relpath: str, f, full: bool, named: str) -> ImageCheck:
+    """Identify (and with ``full`` decode) an open image; ``named`` is the file name whose extension is checked."""
     try:
-        with f:
-            img = Image.open(f)
-            fmt, mode = img.format, img.mode
-            if full:
-                img.load()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    img.convert("RGB")
+        img = Image.open(f)
+        fmt, mode = img.format, img.mode
+        if full:
+            img.load()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                img.convert("RGB")
     except UnidentifiedImageError:
         return ImageCheck(relpath, problem="not an image (PIL cannot identify it)")
     except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
@@ -116,21 +152,47 @@ def check_image(root: Path, relpath: str, full: bool = True) -> ImageCheck:
         notes.append("file name is not valid UTF-8 (shown with \\x escapes)")
     if mode != "RGB":
         notes.append(f"mode {mode}")
-    ext = os.path.splitext(relpath)[1].lower()
+    ext = os.path.splitext(named.rsplit("/", 1)[-1])[1].lower()
     if fmt in _FORMAT_EXTENSIONS and ext not in _FORMAT_EXTENSIONS[fmt]:
-        notes.append(f"{fmt} data behind a {ext} name")
+        notes.append(f"{fmt} data behind a {ext or 'extensionless'} name")
     return ImageCheck(relpath, note=", ".join(notes) or None)
 
 
+_IDENTIFY_BYTES = 1 << 16  # enough of a shard member to identify an image (retried whole when it is not)
+
+
+def check_sample(image_set: ImageSet, sample: Sample, full: bool = True) -> ImageCheck:
+    """``check_image`` for one sample of any layout: a file on disk, or a store's shard member / row."""
+    if not sample.loc:
+        return check_image(image_set.root, sample.relpath, full)
+    from .stores import read_store_bytes
+
+    size = sample.loc[-1]
+    if size == 0:
+        return ImageCheck(sample.relpath, problem="empty member (0 bytes)")
+    if size < 0:
+        return ImageCheck(sample.relpath, problem="no image bytes (null)")
+    limit = None if full else _IDENTIFY_BYTES
+    try:
+        data = read_store_bytes(image_set, sample, limit)
+        check = _check_opened(sample.relpath, io.BytesIO(data), full, sample.relpath)
+        if check.problem and limit is not None and len(data) < size:
+            data = read_store_bytes(image_set, sample)  # a header longer than the prefix: judge the whole image
+            check = _check_opened(sample.relpath, io.BytesIO(data), full, sample.relpath)
+    except DataError as e:
+        return ImageCheck(sample.relpath, problem=str(e))
+    return check
+
+
 class _CheckDataset(Dataset):
-    def __init__(self, root: Path, relpaths: list[str], full: bool):
-        self.root, self.relpaths, self.full = root, relpaths, full
+    def __init__(self, image_set: ImageSet, full: bool):
+        self.image_set, self.full = image_set, full
 
     def __len__(self) -> int:
-        return len(self.relpaths)
+        return len(self.image_set.samples)
 
     def __getitem__(self, i: int) -> ImageCheck:
-        return check_image(self.root, self.relpaths[i], self.full)
+        return check_sample(self.image_set, self.image_set.samples[i], self.full)
 
 
 def _as_list(batch):
@@ -146,16 +208,15 @@ def scan_images(image_set: ImageSet, full: bool = True, workers: int = 0, progre
         workers: DataLoader worker processes.
         progress: an object with ``start(label, total)``, ``advance(n)`` and ``finish()`` (the engine's hook).
     """
-    relpaths = [s.relpath for s in image_set.samples]
     loader = DataLoader(
-        _CheckDataset(image_set.root, relpaths, full),
+        _CheckDataset(image_set, full),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=_as_list,
     )
     if progress is not None:
-        progress.start("checking images" if full else "identifying images", len(relpaths))
+        progress.start("checking images" if full else "identifying images", len(image_set.samples))
     try:
         for batch in loader:
             yield from batch
@@ -164,6 +225,12 @@ def scan_images(image_set: ImageSet, full: bool = True, workers: int = 0, progre
     finally:
         if progress is not None:
             progress.finish()
+
+
+def _quoted(text: str) -> str:
+    """A path as a shell would need it in the check-data hint (patterns hold braces)."""
+    text = shown(text)
+    return f"'{text}'" if any(c in text for c in " {}*?[]'\"") else text
 
 
 def apply_bad_image_policy(image_set: ImageSet, policy: str = "stop", workers: int = 0, progress=None) -> None:
@@ -180,15 +247,17 @@ def apply_bad_image_policy(image_set: ImageSet, policy: str = "stop", workers: i
         rel, why = image_set.unreadable[0]
         more = f" (+{len(image_set.unreadable) - 1} more)" if len(image_set.unreadable) > 1 else ""
         raise DataError(
-            f"cannot read {image_set.root / rel}: {why}{more} "
-            f"(list every problem with `cpvt-eval check-data {image_set.root}`, or pass --on-bad-image skip)"
+            f"cannot read {shown(image_set.root / rel)}: {why}{more} "
+            f"(list every problem with `cpvt-eval check-data {_quoted(image_set.source)}`, "
+            "or pass --on-bad-image skip)"
         )
     if policy == "stop":
         for check in scan_images(image_set, full=False, workers=workers, progress=progress):
             if check.problem:
                 raise DataError(
-                    f"bad image {image_set.root / check.relpath}: {check.problem} "
-                    f"(list every problem with `cpvt-eval check-data {image_set.root}`, or pass --on-bad-image skip)"
+                    f"bad image {shown(image_set.root / check.relpath)}: {check.problem} "
+                    f"(list every problem with `cpvt-eval check-data {_quoted(image_set.source)}`, "
+                    "or pass --on-bad-image skip)"
                 )
         return
     bad = {c.relpath: c.problem for c in scan_images(image_set, True, workers, progress) if c.problem}
@@ -200,6 +269,9 @@ def apply_bad_image_policy(image_set: ImageSet, policy: str = "stop", workers: i
     image_set.skipped.extend((rel, bad[rel]) for rel in sorted(bad))
     image_set.samples = [s for s in image_set.samples if s.relpath not in bad]
     if not image_set.samples:
-        raise DataError(f"every image in {image_set.root} is bad ({len(bad)} files); nothing to evaluate")
+        raise DataError(
+            f"nothing to evaluate in {shown(image_set.source)}: every image is bad or unreadable ({len(bad)} bad "
+            f"image(s), {len(image_set.skipped) - len(bad)} unreadable folder(s)/shard(s)/row group(s))"
+        )
     # The fingerprint names what is evaluated: the files left out are not part of it.
     image_set.fingerprint = fingerprint(image_set)

@@ -19,7 +19,8 @@ from ..errors import DataError
 
 FULL_VAL_IMAGES = 50_000
 FULL_VAL_CLASSES = 1000
-VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})(\.[A-Za-z0-9]+)?$")
+# ``ILSVRC2012_val_00000001.JPEG``; Hugging Face's imagenet-1k names it ``ILSVRC2012_val_00000001_n01751748.JPEG``
+VAL_NAME = re.compile(r"^ILSVRC2012_val_(\d{8})(?:_(n\d{8}))?(\.[A-Za-z0-9]+)?$")
 WNID = re.compile(r"^n\d{8}$")
 KAGGLE_NAME = "LOC_val_solution.csv"
 DEVKIT_NAME = "ILSVRC2012_validation_ground_truth.txt"
@@ -44,12 +45,19 @@ def synset_to_index() -> dict[str, int]:
 
 
 def val_number(name: str) -> int | None:
-    """``ILSVRC2012_val_00000293.JPEG`` (or its stem) -> 293; any other name -> None."""
+    """``ILSVRC2012_val_00000293.JPEG`` (or its stem, or Hugging Face's ``ILSVRC2012_val_00000293_n01751748.JPEG``)
+    -> 293; any other name -> None."""
     m = VAL_NAME.match(name)
     if m is None:
         return None
     n = int(m.group(1))
     return n if 1 <= n <= FULL_VAL_IMAGES else None
+
+
+def val_name_wnid(name: str) -> str | None:
+    """The WordNet id a validation file name carries (``ILSVRC2012_val_00000293_n01751748.JPEG``), else None."""
+    m = VAL_NAME.match(name)
+    return m.group(2) if m is not None else None
 
 
 def label_of_val_number(n: int) -> int:

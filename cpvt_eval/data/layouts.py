@@ -4,7 +4,10 @@
 * ``flat``: ``ILSVRC2012_val_00000001.JPEG`` ... in one folder; labels from the shipped per-image list, from
   Kaggle's ``LOC_val_solution.csv``, or the shipped list checked against the devkit's ground truth;
 * ``imagenetv2``: integer folders ``0`` ... ``999`` naming the canonical index (numeric, not lexicographic);
-* ``manifest``: a CSV of ``path,label`` (label as WordNet id or index), paths relative to the CSV's folder.
+* ``manifest``: a CSV of ``path,label`` (label as WordNet id or index), paths relative to the CSV's folder;
+* ``images``: any folder of images, nested or flat, without labels (label -1): only when labels are not required;
+* ``wds``, ``parquet``, ``arrow``: WebDataset tar shards and Hugging Face parquet / arrow files, read in place
+  (``stores``).
 
 Every layout yields canonical indices, so the same images give the same (file -> label) map in each.
 """
@@ -29,23 +32,40 @@ from .labels import (
     read_label_file,
     read_manifest,
     read_wnid_list,
+    val_name_wnid,
     val_number,
 )
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-LAYOUTS = ("auto", "imagefolder", "flat", "imagenetv2", "manifest")
+FOLDER_LAYOUTS = ("imagefolder", "flat", "imagenetv2", "manifest")
+STORE_LAYOUTS = ("wds", "parquet", "arrow")
+LAYOUTS = ("auto", *FOLDER_LAYOUTS, "images", *STORE_LAYOUTS)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: path relative to the dataset root, canonical class index."""
+    """One image: where it is, relative to the dataset root, and its canonical class index (-1: unlabelled).
+
+    Attributes:
+        relpath: the file's path relative to the root; in a store, the member or row that holds the image
+            (``shard-03.tar/KEY.jpg``, ``validation-00000-of-00014.parquet[row 12]``), unique in the set.
+        label: canonical ImageNet-1k index, -1 when the set has no labels.
+        filename: in a store, the image's own file name when the store records it (a shard's ``.json``
+            ``filename``, the parquet ``image.path``), else its member name (or ``row N``); empty for files on disk.
+            The stores' key: it does not depend on how the samples are split into shards, files or row groups.
+        loc: in a store, where its bytes are (``(shard, offset, size)``; ``(file, row group or batch, row, size)``);
+            empty for files on disk.
+    """
 
     relpath: str
     label: int
+    filename: str = ""
+    loc: tuple = ()
 
     @property
     def name(self) -> str:
-        return self.relpath.rsplit("/", 1)[-1]
+        """The image's file name, the same for the same image in every layout and store that records it."""
+        return (self.filename or self.relpath).rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -64,7 +84,11 @@ class ImageSet:
         skipped: ``(relative path, reason)`` of every bad image left out under ``--on-bad-image skip``.
         decode_draft: JPEGs decoded with PIL's ``draft()`` (reduced DCT scale; changes pixels).
         unreadable: ``(relative path, reason)`` of every folder or link the scan could not list or follow
-            (permission denied, symlink loop): bad input, like a corrupt image, never left out silently.
+            (permission denied, symlink loop), of every shard or row group that cannot be read (``shard.tar``,
+            ``file.parquet[row group 3]``): bad input, like a corrupt image, never left out silently.
+        has_labels: False for the ``images`` layout and stores without labels (every label is then -1).
+        spec: ``--data`` as given when it is not ``root`` itself (a shard pattern, ``_info.json``, a file).
+        split: the split chosen from a store that holds several (``validation``), else empty.
     """
 
     root: Path
@@ -78,10 +102,22 @@ class ImageSet:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     decode_draft: bool = False
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    has_labels: bool = True
+    spec: str = ""
+    split: str = ""
+
+    @property
+    def source(self) -> str:
+        """What to name the dataset by in messages: ``--data`` as given."""
+        return self.spec or str(self.root)
+
+    @property
+    def is_store(self) -> bool:
+        return self.layout in STORE_LAYOUTS
 
     @property
     def is_full_imagenet_val(self) -> bool:
-        if len(self.samples) != FULL_VAL_IMAGES:
+        if len(self.samples) != FULL_VAL_IMAGES or not self.has_labels:
             return False
         counts: dict[int, int] = {}
         for s in self.samples:
@@ -294,7 +330,14 @@ def scan_flat(root: str | os.PathLike, labels: str | os.PathLike | None = None) 
             number = val_number(name)
             if number is None:
                 raise DataError(f"image {root / name} has no label: flat images must be named ILSVRC2012_val_NNNNNNNN")
-            samples.append(Sample(name, label_of_val_number(number)))
+            label = label_of_val_number(number)
+            named = val_name_wnid(name)
+            if named is not None and named != imagenet_synsets()[label]:
+                raise DataError(
+                    f"image {root / name} is named {named}, but validation image {number} is "
+                    f"{imagenet_synsets()[label]} in the shipped labels"
+                )
+            samples.append(Sample(name, label))
     return ImageSet(
         root=root,
         samples=samples,
@@ -321,9 +364,32 @@ def scan_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = 
     )
 
 
+def scan_unlabelled(root: str | os.PathLike) -> ImageSet:
+    """Every image under ``root`` (nested or flat, any names), label -1: the ``images`` layout, for jobs that need
+    no labels. Folders that cannot be listed are recorded in ``unreadable``, as in the labelled layouts."""
+    root = Path(root)
+    _check_root(root)
+    if not _entries(root):
+        raise DataError(f"data directory {root} is empty")
+    problems: list[tuple[str, str]] = []
+    samples = [Sample(rel, -1) for rel in _walk_images(root, root, problems)]
+    _check_found(root, samples, problems)
+    samples.sort(key=lambda s: s.relpath)
+    return ImageSet(
+        root=root, samples=samples, layout="images", classes=imagenet_synsets(), unreadable=problems, has_labels=False
+    )
+
+
 def detect_layout(root: Path, labels: Path | None = None) -> str:
-    """The layout of ``root``: a manifest (given or found in the folder) wins, then class folders (WordNet ids
-    or integers), then images at the top level (flat)."""
+    """The layout of ``root``: a store (shards, parquet/arrow files, their patterns and info files), else a manifest
+    (given or found in the folder), then class folders (WordNet ids or integers), then images at the top level
+    (flat). An unlabelled folder is not detected here: it opens as ``images`` only where labels are not needed."""
+    from .stores import resolve_store
+
+    store = resolve_store(root)
+    if store is not None:
+        return store.layout
+    root = Path(root)
     if root.is_file():
         if root.suffix.lower() == ".csv":
             return "manifest"
@@ -353,12 +419,63 @@ def detect_layout(root: Path, labels: Path | None = None) -> str:
     raise DataError(f"no images found in {root}")
 
 
-def scan(root: str | os.PathLike, layout: str = "auto", labels: str | os.PathLike | None = None) -> ImageSet:
-    """Index a dataset in the given (or detected) layout."""
-    root = Path(root)
-    labels = Path(labels) if labels is not None else None
+def scan(
+    root: str | os.PathLike,
+    layout: str = "auto",
+    labels: str | os.PathLike | None = None,
+    *,
+    require_labels: bool = True,
+    label_key: str | None = None,
+    split: str | None = None,
+) -> ImageSet:
+    """Index a dataset in the given (or detected) layout.
+
+    Args:
+        root: a folder in a folder layout, a manifest CSV, or a store (``stores.resolve_store``: shard patterns,
+            folders of shards or parquet files, ``_info.json``, ``save_to_disk`` folders, single files).
+        layout: ``auto`` or one of ``LAYOUTS``.
+        labels: a label file (flat and manifest layouts).
+        require_labels: False lets an unlabelled folder open as ``images`` (auto-detection tries the labelled
+            layouts first) and a store without labels open with label -1.
+        label_key: the field that holds the label: a shard's ``.json`` field (default ``.cls``, then the ``.json``
+            ``label``), a parquet/arrow column (default ``label``).
+        split: the split of a store that holds several (default ``validation``).
+    """
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if layout in ("auto", *STORE_LAYOUTS):
+        from .stores import resolve_store, scan_store
+
+        store = resolve_store(root, layout, split)
+        if store is not None:
+            if labels is not None:
+                raise DataError(f"--labels applies to the flat and manifest layouts; {store.layout} stores hold labels")
+            return scan_store(store, label_key, require_labels)
+    if label_key is not None:
+        raise DataError("--label-key applies to shards (a .json field) and parquet/arrow files (a column)")
+    if split is not None:
+        raise DataError("--split applies to stores that hold several splits (shards, parquet/arrow files)")
+    root = Path(root)
+    if layout == "images":
+        if labels is not None:
+            raise DataError("--labels does not apply to the images layout (unlabelled images)")
+        return scan_unlabelled(root)
+    try:
+        return _scan_labelled(root, layout, labels)
+    except DataError as e:
+        # An unlabelled folder opens as `images` only when labels are not needed and nothing asked for them; a
+        # path that is missing, not a folder or empty stays the error it is.
+        if require_labels or layout != "auto" or labels is not None or not root.is_dir() or not _entries(root):
+            raise
+        original = e
+    try:
+        return scan_unlabelled(root)
+    except DataError:
+        raise original from None
+
+
+def _scan_labelled(root: Path, layout: str, labels: str | os.PathLike | None) -> ImageSet:
+    labels = Path(labels) if labels is not None else None
     if labels is not None and not labels.is_file():
         raise DataError(f"label file not found: {labels}")
     if layout == "auto":
@@ -387,6 +504,8 @@ def scan(root: str | os.PathLike, layout: str = "auto", labels: str | os.PathLik
 
 def select_classes(image_set: ImageSet, classes_file: str | os.PathLike) -> None:
     """Keep only the images of the classes (WordNet ids) listed in ``classes_file``."""
+    if not image_set.has_labels:
+        raise DataError(f"--classes keeps images by label, and {image_set.source} has no labels")
     wanted = read_wnid_list(Path(classes_file))
     present = {s.label for s in image_set.samples}
     absent = [i for i in wanted if i not in present]
@@ -428,7 +547,17 @@ def fingerprint(image_set: ImageSet) -> str:
 
     A file that cannot be read counts with size -1 here; the bad-image policy then stops the run on it or
     leaves it out and fingerprints the images actually evaluated.
+
+    A store hashes its samples sorted by key (``Sample.filename``: the recorded file name, else the member name),
+    with the image's byte size and label: the value does not depend on how the samples are split into shards,
+    files or row groups, nor on their order, and the same images under the same names give the same value in a
+    WebDataset, a parquet and an arrow store.
     """
+    if image_set.is_store:
+        digest = hashlib.sha256(b"store\n")
+        for key, size, label in sorted((s.filename, s.loc[-1], s.label) for s in image_set.samples):
+            digest.update(f"{key}\t{size}\t{label}\n".encode("utf-8", "surrogateescape"))
+        return digest.hexdigest()[:16]
     digest = hashlib.sha256()
     for s in sorted(image_set.samples, key=lambda s: s.relpath):
         try:
@@ -447,17 +576,23 @@ def open_dataset(
     labels: str | os.PathLike | None = None,
     classes: str | os.PathLike | None = None,
     class_names: tuple[str, ...] | None = None,
+    *,
+    require_labels: bool = True,
+    label_key: str | None = None,
+    split: str | None = None,
 ) -> ImageSet:
     """Index ``root`` in its layout, keep ``--classes``, apply ``--limit``, and fingerprint the result.
 
     ``class_names`` is for an ImageFolder that is not ImageNet (the offline demo): its folder names in label order.
+    ``root`` may also be a store (``--data 'val-{00..63}.tar'``, ``_info.json``, parquet/arrow files); see ``scan``
+    for ``require_labels``, ``label_key`` and ``split``.
     """
     if class_names is not None:
         if layout not in ("auto", "imagefolder") or labels is not None or classes is not None:
             raise DataError("a dataset with its own class names is an ImageFolder without label or class files")
         image_set = scan_imagefolder(root, tuple(class_names))
     else:
-        image_set = scan(root, layout, labels)
+        image_set = scan(root, layout, labels, require_labels=require_labels, label_key=label_key, split=split)
     if classes is not None:
         select_classes(image_set, classes)
     if limit is not None:
