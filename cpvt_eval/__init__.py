@@ -3,14 +3,17 @@
 Public API::
 
     import cpvt_eval
-    model = cpvt_eval.create_model("cpvt_ti")          # also registered with timm
+    model = cpvt_eval.create_model("cpvt_ti")
+    import cpvt_eval.models; timm.create_model("cpvt_ti")  # importing cpvt_eval.models registers them with timm
     cpvt_eval.list_models()
     outcome = cpvt_eval.evaluate(cpvt_eval.RunConfig(models=("cpvt_ti",), sizes=(224, 384), data=..., out=...,
                                                      checkpoints={"cpvt_ti": "cpvt_ti.pth"}))
     cpvt_eval.measure_throughput(model, 224, torch.device("cpu"))
 
 The names are imported on first use, so that ``import cpvt_eval`` (and ``cpvt-eval --help``) stays light: torch,
-timm and pandas load only when a model, a job or a report needs them.
+timm and pandas load only when a model, a job or a report needs them. For the same reason the models of this
+package are registered with timm by ``import cpvt_eval.models`` (or any first use of a model), not by
+``import cpvt_eval``.
 """
 
 from __future__ import annotations

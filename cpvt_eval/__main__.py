@@ -8,12 +8,18 @@ import sys
 
 
 def entry() -> None:
-    try:
-        from .cli import main
+    from . import interrupts
 
-        code = main()
+    code = None
+    try:
+        with interrupts.installed():  # before the imports: a SIGTERM during them is 130 too
+            from .cli import main
+
+            code = main()
+            interrupts.check()  # an interrupt swallowed after the command's own guard
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
+        if code != 130:  # the command has said it already
+            sys.stderr.write("error: interrupted\n")
         code = 130
     sys.exit(code)
 

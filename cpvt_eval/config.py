@@ -111,9 +111,10 @@ class RunConfig:
         checkpoints: model name -> checkpoint path; models without one use their default weights.
         model_args: model name -> extra constructor arguments (e.g. ``peg_positions``).
         limit: evaluate a deterministic, class-stratified subset of this many images.
-        crop_pct / interpolation: the eval transform (shorter side to ``floor(size / crop_pct)``).
-        crop_mode: ``center`` (resize, then centre crop) or ``squash`` (the whole image resized to size x size,
-            ``crop_pct`` unused: the official CvT 384 evaluation).
+        crop_pct / interpolation: the eval transform (shorter side to ``floor(size / crop_pct)``); None /
+            ``"weights"``: each model's own (its weights' data config). Mean and std are always the weights' own.
+        crop_mode: timm's ``center`` (the default), ``squash`` or ``border``, or ``full`` (the whole image resized to
+            size x size, ``crop_pct`` unused: the official CvT 384 evaluation); see ``data.EvalTransform``.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``fp32``, ``bf16`` or ``fp16`` (autocast).
         ema: take EMA weights (True), plain weights (False), or plain-if-present (None).
@@ -137,7 +138,7 @@ class RunConfig:
     checkpoints: dict = field(default_factory=dict, hash=False)
     model_args: dict = field(default_factory=dict, hash=False)
     limit: int | None = None
-    crop_pct: float = 0.875
+    crop_pct: float | None = 0.875
     interpolation: str = "bicubic"
     crop_mode: str = "center"
     batch_size: int = 64

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 from rich.table import Table
+from rich.text import Text
 
 from .config import Progress
 from .errors import shown
@@ -176,9 +177,12 @@ def models_table(rows: list[dict]) -> Table:
     table.add_column("native", justify="right")
     table.add_column("paper top-1", justify="right", overflow="fold")
     table.add_column("default weights", overflow="fold")  # a reference table: fold, never cut a name short
+    notes = []
     for r in rows:
         top1 = r["published_top1"]
         name = r["name"] + (f"\n({', '.join(r['aliases'])})" if r["aliases"] else "")
+        if r["gflops"] is None:
+            notes.append(f"{r['name']}: {r.get('gflops_note') or 'FLOPs not counted'}")
         weights = r["default_weights"] or "checkpoint needed"
         if weights.startswith(r["name"] + "."):
             weights = weights[len(r["name"]) :]  # the tag: the full name is in the first column
@@ -186,11 +190,13 @@ def models_table(rows: list[dict]) -> Table:
             name,
             r["pe"],
             f"{r['params'] / 1e6:.2f}M",
-            f"{r['gflops']:.2f}",
+            "–" if r["gflops"] is None else f"{r['gflops']:.2f}",
             str(r["native_size"]),
             _paper_cell(top1, r["published_confidence"], r.get("published_crop_pct")),
             weights,
         )
+    if notes:
+        table.caption = Text("\n".join(notes), justify="left")  # a Text: a message is data, never markup
     return table
 
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import interrupts
 from .config import Progress
 from .data import EvalDataset, EvalTransform, ImageSet, make_loader, normalize_batch
 from .errors import CpvtEvalError, DataError
 from .models.posenc import InPlace, PEOptions, grid_of
-from .models.registry import ModelSpec
+from .models.registry import DataConfig, ModelSpec
 from .runtime import autocast_context, release_cached_memory
 
 
@@ -45,10 +46,31 @@ class EvalModel:
     load_report: dict = field(default_factory=dict)
     model_args: dict = field(default_factory=dict)
     sizer: object = None
+    data: DataConfig | None = None  # the weights' own data config (mean/std above are its normalisation)
 
     def __post_init__(self):
         if self.sizer is None:
             self.sizer = InPlace(self.module)
+        if self.data is None:
+            self.data = DataConfig(mean=tuple(self.mean), std=tuple(self.std))
+
+    def crop_pct_for(self, requested: float | None) -> float:
+        """The crop ratio this model is evaluated at: the run's, or the weights' own when the run says None."""
+        return self.data.crop_pct if requested is None else requested
+
+    def interpolation_for(self, requested: str | None) -> str:
+        return self.data.interpolation if requested in (None, "weights") else requested
+
+    def transform_at(self, size: int, settings: EvalSettings) -> EvalTransform:
+        """The eval transform of this model at ``size`` under ``settings`` (``border`` pads with its mean)."""
+        fill = tuple(round(255 * v) for v in self.mean)
+        return EvalTransform(
+            size,
+            self.crop_pct_for(settings.crop_pct),
+            self.interpolation_for(settings.interpolation),
+            settings.crop_mode,
+            fill if settings.crop_mode == "border" else (0, 0, 0),
+        )
 
     @property
     def num_params(self) -> int:
@@ -98,10 +120,12 @@ class CellOutput:
 
 @dataclass(frozen=True)
 class EvalSettings:
+    """How a data pass runs. ``crop_pct`` None and ``interpolation`` ``weights`` take each model's own."""
+
     device: torch.device
     batch_size: int = 64
     workers: int = 0
-    crop_pct: float = 0.875
+    crop_pct: float | None = 0.875
     interpolation: str = "bicubic"
     dtype: str = "fp32"
     pe: PEOptions = PEOptions()
@@ -168,14 +192,27 @@ def evaluate_size(
     settings: EvalSettings,
     progress: Progress | None = None,
 ) -> list[CellOutput]:
-    """Evaluate every model at ``size`` in one pass over ``image_set``; return one ``CellOutput`` per model."""
+    """Evaluate every model at ``size`` in one pass over ``image_set``; return one ``CellOutput`` per model.
+
+    Models whose eval transforms differ (each its weights' own crop or interpolation, ``border`` fills) are evaluated
+    in one pass per transform.
+    """
+    groups: dict[tuple, list[EvalModel]] = {}
+    for m in models:
+        t = m.transform_at(size, settings)
+        groups.setdefault((t.crop_pct, t.interpolation, t.crop_mode, t.fill), []).append(m)
+    if len(groups) > 1:
+        done = {
+            o.model: o for group in groups.values() for o in evaluate_size(group, image_set, size, settings, progress)
+        }
+        return [done[m.name] for m in models]
     progress = progress or Progress()
     # One module per model for this size: the model itself, or one timm built at this size (dropped after the pass).
     sized = [m.sizer.module_at(size, settings.pe) for m in models]
     modules = [module for module, _ in sized]
     policies = [policy for _, policy in sized]
     rebuilt = any(module is not m.module for module, m in zip(modules, models, strict=True))
-    transform = EvalTransform(size, settings.crop_pct, settings.interpolation, settings.crop_mode)
+    transform = models[0].transform_at(size, settings)
     loader = make_loader(
         EvalDataset(image_set, transform),
         settings.batch_size,
@@ -200,6 +237,7 @@ def evaluate_size(
     try:
         with torch.inference_mode():
             for images, target, idx in loader:
+                interrupts.check()
                 b = images.shape[0]
                 images = images.to(settings.device, non_blocking=non_blocking)
                 target_dev = target.to(settings.device, non_blocking=non_blocking)

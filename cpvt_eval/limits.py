@@ -19,14 +19,23 @@ from .errors import CpvtEvalError, ModelError
 MIN_CROP_PCT = 0.05
 
 
-def check_transform(crop_pct: float, interpolation: str) -> None:
-    """``--crop-pct`` in (0.05, 1] and a known ``--interpolation``; usage errors before anything is read."""
+def check_transform(crop_pct: float | None, interpolation: str) -> None:
+    """``--crop-pct`` in (0.05, 1] (None: each model's own) and a known ``--interpolation`` (or ``weights``: each
+    model's own); usage errors before anything is read."""
     from .data import INTERPOLATIONS
 
+    if crop_pct is None and interpolation == "weights":
+        return
+    if interpolation == "weights":
+        interpolation = "bicubic"
+    if crop_pct is None:
+        crop_pct = 1.0
     if not isinstance(crop_pct, (int, float)) or not MIN_CROP_PCT < crop_pct <= 1:
         raise CpvtEvalError(f"--crop-pct must be in ({MIN_CROP_PCT}, 1], got {crop_pct}")
     if interpolation not in INTERPOLATIONS:
-        raise CpvtEvalError(f"unknown --interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)}")
+        raise CpvtEvalError(
+            f"unknown --interpolation {interpolation!r}; choose one of {', '.join(INTERPOLATIONS)} or weights"
+        )
 
 
 def _fmt(n: float) -> str:

@@ -4,9 +4,9 @@
 (``primary`` = the paper's own table; ``secondary-xN`` = N independent transcriptions that agree; ``secondary``,
 ``quoted``, ``approximate`` = a single reading: one note, a quote elsewhere, a figure read by eye). A protocol
 other than ``train224-no-finetune`` says how the figure differs: ``...-crop1.0`` (evaluated with crop ratio 1.0),
-``finetune384`` (a model fine-tuned at that size, not a zero-shot result: never shown as one), ``native384-squash``
+``finetune384`` (a model fine-tuned at that size, not a zero-shot result: never shown as one), ``native384-full``
 (the figure of a model registered at native size 384, e.g. ``cvt_13_384``, whose weights were fine-tuned there: its
-native-size figure, official squash evaluation).
+native-size figure, official evaluation of the whole image resized to 384x384, ``--crop-mode full``).
 ``published_throughput.csv``: the paper's V100 figures, for context. ``published_shift.csv``: shift consistency
 (Zhang 2019 protocol).
 """

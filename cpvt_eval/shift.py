@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import interrupts
 from .config import Progress, ShiftProtocol
 from .data import EvalDataset, EvalTransform, ImageSet, make_loader, normalize_batch
 from .engine import ChunkedForward, EvalModel, EvalSettings, _clean_worker_error
@@ -131,6 +132,14 @@ def shift_size(
 
     ``settings.crop_pct`` plays no part: the canvas is ``round(size * 256 / 224)`` by the protocol's definition.
     """
+    groups: dict[str, list[EvalModel]] = {}
+    for m in models:
+        groups.setdefault(m.interpolation_for(settings.interpolation), []).append(m)
+    if len(groups) > 1:  # each model's own interpolation (``weights``): one pass per interpolation
+        done = {
+            c.model: c for g in groups.values() for c in shift_size(g, image_set, size, settings, protocol, progress)
+        }
+        return [done[m.name] for m in models]
     progress = progress or Progress()
     max_shift = protocol.max_shift_at(size)
     # One module per model for this size: the model itself, or one timm built at this size (dropped after the pass).
@@ -140,7 +149,7 @@ def shift_size(
     rebuilt = any(module is not m.module for module, m in zip(modules, models, strict=True))
     canvas = protocol.canvas_size(size)
     # The canvas is the eval transform at crop ratio 1: shorter side to `canvas`, centre crop `canvas`.
-    transform = EvalTransform(canvas, 1.0, settings.interpolation)
+    transform = EvalTransform(canvas, 1.0, models[0].interpolation_for(settings.interpolation))
     loader = make_loader(
         EvalDataset(image_set, transform), settings.batch_size, settings.workers, settings.device.type == "cuda"
     )
@@ -169,6 +178,7 @@ def shift_size(
     try:
         with torch.inference_mode():
             for images, target, idx in loader:
+                interrupts.check()
                 b = images.shape[0]
                 images = images.to(settings.device, non_blocking=non_blocking)
                 target_dev = target.to(settings.device, non_blocking=non_blocking).view(-1, 1)

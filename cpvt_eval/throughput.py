@@ -26,6 +26,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
+from . import interrupts
 from .config import DEFAULT_BUDGET_S, DEFAULT_MIN_ROUNDS
 from .errors import CpvtEvalError
 from .runtime import autocast_context, check_dtype, device_name, release_cached_memory, sync, torch_dtype
@@ -103,6 +104,7 @@ def interleaved_rounds(
     start = clock()
     rounds = 0
     while True:
+        interrupts.check()
         for i, forward in enumerate(forwards):
             t0 = clock()
             forward()
@@ -458,10 +460,19 @@ def count_flops(model: nn.Module, size: int, device: torch.device | None = None)
         device = next(model.parameters()).device
     x = torch.zeros(1, 3, size, size, device=device)
     counter = FlopCounterMode(display=False)
-    # The math backend spells attention out as two batched matmuls the counter sees; the fused kernels it picks
-    # by default on CPU are invisible to it.
-    with torch.inference_mode(), sdpa_kernel(SDPBackend.MATH), counter:
-        model(x)
+    # Under no_grad with the parameters frozen, as timm's own FLOP counts run: the counter's module tracker hooks
+    # autograd, and inference_mode tensors have no autograd history to hook (CaiT's class attention fails there).
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        # The math backend spells attention out as two batched matmuls the counter sees; the fused kernels it picks
+        # by default on CPU are invisible to it.
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+            model(x)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return counter.get_total_flops() / 1e9
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-import cpvt_eval  # noqa: F401  (registers the models with timm)
+import cpvt_eval.models  # noqa: F401  (registers the models with timm)
 from cpvt_eval.data import imagenet_synsets
 
 

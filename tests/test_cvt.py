@@ -1,11 +1,12 @@
 """CvT: parity with transformers' independent implementation in both checkpoint layouts, strict loading, sizes,
-parameter counts, FLOPs, the squash crop mode, and a run through the CLI."""
+parameter counts, FLOPs, the crop modes (timm's, and full), and a run through the CLI."""
 
 from __future__ import annotations
 
 import csv
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -283,18 +284,38 @@ def test_flops_count_attention_and_conv_projections():
         assert count_flops(model, size) == pytest.approx(_expected_gflops(toy, size, 10), rel=1e-9)
 
 
-def test_squash_crop_mode_resizes_the_whole_image():
+def test_full_crop_mode_resizes_the_whole_image():
     img = make_image(1, size=(80, 60))
-    squash = EvalTransform(64, crop_mode="squash")
-    out = squash(img)
+    full = EvalTransform(64, crop_mode="full")
+    out = full(img)
     assert out.shape == (3, 64, 64) and out.dtype == torch.uint8
-    assert squash.resize_size == 64
+    assert full.resize_size == 64
     want = transforms.functional.pil_to_tensor(img.resize((64, 64), Image.BICUBIC))
     assert (out.int() - want.int()).abs().max() <= 1  # PIL's bicubic, as torchvision calls it
     center = EvalTransform(64)(img)
     assert not torch.equal(out, center)
+    # the same pixels as timm's squash at crop ratio 1
+    assert torch.equal(out, EvalTransform(64, 1.0, crop_mode="squash")(img))
     with pytest.raises(DataError, match="unknown crop mode 'stretch'"):
         EvalTransform(64, crop_mode="stretch")
+
+
+@pytest.mark.parametrize("mode", ["center", "squash", "border"])
+def test_crop_modes_are_timms(mode):
+    """Each crop mode named as timm names it gives timm's pixels (its eval transform, before normalisation)."""
+    from timm.data import create_transform
+
+    mean = (0.5, 0.4, 0.3)
+    fill = tuple(round(255 * v) for v in mean)
+    for w, h in ((500, 375), (375, 500), (97, 61), (64, 64)):
+        img = Image.fromarray(np.random.default_rng(w * h).integers(0, 255, (h, w, 3), dtype=np.uint8))
+        for size, pct in ((224, 0.875), (96, 1.0), (64, 0.9)):
+            for interp in ("bicubic", "bilinear"):
+                ref = create_transform(
+                    size, crop_pct=pct, interpolation=interp, crop_mode=mode, mean=mean, normalize=False
+                )(img)
+                ours = EvalTransform(size, pct, interp, mode, fill)(img)
+                assert torch.equal(ref, ours), (w, h, size, pct, interp)
 
 
 def test_crop_mode_is_part_of_the_cell_identity():
@@ -310,9 +331,9 @@ def test_crop_mode_is_part_of_the_cell_identity():
         dtype="fp32",
         model_args="act=quick_gelu",
     )
-    center, squash = CellId(**base), CellId(**base, crop_mode="squash")
+    center, full = CellId(**base), CellId(**base, crop_mode="full")
     assert center.crop_mode == "center"
-    assert center.key() != squash.key()
+    assert center.key() != full.key() != CellId(**base, crop_mode="squash").key()
     # the default stays out of the hash, so keys written before the field existed stay the same
     import dataclasses
     import hashlib
@@ -330,7 +351,7 @@ def test_resolution_run_through_the_cli(imagefolder, tmp_path):
     out = tmp_path / "run"
     args = [
         "resolution", "-m", "cvt_toy", "-s", "64", "96", "--data", str(imagefolder), "-c", str(ckpt),
-        "--model-arg", "num_classes=1000", "--crop-mode", "squash", "--out", str(out),
+        "--model-arg", "num_classes=1000", "--crop-mode", "full", "--out", str(out),
         "--throughput-batch", "1", "--throughput-repeats", "1", "--workers", "0", "--batch-size", "5",
     ]  # fmt: skip
     result = CliRunner().invoke(app, args)
@@ -338,12 +359,12 @@ def test_resolution_run_through_the_cli(imagefolder, tmp_path):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["img_size"] for r in rows] == ["64", "96"]
     for r, grid in zip(rows, ("4x4", "6x6"), strict=True):
-        assert (r["pe"], r["pe_policy"], r["crop_mode"], r["grid"]) == ("conv", "conv-native", "squash", grid)
+        assert (r["pe"], r["pe_policy"], r["crop_mode"], r["grid"]) == ("conv", "conv-native", "full", grid)
         assert r["resize_size"] == r["img_size"]
         assert "act=quick_gelu" in r["model_args"] and "num_classes=1000" in r["model_args"]
         assert float(r["gflops_per_image"]) > 0
-    assert "crop mode `squash`" in (out / "results.md").read_text()
-    # the stored predictions are those of the in-memory model on squashed images
+    assert "crop mode `full`" in (out / "results.md").read_text()
+    # the stored predictions are those of the in-memory model on whole images resized to size x size
     for size in (64, 96):
         preds = cell_predictions(out, "cvt_toy", size)
         tf = transforms.Compose(

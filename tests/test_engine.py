@@ -80,13 +80,13 @@ def test_shared_sweep_equals_each_cell_alone_and_the_reference_path(image_set, t
 
 def test_each_image_is_decoded_once_per_size_whatever_the_number_of_models(image_set, toy_models, monkeypatch):
     calls = []
-    real = data_mod.load_rgb
+    real = data_mod.load_sample
 
-    def counting(path, *args, **kwargs):
-        calls.append(path)
-        return real(path, *args, **kwargs)
+    def counting(image_set, sample, *args, **kwargs):
+        calls.append(sample.relpath)
+        return real(image_set, sample, *args, **kwargs)
 
-    monkeypatch.setattr(data_mod, "load_rgb", counting)
+    monkeypatch.setattr(data_mod, "load_sample", counting)
     models = toy_models()
     cells = list(sweep(models, image_set, SIZES, settings()))
     assert len(cells) == len(models) * len(SIZES)
@@ -157,3 +157,24 @@ def test_chunked_forward_splits_and_concatenates_in_order():
     runner = ChunkedForward(module, 3, torch.device("cpu"), "fp32")
     with torch.inference_mode():
         assert torch.equal(runner.topk(x, 5), module(x).topk(5, dim=1).indices)
+
+
+def test_counts_are_pinned_by_labels_at_known_ranks(image_set, toy_models):
+    """Each image's label is placed at a known rank of the model's own ranking (1, 2, ..., 5, or outside the top
+    5), so correct1 and correct5 are known exactly: 2 and 10 of 12, not a comparison of zeros."""
+    import dataclasses
+
+    model = toy_models()[0]
+    size = SIZES[0]
+    first = evaluate_size([model], image_set, size, settings())[0]
+    assert first.topk.shape == (len(image_set), 5)
+    ranked = {int(i): first.topk[j].long().tolist() for j, i in enumerate(first.indices)}
+    samples = []
+    for i, s in enumerate(image_set.samples):
+        rank = i % 6  # 0..4: that rank of the top 5; 5: a class outside it
+        top = ranked[i]
+        label = top[rank] if rank < 5 else next(c for c in range(1000) if c not in top)
+        samples.append(dataclasses.replace(s, label=label))
+    pinned = dataclasses.replace(image_set, samples=samples)
+    cell = evaluate_size([model], pinned, size, settings())[0]
+    assert (cell.correct1, cell.correct5, cell.n) == (2, 10, 12)

@@ -291,7 +291,7 @@ def test_cli_swin_total_stride_and_window_option(imagefolder, tmp_path):
 def test_models_family_filter_and_published_crop_ratio(monkeypatch):
     import cpvt_eval.cli.models as cli_models
 
-    monkeypatch.setattr(cli_models, "model_cost", lambda spec: (1, 0.5))
+    monkeypatch.setattr(cli_models, "model_cost", lambda spec: (1, 0.5, ""))
     result = runner.invoke(app, ["models", "--family", "rope", "--json"])
     assert result.exit_code == 0, result.output
     rows = {r["name"]: r for r in json.loads(result.stdout)}

@@ -452,7 +452,7 @@ def _as_earlier_version(run_dir: Path, **change) -> None:
     (run_dir / "provenance.json").write_text(json.dumps(prov))
     lines = []
     for d in rows_of(run_dir):
-        for name in ("n_nonfinite", "probe", "native_size"):
+        for name in ("n_nonfinite", "probe", "native_size", "mean", "std", "data_config_source"):
             d.pop(name, None)
         d["pe_options"] = "ape=bicubic,antialias=false"
         d.update(change)
@@ -466,7 +466,7 @@ def test_baseline_from_an_earlier_version_compares_on_the_shared_fields(finished
     _as_earlier_version(old)
     result = invoke("compare", old, finished)
     assert result.exit_code == 0, result.output
-    assert "different versions (schema 1 vs 2): cells matched without probe, pe_options" in result.stderr
+    assert "different versions (schema 1 vs 3): cells matched without probe, pe_options" in result.stderr
     assert "| cpvt_toy | 64px |" in result.stdout
 
 
@@ -488,6 +488,25 @@ def test_resuming_an_earlier_version_lists_each_model_once(finished, data, ckpt)
     assert [r["pe_options"] for r in rows_of(finished)] == ["", ""]
     table = (finished / "results.md").read_text()
     assert table.count("| cpvt_toy ") == table.count("| cpvt_toy |") and "[pe=" not in table
+
+
+def test_schema_2_squash_is_migrated_to_full(finished, data, ckpt):
+    """Before 0.3 `--crop-mode squash` resized the whole image to size x size: such rows read as today's `full`
+    (timm's squash is another transform), in reports and comparisons, and a run that opens the directory rewrites
+    them so that one name never means two things in one file."""
+    info = json.loads((finished / "run.json").read_text())
+    (finished / "run.json").write_text(json.dumps({**info, "schema_version": 2}))
+    lines = [json.dumps({**d, "crop_mode": "squash"}) + "\n" for d in rows_of(finished)]
+    (finished / "rows.jsonl").write_text("".join(lines))
+    assert {r.crop_mode for r in RunStore(finished).rows()} == {"full"}
+    report = invoke("report", finished, "--format", "md")
+    assert report.exit_code == 0 and "crop mode `full`" in (finished / "results.md").read_text()
+    again = run(data, finished, ckpt, "--crop-mode", "squash", sizes=("56",))
+    assert again.exit_code == 0, again.output
+    stored = [d["crop_mode"] for d in rows_of(finished)]
+    assert stored.count("full") == 2 and stored.count("squash") == 1  # old rows migrated, the new cell timm's squash
+    info = json.loads((finished / "run.json").read_text())
+    assert (info["schema_version"], info["migrated_from"]) == (3, 2)
 
 
 # -- also found ------------------------------------------------------------------------------------------------------

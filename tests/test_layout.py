@@ -48,6 +48,25 @@ def test_import_cpvt_eval_is_light_and_the_api_is_lazy():
     assert callable(cpvt_eval.evaluate) and cpvt_eval.RunConfig.__name__ == "RunConfig"
 
 
+def test_import_cpvt_eval_models_registers_every_model_with_timm():
+    """The documented way to reach the models from timm: ``import cpvt_eval.models`` (a fresh interpreter, so no
+    other test's imports help)."""
+    code = (
+        "import timm, cpvt_eval\n"
+        "assert not timm.is_model('cpvt_ti')  # a bare import registers nothing (it stays light)\n"
+        "import cpvt_eval.models\n"
+        "from cpvt_eval.models import list_specs\n"
+        "names = [s.name for s in list_specs(True)]\n"
+        "missing = [n for n in names if not timm.is_model(n)]\n"
+        "assert 'cpvt_ti' in names and 'cvt_13' in names and not missing, missing\n"
+        "m = timm.create_model('cpvt_ti')\n"
+        "print(sum(p.numel() for p in m.parameters()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "5681512"
+
+
 def test_the_app_module_imports_no_command_module():
     # cli/app.py sits below the command modules (each imports it); it must import none of them back.
     import ast
@@ -123,7 +142,7 @@ def test_distributed_payload_carries_every_cell_field():
 def test_piped_tables_keep_every_number(monkeypatch):
     import cpvt_eval.cli.models as cli_models
 
-    monkeypatch.setattr(cli_models, "model_cost", lambda spec: (5_681_512, 2.507))
+    monkeypatch.setattr(cli_models, "model_cost", lambda spec: (5_681_512, 2.507, ""))
     result = CliRunner().invoke(app, ["models", "cpvt_ti", "deit_tiny_patch16_224"])
     assert result.exit_code == 0, result.output
     assert "5.68M" in result.output and "2.51" in result.output and "…" not in result.output

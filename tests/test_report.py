@@ -89,6 +89,9 @@ def synthetic_run(root: Path, with_throughput: bool = True) -> RunStore:
                 pe_options="ape=bicubic,antialias=false,sincos=regenerate",
                 native_size=224,
                 predictions=rel,
+                mean="0.485,0.456,0.406",
+                std="0.229,0.224,0.225",
+                data_config_source=f"spec:{model}",
             )
         )
     store.record_provenance(

@@ -8,6 +8,7 @@ import os
 
 from torch import nn
 
+from .dataconfig import from_checkpoint, from_timm_tag
 from .sources import (
     CheckpointSource,
     download_url,
@@ -34,6 +35,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike, ema: bool | Non
     path = fetch(parsed)
     report = LoadReport(source=parsed.text, path=str(path))
     obj = read_checkpoint(path)
+    own = from_timm_tag(parsed.location) if parsed.kind == "timm" else from_checkpoint(path, obj)
+    report.data_config = dict(own or {})
     sd, report.nested_under, report.ema = extract_state_dict(obj, ema)
     report.sha256 = file_sha256(path)
     return load_strict(model, sd, report, drop=(*parsed.drop, *drop))
@@ -47,6 +50,8 @@ __all__ = [
     "fetch",
     "fetch_hf_hub",
     "fetch_pretrained",
+    "from_checkpoint",
+    "from_timm_tag",
     "file_sha256",
     "hub_unreachable",
     "is_offline",

@@ -43,6 +43,8 @@ class LoadReport:
     dropped: list[str] = field(default_factory=list)
     regenerated: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # facts about the load a reader needs (CvT: the activation)
+    # the weights' own data config (mean, std, interpolation, crop_pct, source), where the checkpoint carries one
+    data_config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

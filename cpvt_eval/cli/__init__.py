@@ -11,9 +11,9 @@ import sys
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE
 from . import check_data, compare, demo, models, report, resolution, shift, throughput  # noqa: F401 (register commands)
-from .app import app, expand_multi_value, fill_optional_values, guarded, stop_on_sigterm
+from .app import app, expand_multi_value, fill_optional_values, guarded
 
-__all__ = ["app", "entry", "expand_multi_value", "fill_optional_values", "guarded", "main", "stop_on_sigterm"]
+__all__ = ["app", "entry", "expand_multi_value", "fill_optional_values", "guarded", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

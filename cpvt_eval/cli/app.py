@@ -1,5 +1,5 @@
 """The Typer app every command registers on, and what the commands share: argument parsing helpers, the
-guard that turns library errors into one line and an exit code, and SIGTERM handling.
+guard that turns library errors into one line and an exit code (Ctrl-C and SIGTERM: ``interrupts``).
 
 Exit codes: 0 ok; 1 a check failed; 2 usage or input error; 3 the environment failed (a full disk, a read-only
 file system, no memory); 4 an internal error (a bug: ``--debug`` shows its traceback); 130 interrupted.
@@ -7,16 +7,14 @@ file system, no memory); 4 an internal error (a bug: ``--debug`` shows its trace
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 from pathlib import Path
 
 import typer
 from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
-from .. import console
+from .. import console, interrupts
 from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, CpvtEvalError, EnvironmentFailure, from_os_error
 
 # Options that take several values after one flag (`--sizes 224 384 512`), as users type them.
@@ -78,7 +76,7 @@ class GuardedGroup(TyperGroup):
     traceback or in click's "Aborted!" with exit 1."""
 
     def invoke(self, ctx):
-        with guarded():
+        with interrupts.installed(), guarded():
             return super().invoke(ctx)
 
     def make_context(self, *args, **kwargs):
@@ -125,6 +123,9 @@ class guarded:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if exc_type is None and interrupts.requested():
+            # an interrupt that something swallowed (an exception in a __del__ is only printed): still 130
+            exc_type = KeyboardInterrupt
         if exc_type is None or issubclass(exc_type, (Exit, TyperException, Abort)):
             return False
         if issubclass(exc_type, KeyboardInterrupt):
@@ -147,24 +148,6 @@ class guarded:
         )
 
 
-@contextlib.contextmanager
-def stop_on_sigterm():
-    """A pre-empted job (SIGTERM) stops the way Ctrl-C does: finished cells kept, provenance closed, exit 130."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def parse_sizes(values: list[str]) -> tuple[int, ...]:
     sizes: list[int] = []
     for value in values:
@@ -181,6 +164,17 @@ def parse_sizes(values: list[str]) -> tuple[int, ...]:
             if size not in sizes:
                 sizes.append(size)
     return tuple(sizes)
+
+
+def parse_crop_pct(value: str) -> float | None:
+    """``--crop-pct``: a ratio in (0, 1], or ``weights`` (None: each model's own crop ratio)."""
+    text = str(value).strip().lower()
+    if text == "weights":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise CpvtEvalError(f"--crop-pct must be a number in (0.05, 1] or `weights`, got {value!r}") from None
 
 
 def parse_models(values: list[str]) -> tuple[str, ...]:

@@ -13,12 +13,14 @@ from ..pe_families import FAMILIES, pe_family
 from .app import app, guarded
 
 
-def model_cost(spec) -> tuple[int, float]:
-    """Parameters and GFLOPs (at the native size, attention included, multiply-add = 2) of a spec.
+def model_cost(spec) -> tuple[int, float | None, str]:
+    """Parameters, GFLOPs (at the native size, attention included, multiply-add = 2) and why the GFLOPs are missing
+    (empty when counted) of a spec.
 
     The model is built on the meta device, so nothing is allocated and no weights are read. Building and
     tracing every model takes tens of seconds on a small CPU, so the figures are cached per spec and versions
-    in the user cache dir (never inside the package).
+    in the user cache dir (never inside the package). A model whose FLOPs cannot be counted keeps its row, with
+    the reason instead of a figure; nothing about one model stops the list.
     """
     import hashlib
 
@@ -43,18 +45,22 @@ def model_cost(spec) -> tuple[int, float]:
     path = cache_dir() / "model-cost" / (hashlib.sha256(ident.encode()).hexdigest()[:20] + ".json")
     try:
         cached = json.loads(path.read_text())
-        return int(cached["params"]), float(cached["gflops"])
-    except (OSError, ValueError, KeyError):
+        gflops = cached["gflops"]
+        return int(cached["params"]), None if gflops is None else float(gflops), str(cached.get("note", ""))
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     with torch.device("meta"):
         module = spec.create().eval()
     params = sum(p.numel() for p in module.parameters())
-    gflops = count_flops(module, spec.native_size, torch.device("meta"))
     try:
-        atomic_write_text(path, json.dumps({"name": spec.name, "params": params, "gflops": gflops}))
+        gflops, note = count_flops(module, spec.native_size, torch.device("meta")), ""
+    except Exception as e:  # noqa: BLE001 (any failure of one model's trace is that model's note, not the command's)
+        gflops, note = None, f"FLOPs not counted: {type(e).__name__}: {console.first_line(e)}"
+    try:
+        atomic_write_text(path, json.dumps({"name": spec.name, "params": params, "gflops": gflops, "note": note}))
     except OSError:
         pass  # a read-only home only costs the recomputation next time
-    return params, gflops
+    return params, gflops, note
 
 
 def matches_family(spec, family: str) -> bool:
@@ -78,7 +84,7 @@ def model_rows(names: list[str] | None = None, include_demo: bool = False, famil
         specs = chosen
     rows = []
     for spec in specs:
-        params, gflops = model_cost(spec)
+        params, gflops, note = model_cost(spec)
         published = spec.published.get(spec.native_size)
         detail = published_for(spec.name)
         rows.append(
@@ -89,7 +95,8 @@ def model_rows(names: list[str] | None = None, include_demo: bool = False, famil
                 "pe": spec.pe,
                 "pe_family": pe_family(spec.pe),
                 "params": params,
-                "gflops": round(gflops, 3),
+                "gflops": None if gflops is None else round(gflops, 3),
+                "gflops_note": note,
                 "gflops_img_size": spec.native_size,
                 "native_size": spec.native_size,
                 "patch_size": spec.patch_size,

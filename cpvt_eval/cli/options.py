@@ -54,7 +54,13 @@ LimitOpt = Annotated[
     Optional[int],
     typer.Option(help="Deterministic class-stratified subset of N images.", rich_help_panel=DATA),
 ]
-InterpolationOpt = Annotated[str, typer.Option(help="Image resize interpolation.", rich_help_panel=PROTOCOL)]
+InterpolationOpt = Annotated[
+    str,
+    typer.Option(
+        help="Image resize interpolation: bicubic, bilinear, nearest, or weights (each model's own).",
+        rich_help_panel=PROTOCOL,
+    ),
+]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", "-b", min=1, rich_help_panel=SPEED)]
 WorkersOpt = Annotated[
     Optional[int],

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import console
+from .. import console, interrupts
 from ..config import DEFAULT_BUDGET_S, Hooks, RunConfig, ThroughputConfig
 from ..errors import CpvtEvalError
-from .app import MultiValueCommand, app, guarded, stop_on_sigterm
+from .app import MultiValueCommand, app, guarded, parse_crop_pct
 from .options import (
     DATA,
     PROTOCOL,
@@ -60,14 +60,21 @@ def resolution(
     out: OutOpt = None,
     limit: LimitOpt = None,
     crop_pct: Annotated[
-        float, typer.Option(help="Resize shorter side to floor(size / crop_pct), then crop.", rich_help_panel=PROTOCOL)
-    ] = 0.875,
+        str,
+        typer.Option(
+            help="Resize shorter side to floor(size / crop_pct), then crop; `weights`: each model's own (its "
+            "pretrained config).",
+            rich_help_panel=PROTOCOL,
+        ),
+    ] = "0.875",
     interpolation: InterpolationOpt = "bicubic",
     crop_mode: Annotated[
         str,
         typer.Option(
-            help="center: resize, then centre crop (the table's protocol); squash: resize the whole image to "
-            "size x size, crop_pct unused (the official CvT 384 evaluation).",
+            help="timm's modes: center (shorter side to size / crop_pct, centre crop; the table's protocol), "
+            "squash (both sides to size / crop_pct, centre crop), border (longer side to size / crop_pct, padded "
+            "with the mean colour); full: the whole image to size x size, crop_pct unused (the official CvT 384 "
+            "evaluation).",
             rich_help_panel=PROTOCOL,
         ),
     ] = "center",
@@ -150,7 +157,7 @@ def resolution(
             dtype=dtype,
             argv=("cpvt-eval", *sys.argv[1:]),
             limit=limit,
-            crop_pct=crop_pct,
+            crop_pct=parse_crop_pct(crop_pct),
             interpolation=interpolation,
             crop_mode=crop_mode,
             batch_size=batch_size,
@@ -186,7 +193,7 @@ def run_and_print(cfg: RunConfig, json_out: bool, verbose: bool) -> None:
     )
     # Under torchrun every process runs this command; only rank 0 reports. The session is left only after
     # rank 0 has printed (its result or the error of any rank).
-    with distributed.session(cfg.device) as dist, guarded(), stop_on_sigterm():
+    with distributed.session(cfg.device) as dist, guarded(), interrupts.installed():
         if not dist.is_main:
             console.silence()
         outcome = run_resolution(cfg, hooks, dist)

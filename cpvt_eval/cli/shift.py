@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .. import console
+from .. import console, interrupts
 from ..config import Hooks, RunConfig, ShiftProtocol
 from ..errors import CpvtEvalError
-from .app import MultiValueCommand, app, guarded, stop_on_sigterm
+from .app import MultiValueCommand, app, guarded
 from .options import (
     AntialiasOpt,
     ApeInterpOpt,
@@ -151,7 +151,7 @@ def run_and_print(cfg: RunConfig, protocol: ShiftProtocol, json_out: bool, verbo
         notify=(lambda _m: None) if quiet else console.info,
         log=console.info if verbose and not quiet else (lambda _m: None),
     )
-    with guarded(), stop_on_sigterm():
+    with guarded(), interrupts.installed():
         outcome = run_shift(cfg, hooks, protocol)
         _, rows = split_rows(outcome.store.rows())
         if json_out:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .. import distributed, report
+from .. import distributed, interrupts, report
 from ..config import Hooks, RunConfig
 from ..data import EvalTransform, ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset
 from ..distributed import DistContext
@@ -89,7 +89,13 @@ def _prepare(cfg: RunConfig, hooks: Hooks, dist: DistContext) -> _Job:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
     check_transform(cfg.crop_pct, cfg.interpolation)
     device = dist.device if dist.enabled else resolve_device(cfg.device)
-    EvalTransform(cfg.sizes[0], cfg.crop_pct, cfg.interpolation, cfg.crop_mode)  # a bad option fails before any work
+    # a bad option fails before any work
+    EvalTransform(
+        cfg.sizes[0],
+        cfg.crop_pct or 1.0,
+        "bicubic" if cfg.interpolation == "weights" else cfg.interpolation,
+        cfg.crop_mode,
+    )
     image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes, cfg.class_names)
     image_set.decode_draft = cfg.decode_draft
     hooks.log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
@@ -132,16 +138,15 @@ class _Job:
             self.hooks.notify(
                 f"{store.rows_path}:{n}: damaged row ({problem}) moved to {store.DAMAGED}; its cell is recomputed"
             )
-        if store.schema_version() >= SCHEMA_VERSION:
+        if (store.opened_version or store.schema_version()) >= SCHEMA_VERSION:
             return
         planned = {ident.key() for ident in ids.values()}
-        same = {(i.model, i.img_size, i.checkpoint_sha256, i.crop_pct, i.interpolation, i.dtype) for i in ids.values()}
-        old = [
-            r
-            for r in store.rows(strict=False)
-            if row_key(r) not in planned
-            and (r.model, r.img_size, r.checkpoint_sha256, r.crop_pct, r.interpolation, r.dtype) in same
-        ]
+
+        def same_cell(i) -> tuple:
+            return (i.model, i.img_size, i.checkpoint_sha256, i.crop_pct, i.interpolation, i.crop_mode, i.dtype)
+
+        same = {same_cell(i) for i in ids.values()}
+        old = [r for r in store.rows(strict=False) if row_key(r) not in planned and same_cell(r) in same]
         if old:
             store.set_aside(old, store.SUPERSEDED)
             listed = ", ".join(f"{r.model}@{r.img_size}px" for r in old)
@@ -196,6 +201,7 @@ class _Job:
             cells = sweep(models, shard.image_set, cfg.sizes, settings, hooks.progress, todo)
             timings: dict[int, dict[str, ThroughputResult]] = {}
             for cell in dist.gather_cells(cells, shard):
+                interrupts.check()
                 m = by_name[cell.model]
                 ident = ids[(m.name, cell.size)]
                 row = make_row(m, cell, ident, image_set, device, started, self.real, dist)
@@ -208,11 +214,14 @@ class _Job:
                         timings[cell.size] = self._time_size(due, cell.size)
                     self._add_throughput(row, timings[cell.size][m.name])
                 # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
-                row.predictions = store.save_predictions(ident.key(), m.name, cell.size, prediction_arrays(cell))
-                store.append(row)
-                outcome.rows.append(row)
+                # An interrupt waits for the commit to finish, so a cell is stored whole or not at all.
+                with interrupts.deferred():
+                    row.predictions = store.save_predictions(ident.key(), m.name, cell.size, prediction_arrays(cell))
+                    store.append(row)
+                    outcome.rows.append(row)
                 write_reports(store)
                 hooks.log(f"{m.name} @ {cell.size}px: top-1 {row.top1:.2f}%  top-5 {row.top5:.2f}%  ({cell.n} images)")
+            interrupts.check()
             status = "completed"
         except KeyboardInterrupt:
             status = "interrupted"

@@ -23,8 +23,8 @@ def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe:
         checkpoint_sha256=m.checkpoint_sha256,
         dataset_fingerprint=image_set.fingerprint,
         limit=image_set.limit,
-        crop_pct=cfg.crop_pct,
-        interpolation=cfg.interpolation,
+        crop_pct=m.crop_pct_for(cfg.crop_pct) if not probe else cfg.crop_pct,
+        interpolation=m.interpolation_for(cfg.interpolation),
         pe_options=pe_options_of(m, cfg.pe),
         dtype=cfg.dtype,
         model_args=model_args_label(m),
@@ -32,6 +32,8 @@ def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe:
         decode_draft=image_set.decode_draft,
         probe=probe,
         crop_mode=cfg.crop_mode,
+        mean=m.data.mean_text,
+        std=m.data.std_text,
     )
 
 
@@ -77,6 +79,9 @@ def make_row(
         layout=image_set.layout,
         label_source=image_set.label_source,
         skipped_files=";".join(rel for rel, _ in image_set.skipped),
+        data_config_source=m.data.source,
+        weights_crop_pct=m.data.crop_pct,
+        weights_interpolation=m.data.interpolation,
     )
     row.extra.update(eval_batch=cell.batch_size, eval_oom_retries=cell.oom_retries)
     row.n_nonfinite = cell.nonfinite

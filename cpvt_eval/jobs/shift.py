@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import torch
 
-from .. import report
+from .. import interrupts, report
 from ..config import Hooks, RunConfig, ShiftProtocol
 from ..data import apply_bad_image_policy, default_workers, open_dataset
 from ..distributed import launched
@@ -102,18 +102,21 @@ def _compute(cfg, protocol, hooks, models: list[EvalModel], image_set, device, w
             return keys[(m.name, size)] not in done
 
         for cell in shift_sweep(models, image_set, cfg.sizes, settings, protocol, hooks.progress, todo):
+            interrupts.check()
             m = by_name[cell.model]
             ident = ids[(m.name, cell.size)]
             row = shift_row(m, cell, ident, image_set, device, record["started_at"])
             # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
-            row.predictions = store.save_predictions(ident.key(), m.name, cell.size, shift_arrays(cell))
-            store.append(row)
-            outcome.rows.append(row)
+            with interrupts.deferred():  # a cell is stored whole or not at all
+                row.predictions = store.save_predictions(ident.key(), m.name, cell.size, shift_arrays(cell))
+                store.append(row)
+                outcome.rows.append(row)
             report.render(store, ("md", "csv"))
             hooks.log(
                 f"{m.name} @ {cell.size}px: consistency {cell.consistency_pct:.2f}% over {cell.n_pairs} pairs "
                 f"(top-1 {cell.top1_a_pct:.2f}% / {cell.top1_b_pct:.2f}%)"
             )
+        interrupts.check()
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"

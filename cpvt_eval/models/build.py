@@ -57,13 +57,14 @@ def build_model(
         raise ModelError(f"{spec.name} has no published weights: pass a checkpoint with --checkpoint {name}=PATH")
     log(f"{spec.name}: loaded {load.summary()}")
     module.eval().to(device)
-    data = spec.data_config(module)
+    data = spec.data_config(module, load.data_config)
     return EvalModel(
         name=spec.name,
         spec=spec,
         module=module,
         mean=data.mean,
         std=data.std,
+        data=data,
         checkpoint=load.source,
         checkpoint_sha256=load.sha256,
         load_report=load.to_dict(),
@@ -92,7 +93,9 @@ def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> l
     for name, spec in zip(cfg.models, specs, strict=True):
         m = build_model(name, canonical_ckpt.get(spec.name), canonical_args.get(spec.name), device, cfg.ema, log)
         check_sizes(cfg.sizes, patch_size_of(m.module), spec.name)
-        check_fits(spec.name, m.module, cfg.sizes, cfg.crop_pct, device, cfg.dtype, patch_size_of(m.module))
+        check_fits(
+            spec.name, m.module, cfg.sizes, m.crop_pct_for(cfg.crop_pct), device, cfg.dtype, patch_size_of(m.module)
+        )
         m.sizer.check(cfg.sizes, cfg.pe)
         models.append(m)
     return models

@@ -33,7 +33,7 @@ from ..errors import ModelError
 from .spec import DataConfig, entry_point
 
 # The official evaluation at 224: resize the shorter side to size / 0.875, centre crop, ImageNet mean/std. At 384
-# the official evaluation squashes the whole image to 384x384 (crop_pct 1.0, ``--crop-mode squash``).
+# the official evaluation squashes the whole image to 384x384 (``--crop-mode full``, crop_pct unused).
 CVT_DATA = DataConfig(crop_pct=0.875, interpolation="bicubic")
 CVT_DATA_384 = DataConfig(crop_pct=1.0, interpolation="bicubic")
 

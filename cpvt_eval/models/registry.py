@@ -35,7 +35,7 @@ def resolve(name: str) -> ModelSpec:
         spec = REGISTRY[canonical]
         if tag:
             # a timm pretrained tag chooses the default weights (``deit_tiny_patch16_224.fb_in1k``)
-            return replace(spec, default_weights=f"{canonical}.{tag}")
+            return replace(spec, default_weights=f"{canonical}.{tag}", tag=tag)
         return spec
     if timm.is_model(base):
         return _timm_spec(base, key if tag else None)
@@ -53,4 +53,7 @@ def _timm_spec(name: str, tagged: str | None) -> ModelSpec:
     if cfg is not None and getattr(cfg, "input_size", None):
         size = int(cfg.input_size[-1])
     weights = tagged or (name if timm.models.is_model_pretrained(name) else None)
-    return ModelSpec(name=name, family="timm", pe="auto", native_size=size, patch_size=0, default_weights=weights)
+    tag = tagged.partition(".")[2] if tagged else ""
+    return ModelSpec(
+        name=name, family="timm", pe="auto", native_size=size, patch_size=0, default_weights=weights, tag=tag
+    )

@@ -7,7 +7,7 @@ timm defines in ``catalog.py``. A name or alias registered twice raises.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import ModelError
 
@@ -28,6 +28,7 @@ class DataConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
+    source: str = field(default="", compare=False)  # where the values were read (a timm tag, a file's metadata)
 
     @classmethod
     def from_pretrained_cfg(cls, cfg) -> DataConfig:
@@ -38,7 +39,24 @@ class DataConfig:
             std=tuple(float(v) for v in (get("std") or IMAGENET_STD)),
             crop_pct=float(get("crop_pct") or 0.875),
             interpolation=str(get("interpolation") or "bicubic"),
+            source=str(get("source") or ""),
         )
+
+    def updated(self, found: dict) -> DataConfig:
+        """This config with the fields ``found`` holds (a checkpoint's own, see ``checkpoints.dataconfig``)."""
+        known = {k: found[k] for k in ("mean", "std", "crop_pct", "interpolation") if found.get(k) is not None}
+        if not known:
+            return self
+        return replace(self, **known, source=str(found.get("source", "")))
+
+    @property
+    def mean_text(self) -> str:
+        """The mean as a row records it: ``0.485,0.456,0.406`` (every digit kept)."""
+        return ",".join(repr(float(v)) for v in self.mean)
+
+    @property
+    def std_text(self) -> str:
+        return ",".join(repr(float(v)) for v in self.std)
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,9 @@ class ModelSpec:
         create_kwargs: keyword arguments for ``timm.create_model`` (fixed by the spec).
         description: one line for ``cpvt-eval models``.
         data: the weights' data config; None: read from the built module's ``pretrained_cfg``.
+        tag: the timm pretrained tag the name carried (``ra4_e3600_r224_in1k`` of
+            ``resnet18d.ra4_e3600_r224_in1k``): the module is built under it, so that its ``pretrained_cfg`` (mean,
+            std, crop, interpolation) is that tag's, not the architecture's default tag's.
     """
 
     name: str
@@ -68,6 +89,7 @@ class ModelSpec:
     create_kwargs: dict = field(default_factory=dict, hash=False, compare=False)
     description: str = ""
     data: DataConfig | None = None
+    tag: str = ""
 
     @property
     def published(self) -> dict[int, tuple[float, str]]:
@@ -81,19 +103,26 @@ class ModelSpec:
         import timm
 
         kwargs = {**self.create_kwargs, **overrides}
+        name = f"{self.name}.{self.tag}" if self.tag else self.name
         try:
-            return timm.create_model(self.name, pretrained=False, **kwargs)
+            return timm.create_model(name, pretrained=False, **kwargs)
         except ModelError:
             raise
         except (TypeError, ValueError, AssertionError) as e:
             raise ModelError(f"cannot build {self.name} with {kwargs}: {e}") from None
 
-    def data_config(self, module=None) -> DataConfig:
-        """The spec's data config; for a timm model by name, the one its module (weights) carries."""
+    def data_config(self, module=None, weights: dict | None = None) -> DataConfig:
+        """The data config of the weights evaluated: the checkpoint's own (``weights``: a timm tag's
+        ``pretrained_cfg``, a file's metadata) where it has one, else the spec's, else the one the module carries
+        (timm's config of the architecture's default tag)."""
         if self.data is not None:
-            return self.data
-        cfg = getattr(module, "pretrained_cfg", None) if module is not None else None
-        return DataConfig.from_pretrained_cfg(cfg or {})
+            base = replace(self.data, source=self.data.source or f"spec:{self.name}")
+        else:
+            cfg = dict(getattr(module, "pretrained_cfg", None) or {}) if module is not None else {}
+            tag = cfg.get("tag")
+            cfg["source"] = f"timm:{self.name}.{tag}" if tag else f"timm:{self.name}"
+            base = DataConfig.from_pretrained_cfg(cfg)
+        return base.updated(weights or {})
 
 
 REGISTRY: dict[str, ModelSpec] = {}

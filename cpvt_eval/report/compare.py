@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import CpvtEvalError, ResultsError
 from ..results import SCHEMA_VERSION, ResultRow, RunStore, id_fields
 from ..results.schema import PROTOCOL, WHAT
-from ..results.store import row_problem
+from ..results.store import migrate_row, row_problem
 from .records import _r, ordered
 from .text import _fmt, _md_table
 
@@ -39,7 +39,8 @@ def load_rows(path: str | Path) -> list[ResultRow]:
                 problem = row_problem(d)
                 if problem:
                     raise ResultsError(f"{path}: row {i + 1} is damaged ({problem})")
-            rows = [ResultRow.from_dict(d) for d in dicts]
+            version = schema_version_of(path)
+            rows = [ResultRow.from_dict(migrate_row(d, version)) for d in dicts]
         except (json.JSONDecodeError, KeyError, TypeError, OSError, UnicodeDecodeError) as e:
             raise ResultsError(f"cannot read result rows from {path}: {e}") from None
     else:

@@ -37,7 +37,15 @@ _NULLABLE_INT = ("throughput_batch", "limit", "native_size")
 
 
 def rows_frame(rows: list[ResultRow]) -> pd.DataFrame:
-    df = pd.DataFrame([{c: getattr(r, c) for c in CSV_COLUMNS} for r in ordered(rows)], columns=CSV_COLUMNS)
+    """The rows as a frame, one column per ``ResultRow`` field. Text columns stay Python strings (``object``):
+    pandas' Arrow-backed strings cannot hold a file name that is not UTF-8, which the CSV writes back as its bytes."""
+    records = [{c: getattr(r, c) for c in CSV_COLUMNS} for r in ordered(rows)]
+    columns = {}
+    for c in CSV_COLUMNS:
+        values = [d[c] for d in records]
+        text = any(isinstance(v, str) for v in values)
+        columns[c] = pd.Series(values, dtype=object) if text else pd.Series(values)
+    df = pd.DataFrame(columns, columns=CSV_COLUMNS)
     for col in _NULLABLE_INT:
         df[col] = df[col].astype("Int64")
     return df
@@ -115,6 +123,13 @@ def _rounds_text(rows: list[ResultRow]) -> str:
     )
 
 
+# What each crop mode does (timm's names, and full), as the conditions line of a report says it.
+CROP_MODE_TEXT = (
+    "squash: both sides to floor(size / crop_pct), centre crop; border: longer side to floor(size / crop_pct), "
+    "padded with the mean colour; full: the whole image to size x size, crop_pct unused"
+)
+
+
 def _conditions(rows: list[ResultRow], provenance: dict | None) -> list[str]:
     def values(name: str) -> str:
         return ", ".join(f"`{v}`" for v in dict.fromkeys(str(getattr(r, name)) for r in rows))
@@ -127,9 +142,17 @@ def _conditions(rows: list[ResultRow], provenance: dict | None) -> list[str]:
         f"- eval transform: shorter side to floor(size / crop_pct), centre crop; crop_pct {values('crop_pct')}, "
         f"interpolation {values('interpolation')}"
         + (
-            f"; crop mode {values('crop_mode')} (squash: the whole image resized to size x size, crop_pct unused)"
+            f"; crop mode {values('crop_mode')} ({CROP_MODE_TEXT})"
             if any(r.crop_mode != "center" for r in rows)
             else ""
+        ),
+        "- normalisation (the weights' own data config): "
+        + ", ".join(
+            dict.fromkeys(
+                f"{r.model}: mean {r.mean or '?'}, std {r.std or '?'}"
+                + (f" (from `{r.data_config_source}`)" if r.data_config_source else "")
+                for r in ordered(rows)
+            )
         ),
         "- PE policy: " + ", ".join(dict.fromkeys(f"{r.model} {r.img_size}px: {r.pe_policy}" for r in ordered(rows))),
         f"- dtype {values('dtype')}, device {values('device')}",

@@ -20,7 +20,7 @@ import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 # Bumped when the meaning of a stored row or key changes; recorded in every run directory.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 WHAT, WEIGHTS, DATA, PROTOCOL = "what", "weights", "data", "protocol"
 
@@ -50,7 +50,12 @@ class CellId:
     ema: bool = _id_field(WEIGHTS, "ema", False)
     decode_draft: bool = _id_field(PROTOCOL, "draft", False)
     probe: str = _id_field(PROTOCOL, "probe", "")  # a measurement other than the resolution table, with settings
-    crop_mode: str = _id_field(PROTOCOL, "crop_mode", "center")  # or "squash": the whole image to size x size
+    # timm's crop modes (center, squash, border) and full (the whole image to size x size); schema 2's "squash" was
+    # today's "full" and is migrated on reading (``store.migrate_row``)
+    crop_mode: str = _id_field(PROTOCOL, "crop_mode", "center")
+    # the normalisation of the weights evaluated (their own data config), as ``0.485,0.456,0.406``
+    mean: str = _id_field(WEIGHTS, "mean", "")
+    std: str = _id_field(WEIGHTS, "std", "")
 
     @classmethod
     def of(cls, obj) -> CellId:
@@ -150,6 +155,13 @@ class ResultRow:
     predictions: str = ""  # per-image predictions, relative to the run directory
     probe: str = ""  # see CellId.probe
     crop_mode: str = "center"  # see CellId.crop_mode
+    mean: str = ""  # see CellId.mean
+    std: str = ""
+    # where mean/std came from (``timm:<tag>``, a checkpoint's metadata, the spec), and the weights' own crop ratio
+    # and interpolation (the run's protocol may differ from them: ``crop_pct``, ``interpolation``)
+    data_config_source: str = ""
+    weights_crop_pct: float | None = None
+    weights_interpolation: str = ""
     n_nonfinite: int = 0  # images whose logits held a NaN or an infinity (their predictions mean nothing)
 
     def to_dict(self) -> dict:

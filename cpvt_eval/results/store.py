@@ -117,6 +117,7 @@ class RunStore:
 
     def __init__(self, root: str | os.PathLike, create: bool = True):
         self.root = Path(root)
+        self.opened_version: int | None = None  # the schema a writing run found (set under the lock)
         if self.root.exists() and not self.root.is_dir():
             raise ResultsError(f"run directory {self.root} exists and is not a directory")
         if not create:
@@ -167,6 +168,8 @@ class RunStore:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             self._close_stale_records()
+            self.opened_version = self.schema_version()
+            self._migrate(self.opened_version)
             self._write_run_info()
             yield
         finally:
@@ -246,6 +249,7 @@ class RunStore:
                 error naming the file and line; otherwise it is passed over (``damaged`` lists it).
         """
         rows: dict[str, ResultRow] = {}
+        version = self.schema_version()
         for n, _line, d, problem in self._read_lines():
             if problem:
                 if strict:
@@ -254,7 +258,7 @@ class RunStore:
                         "the run directory moves it aside and recomputes its cell"
                     )
                 continue
-            row = ResultRow.from_dict(d)
+            row = ResultRow.from_dict(migrate_row(d, version))
             # The fields the row was written without (an earlier version): compare matches on the others.
             object.__setattr__(row, "_absent", frozenset(f.name for f in fields(ResultRow) if f.name not in d))
             rows[row_key(row)] = row
@@ -321,13 +325,43 @@ class RunStore:
             versions = []
         return min(versions) if versions else 1
 
-    def _write_run_info(self) -> None:
-        if (self.root / self.RUN).exists() or self.rows_path.exists():
-            return  # an existing run directory keeps the version it was written with
+    def _write_run_info(self, migrated_from: int | None = None) -> None:
         from .. import __version__
 
+        if migrated_from is not None:
+            try:
+                info = json.loads((self.root / self.RUN).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                info = {}
+            info = info if isinstance(info, dict) else {}
+            info.update(
+                schema_version=SCHEMA_VERSION, migrated_from=migrated_from, migrated_by=f"cpvt-eval {__version__}"
+            )
+            self.write_text(self.RUN, json.dumps(info, indent=2) + "\n")
+            return
+        if (self.root / self.RUN).exists() or self.rows_path.exists():
+            return  # an existing run directory keeps the version it was written with
         info = {"schema_version": SCHEMA_VERSION, "created_by": f"cpvt-eval {__version__}"}
         self.write_text(self.RUN, json.dumps(info, indent=2) + "\n")
+
+    def _migrate(self, version: int) -> None:
+        """Before a run writes a directory of an earlier schema: rewrite its rows in today's spelling (schema 2's
+        ``crop_mode`` "squash" is today's "full"), so that old and new rows never mean different things under
+        one name. Rows that cannot be read are left as they are (the run sets them aside)."""
+        if version >= SCHEMA_VERSION or not self.rows_path.exists():
+            return
+        lines = []
+        changed = False
+        for _n, line, d, _problem in self._read_lines():
+            if d is not None:
+                new = migrate_row(dict(d), version)
+                if new != d:
+                    line = json.dumps(new, sort_keys=True) + "\n"
+                    changed = True
+            lines.append(line)
+        if changed:
+            atomic_write_text(self.rows_path, "".join(lines))
+        self._write_run_info(migrated_from=version)
 
     def _close_stale_records(self) -> None:
         """Under the lock no other invocation is running: a record still ``running`` belongs to one that was
@@ -403,6 +437,14 @@ class RunStore:
         runs = [r for r in self.provenance() if r.get("run_id") != record.get("run_id")]
         runs.append(record)
         self.write_text(self.PROVENANCE, json.dumps({"runs": runs}, indent=2, sort_keys=True) + "\n")
+
+
+def migrate_row(d: dict, version: int) -> dict:
+    """A stored row of schema ``version`` in today's spelling: before schema 3, ``crop_mode`` "squash" resized the
+    whole image to size x size, which is today's "full" ("squash" now means timm's squash)."""
+    if version < 3 and d.get("crop_mode") == "squash":
+        d = {**d, "crop_mode": "full"}
+    return d
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
