@@ -35,7 +35,8 @@ from _common import median, spread  # noqa: E402
 
 import cpvt_eval  # noqa: E402
 from cpvt_eval.models.posenc import adapt_to_size  # noqa: E402
-from cpvt_eval.throughput import count_flops, device_name, matmul_peak_gflops, measure_throughput  # noqa: E402
+from cpvt_eval.runtime import device_name  # noqa: E402
+from cpvt_eval.throughput import count_flops, matmul_peak_gflops, measure_throughput  # noqa: E402
 
 BASELINE = "deit_tiny_patch16_224"
 CPVT = ("cpvt_ti", "cpvt_ti_plus")

@@ -29,7 +29,7 @@ _LAZY = {
     "Hooks": ("config", "Hooks"),
     "ModelSpec": ("models.registry", "ModelSpec"),
     "resolve": ("models.registry", "resolve"),
-    "build_model": ("models.build", "build_model"),
+    "build_model": ("jobs.assemble", "build_model"),
     "evaluate": ("jobs.resolution", "run_resolution"),
     "ShiftProtocol": ("config", "ShiftProtocol"),
     "measure_shift": ("jobs.shift", "run_shift"),

@@ -124,6 +124,11 @@ class RunConfig:
         class_names: class folder names in label order, for an ImageFolder that is not ImageNet (the offline
             demo); None means the canonical ImageNet-1k WordNet ids.
         real_labels: add ImageNet-ReaL top-1; ``"timm"`` for the copy timm ships, else a path.
+        label_subset: restrict the argmax to a label subset: ``imagenet-a``, ``imagenet-r`` (timm's index files) or
+            a file of class indices / WordNet ids.
+        test_set: the name of the test set the data is, for the reports (else detected from the layout).
+        label_key: where a store holds the label (a shard's ``.json`` field, a parquet/arrow column).
+        split: the split of a store that holds several (default: ``validation``).
         on_bad_image: ``stop`` before any cell at the first bad file, or ``skip`` and record it.
         decode_draft: let PIL decode JPEGs at a reduced DCT scale (faster, changes pixels; recorded).
         force: recompute cells already finished in the run directory.
@@ -153,6 +158,10 @@ class RunConfig:
     classes: Path | None = None
     class_names: tuple[str, ...] | None = None
     real_labels: str | None = None
+    label_subset: str | None = None
+    test_set: str | None = None
+    label_key: str | None = None
+    split: str | None = None
     on_bad_image: str = "stop"
     decode_draft: bool = False
     force: bool = False

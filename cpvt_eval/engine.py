@@ -22,8 +22,9 @@ from torch import nn
 from . import interrupts
 from .config import Progress
 from .data import EvalDataset, EvalTransform, ImageSet, make_loader, normalize_batch
-from .errors import CpvtEvalError, DataError
-from .models.posenc import InPlace, PEOptions, grid_of
+from .errors import CpvtEvalError, DataError, ModelError
+from .models.introspect import grid_of
+from .models.posenc import InPlace, PEOptions
 from .models.registry import DataConfig, ModelSpec
 from .runtime import autocast_context, release_cached_memory
 
@@ -130,6 +131,25 @@ class EvalSettings:
     dtype: str = "fp32"
     pe: PEOptions = PEOptions()
     crop_mode: str = "center"
+    # a label subset (ImageNet-A/-R: canonical indices): the argmax is taken over these classes only
+    classes: tuple[int, ...] = ()
+
+    def k_for(self, model: EvalModel) -> int:
+        """How many predictions a cell keeps per image: 5, or fewer when the model (or the subset) has fewer."""
+        return min(5, len(self.classes) or model.num_classes)
+
+    def runners(self, modules: list[nn.Module], models: list[EvalModel]) -> list[ChunkedForward]:
+        """One forward runner per model, restricted to the label subset when there is one."""
+        classes = torch.tensor(self.classes, dtype=torch.int64, device=self.device) if self.classes else None
+        for m in models:
+            if self.classes and max(self.classes) >= m.num_classes:
+                raise ModelError(
+                    f"the label subset names class {max(self.classes)}, and {m.name} has {m.num_classes} classes"
+                )
+        return [
+            ChunkedForward(module, self.batch_size, self.device, self.dtype, m.name, classes)
+            for module, m in zip(modules, models, strict=True)
+        ]
 
 
 class ChunkedForward:
@@ -138,8 +158,17 @@ class ChunkedForward:
     The chunk size persists across batches, so after one OOM the rest of the pass runs at the smaller size.
     """
 
-    def __init__(self, module: nn.Module, chunk: int, device: torch.device, dtype: str, name: str = "the model"):
+    def __init__(
+        self,
+        module: nn.Module,
+        chunk: int,
+        device: torch.device,
+        dtype: str,
+        name: str = "the model",
+        classes: torch.Tensor | None = None,
+    ):
         self.module = module
+        self.classes = classes
         self.name = name
         self.chunk = chunk
         self.device = device
@@ -149,7 +178,8 @@ class ChunkedForward:
 
     def topk(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Top-``k`` class indices of every image of ``x``, best first; images with non-finite logits are counted
-        in ``nonfinite`` (their ranking means nothing)."""
+        in ``nonfinite`` (their ranking means nothing). With ``classes`` (a label subset) the ranking is among
+        those classes only, and the indices are still the model's (canonical ImageNet-1k) ones."""
         while True:
             try:
                 preds = []
@@ -158,8 +188,11 @@ class ChunkedForward:
                     with autocast_context(self.device, self.dtype):
                         logits = self.module(x[start : start + self.chunk])
                     logits = logits.float()
+                    if self.classes is not None:
+                        logits = logits.index_select(1, self.classes)
                     bad += int((~torch.isfinite(logits)).any(dim=1).sum())
-                    preds.append(logits.topk(k, dim=1).indices)
+                    top = logits.topk(k, dim=1).indices
+                    preds.append(self.classes[top] if self.classes is not None else top)
                 self.nonfinite += bad
                 return torch.cat(preds) if len(preds) > 1 else preds[0]
             except torch.OutOfMemoryError:
@@ -220,7 +253,7 @@ def evaluate_size(
         pin_memory=settings.device.type == "cuda",
     )
     n_total = len(image_set)
-    k = [min(5, m.num_classes) for m in models]
+    k = [settings.k_for(m) for m in models]
     top5 = [torch.empty((n_total, kk), dtype=torch.int16) for kk in k]
     labels = torch.empty(n_total, dtype=torch.int64)
     indices = torch.empty(n_total, dtype=torch.int64)
@@ -230,10 +263,7 @@ def evaluate_size(
     progress.start(f"{size}px · {', '.join(m.name for m in models)}", n_total)
     t0 = time.perf_counter()
     non_blocking = settings.device.type == "cuda"
-    runners = [
-        ChunkedForward(module, settings.batch_size, settings.device, settings.dtype, m.name)
-        for module, m in zip(modules, models, strict=True)
-    ]
+    runners = settings.runners(modules, models)
     try:
         with torch.inference_mode():
             for images, target, idx in loader:

@@ -26,9 +26,9 @@ import torch
 from . import interrupts
 from .config import Progress, ShiftProtocol
 from .data import EvalDataset, EvalTransform, ImageSet, make_loader, normalize_batch
-from .engine import ChunkedForward, EvalModel, EvalSettings, _clean_worker_error
+from .engine import EvalModel, EvalSettings, _clean_worker_error
 from .errors import CpvtEvalError, DataError
-from .models.posenc import grid_of
+from .models.introspect import grid_of
 from .runtime import release_cached_memory
 
 __all__ = ["ShiftCell", "pair_offsets", "shift_size", "shift_sweep", "shifted_views"]
@@ -155,7 +155,7 @@ def shift_size(
     )
     n_img, n_ep = len(image_set), protocol.epochs
     n_pairs = n_img * n_ep
-    k = [min(5, m.num_classes) for m in models]
+    k = [settings.k_for(m) for m in models]
     pred_dtype = [torch.int16 if m.num_classes <= 32767 else torch.int32 for m in models]
     top5_a = [torch.empty((n_pairs, kk), dtype=dt) for kk, dt in zip(k, pred_dtype, strict=True)]
     top5_b = [torch.empty((n_pairs, kk), dtype=dt) for kk, dt in zip(k, pred_dtype, strict=True)]
@@ -167,10 +167,7 @@ def shift_size(
     correct_a = [0] * len(models)
     correct_b = [0] * len(models)
     correct5 = [0] * len(models)
-    runners = [
-        ChunkedForward(module, settings.batch_size, settings.device, settings.dtype, m.name)
-        for module, m in zip(modules, models, strict=True)
-    ]
+    runners = settings.runners(modules, models)
     non_blocking = settings.device.type == "cuda"
     seen = 0
     progress.start(f"{size}px shift x{n_ep} · {', '.join(m.name for m in models)}", n_img)

@@ -21,8 +21,8 @@ from cpvt_eval.checkpoints import LoadReport, load_checkpoint, load_strict
 from cpvt_eval.cli import app
 from cpvt_eval.data import EvalTransform
 from cpvt_eval.errors import CheckpointError, DataError, ModelError
-from cpvt_eval.models.build import check_sizes
-from cpvt_eval.models.posenc import adapt_to_size, grid_of, patch_size_of
+from cpvt_eval.models.introspect import grid_of, patch_size_of
+from cpvt_eval.models.posenc import adapt_to_size, check_sizes
 from cpvt_eval.results import CellId
 
 transformers = pytest.importorskip("transformers")
@@ -388,7 +388,7 @@ def test_resolution_run_through_the_cli(imagefolder, tmp_path):
 
 
 def test_default_weights_come_from_the_hub_and_fail_fast_offline(monkeypatch):
-    from cpvt_eval.models.build import build_model
+    from cpvt_eval.jobs.assemble import build_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="cannot get microsoft/cvt-13: offline"):

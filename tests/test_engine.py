@@ -11,7 +11,7 @@ import cpvt_eval.data as data_mod
 from cpvt_eval.data import EvalDataset, EvalTransform, make_loader, open_dataset
 from cpvt_eval.engine import ChunkedForward, EvalSettings, evaluate_size, sweep
 from cpvt_eval.errors import CpvtEvalError
-from cpvt_eval.models.build import build_model
+from cpvt_eval.jobs.assemble import build_model
 from cpvt_eval.models.posenc import adapt_to_size
 
 SIZES = (56, 64)

@@ -24,7 +24,7 @@ from cpvt_eval.config import PEOptions
 from cpvt_eval.data import open_dataset
 from cpvt_eval.engine import EvalSettings, sweep
 from cpvt_eval.errors import ModelError
-from cpvt_eval.models.build import build_model, pe_label, pe_options_of
+from cpvt_eval.jobs.assemble import build_model, pe_label, pe_options_of
 from cpvt_eval.models.posenc import InPlace
 from cpvt_eval.models.timm_policies import Rebuilt
 

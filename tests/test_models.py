@@ -446,7 +446,7 @@ def test_a_tag_is_evaluated_with_its_own_transform_as_timm_does(imagefolder, tmp
 def test_a_checkpoints_own_metadata_sets_its_normalisation(tmp_path):
     from safetensors.torch import save_file
 
-    from cpvt_eval.models.build import build_model
+    from cpvt_eval.jobs.assemble import build_model
 
     model = _model("deit_toy", num_classes=10)
     path = tmp_path / "toy.safetensors"

@@ -31,6 +31,7 @@ from cpvt_eval.data.stores import close_handles, imagenet_lemmas
 from cpvt_eval.errors import DataError
 from tests.conftest import make_image, make_imagefolder
 
+runner = CliRunner()
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
@@ -544,3 +545,36 @@ def test_check_data_on_shards(tmp_path, folder):
     assert "not an image" in problem["problem"]
     result = runner.invoke(app, ["check-data", str(tmp_path / "s" / "val-{00..05}.tar")])
     assert result.exit_code == 2 and "val-03.tar" in result.output and "does not exist" in result.output
+
+
+def test_the_same_images_give_the_same_numbers_through_the_command(tmp_path, folder, toy_checkpoints):
+    """Folder, 3 shards (brace pattern) and parquet (row groups of 2): identical n_images, top-1, top-5 and
+    per-image predictions from `cpvt-eval resolution`; each row records its store; both stores share a fingerprint."""
+    from tests.conftest import cell_predictions
+
+    items = _samples(folder)
+    write_shards(tmp_path / "wds", items, 3)
+    write_parquet(tmp_path / "pq", items, 1, row_group_size=2, names=imagenet_synsets())
+    stores = {
+        "imagefolder": str(folder.root),
+        "wds": str(tmp_path / "wds" / "val-{00..02}.tar"),
+        "parquet": str(tmp_path / "pq"),
+    }
+    ckpt = ["-c", str(toy_checkpoints["deit_toy"][1]), "--model-arg", "num_classes=1000", "--no-throughput"]
+    got = {}
+    for layout, data in stores.items():
+        out = tmp_path / f"run_{layout}"
+        args = ["resolution", "-m", "deit_toy", "-s", "56", "--data", data, "--out", str(out), "--json", *ckpt]
+        result = runner.invoke(app, [*args, "--workers", "0"])
+        assert result.exit_code == 0, (layout, result.output)
+        (row,) = json.loads(result.stdout)
+        assert row["layout"] == layout
+        got[layout] = (row, cell_predictions(out, "deit_toy", 56))
+    ref_row, ref_pred = got["imagefolder"]
+    for layout, (row, pred) in got.items():
+        for key in ("n_images", "correct1", "correct5", "top1", "top5"):
+            assert row[key] == ref_row[key], (layout, key)
+        for key in ("indices", "labels", "top5"):
+            assert torch.equal(pred[key], ref_pred[key]), (layout, key)
+    # a store's fingerprint does not depend on how it is split (names are the samples' keys, not folder paths)
+    assert got["wds"][0]["dataset_fingerprint"] == got["parquet"][0]["dataset_fingerprint"]

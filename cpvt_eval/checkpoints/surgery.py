@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.posenc import grid_of, pe_kind_of, resample_abs_pos_embed
+from ..models.introspect import grid_of, pe_kind_of
+from ..models.pos_embed import resample_abs_pos_embed
 from .cvt_layouts import hf_activation_note, hf_to_release, is_hf_cvt
 
 WRAPPER_KEYS = ("model", "state_dict", "module", "net", "network")

@@ -7,7 +7,9 @@ file system, no memory); 4 an internal error (a bug: ``--debug`` shows its trace
 
 from __future__ import annotations
 
+import hashlib
 import os
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import typer
@@ -15,7 +17,16 @@ from typer.core import TyperCommand, TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
 from .. import console, interrupts
-from ..errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_USAGE, CpvtEvalError, EnvironmentFailure, from_os_error
+from ..errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    CpvtEvalError,
+    EnvironmentFailure,
+    ModelError,
+    from_os_error,
+    shown,
+)
 
 # Options that take several values after one flag (`--sizes 224 384 512`), as users type them.
 MULTI_VALUE_OPTIONS = {"--sizes", "-s", "--model", "-m"}
@@ -148,22 +159,60 @@ class guarded:
         )
 
 
+# A range of more sizes than this is more likely a slip (a step of 1) than a plan: each size is a pass over the data.
+MAX_RANGE_SIZES = 64
+
+
 def parse_sizes(values: list[str]) -> tuple[int, ...]:
+    """``--sizes`` as typed: whole numbers and ``START:STOP:STEP`` ranges (the stop included), separated by spaces
+    or commas; duplicates dropped, the order kept. Whether a size suits a model (a multiple of its patch size) is
+    the model layer's check (``check_sizes``), made once the model is built."""
     sizes: list[int] = []
     for value in values:
         for part in value.split(","):
             part = part.strip()
             if not part:
                 continue
-            try:
-                size = int(part)
-            except ValueError:
-                raise CpvtEvalError(f"size {part!r} is not a whole number of pixels") from None
-            if size <= 0:
-                raise CpvtEvalError(f"size {size} must be positive")
-            if size not in sizes:
-                sizes.append(size)
+            for size in _size_range(part) if ":" in part else (_size(part),):
+                if size not in sizes:
+                    sizes.append(size)
     return tuple(sizes)
+
+
+def _size(text: str, in_range: str = "") -> int:
+    where = f" in the range {in_range!r}" if in_range else ""
+    try:
+        size = int(text)
+    except ValueError:
+        raise CpvtEvalError(f"size {text!r}{where} is not a whole number of pixels") from None
+    if size <= 0:
+        raise CpvtEvalError(f"size {size}{where} must be positive")
+    return size
+
+
+def _size_range(text: str) -> range:
+    """``START:STOP:STEP``, the stop included: ``224:512:32`` is 224, 256, ..., 512."""
+    parts = [p.strip() for p in text.split(":")]
+    if len(parts) > 3:
+        raise CpvtEvalError(f"size range {text!r} has {len(parts)} parts; write START:STOP:STEP, e.g. 224:512:32")
+    start, stop = _size(parts[0], text), _size(parts[1], text)
+    if stop < start:
+        raise CpvtEvalError(f"size range {text!r}: the stop {stop} is below the start {start}")
+    if len(parts) < 3:
+        raise CpvtEvalError(f"size range {text!r} has no step; write START:STOP:STEP, e.g. 224:512:32")
+    try:
+        step = int(parts[2])
+    except ValueError:
+        raise CpvtEvalError(f"size range {text!r}: the step {parts[2]!r} is not a whole number of pixels") from None
+    if step <= 0:
+        raise CpvtEvalError(f"size range {text!r}: the step must be positive, got {step}")
+    count = (stop - start) // step + 1
+    if count > MAX_RANGE_SIZES:
+        raise CpvtEvalError(f"size range {text!r} gives {count} sizes, more than {MAX_RANGE_SIZES}; take a larger step")
+    last = start + (count - 1) * step
+    if last != stop:
+        raise CpvtEvalError(f"size range {text!r} ends at {last}, not at its stop {stop}; write {start}:{last}:{step}")
+    return range(start, stop + 1, step)
 
 
 def parse_crop_pct(value: str) -> float | None:
@@ -177,8 +226,66 @@ def parse_crop_pct(value: str) -> float | None:
         raise CpvtEvalError(f"--crop-pct must be a number in (0.05, 1] or `weights`, got {value!r}") from None
 
 
-def parse_models(values: list[str]) -> tuple[str, ...]:
+def parse_models(values: list[str], models_file: Path | None = None) -> tuple[str, ...]:
+    """``--model`` values (``a,b`` lists several), then the entries of ``--models-file``; globs stay as typed
+    (``expand_models`` expands them, where the command imports the model layer)."""
+    values = [*values, *(read_models_file(models_file) if models_file is not None else ())]
     return tuple(p.strip() for v in values for p in v.split(",") if p.strip())
+
+
+def read_models_file(path: Path) -> list[str]:
+    """``--models-file``: one name, timm tag or glob per line; ``#`` starts a comment, blank lines are skipped."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise CpvtEvalError(f"--models-file {shown(path)}: cannot read it ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise CpvtEvalError(f"--models-file {shown(path)}: not UTF-8 text (byte {e.start})") from None
+    names = [n for n in (line.partition("#")[0].strip() for line in text.splitlines()) if n]
+    if not names:
+        raise CpvtEvalError(f"--models-file {shown(path)} lists no model")
+    return names
+
+
+def is_model_glob(name: str) -> bool:
+    return any(c in name for c in "*?[")
+
+
+def expand_models(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Each glob (``'deit_*'``) replaced, in its place, by the models it matches: the registered names and aliases
+    of this tool (as full names) first, then timm's model names (its pretrained tags too when the pattern has a
+    dot), each sorted. A match listed already, by name or by an earlier glob, is not repeated; a glob that matches
+    nothing is an error. Imports the model layer (timm): called by the commands, never at ``--help``."""
+    if not any(is_model_glob(n) for n in names):
+        return names
+    import timm
+
+    from ..models.registry import list_specs
+
+    full_name = {key: spec.name for spec in list_specs(include_demo=True) for key in (spec.name, *spec.aliases)}
+
+    def identity(name: str) -> str:
+        base, dot, tag = name.partition(".")
+        return full_name.get(base, base) + dot + tag
+
+    listed = {identity(n) for n in names if not is_model_glob(n)}
+    out: list[str] = []
+    for name in names:
+        if not is_model_glob(name):
+            out.append(name)
+            continue
+        registered = sorted({full for key, full in full_name.items() if fnmatchcase(key, name)})
+        known = timm.list_models(name, pretrained=True) if "." in name else timm.list_models(name)
+        matches = [*registered, *sorted(set(known) - set(registered))]
+        if not matches:
+            raise ModelError(
+                f"--model {name!r} matches no registered model, alias or timm model (see `cpvt-eval models`)"
+            )
+        for match in matches:
+            if identity(match) not in listed:
+                listed.add(identity(match))
+                out.append(match)
+    return tuple(out)
 
 
 def parse_checkpoints(values: list[str], models: tuple[str, ...]) -> dict[str, str]:
@@ -246,4 +353,10 @@ def default_out(models: tuple[str, ...]) -> Path:
             names.append(resolve(m).name)
         except CpvtEvalError:
             names.append(m)
-    return Path("runs") / "+".join(names)
+    joined = "+".join(names)
+    if len(joined.encode()) > 200:
+        # a glob may give dozens of models: a name the file system takes (255 bytes at most), the same for the
+        # same models so that the rerun resumes
+        digest = hashlib.sha256(joined.encode()).hexdigest()[:8]
+        joined = f"{names[0]}+{len(names) - 1}-more-{digest}"
+    return Path("runs") / joined

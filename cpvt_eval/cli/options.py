@@ -13,18 +13,27 @@ import typer
 
 from ..config import APE_INTERPOLATIONS, PEOptions, RunConfig
 from ..runtime import check_dtype
-from .app import default_out, parse_checkpoints, parse_model_args, parse_models, parse_sizes
+from .app import default_out, expand_models, parse_checkpoints, parse_model_args, parse_models, parse_sizes
 
 MODEL, DATA, PROTOCOL, SPEED, OUTPUT = "Model", "Data", "Protocol", "Speed", "Output"
 
 ModelOpt = Annotated[
     list[str],
-    typer.Option("--model", "-m", help="Model name or alias; repeat or list several.", rich_help_panel=MODEL),
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name, alias or timm tag; repeat or list several. A quoted glob (`'deit_*'`) takes every "
+        "registered and timm model it matches.",
+        rich_help_panel=MODEL,
+    ),
 ]
-SizesOpt = Annotated[
-    list[str],
-    typer.Option("--sizes", "-s", help="Sizes in px: `224 384 512` or `224,384`.", rich_help_panel=PROTOCOL),
+MODELS_FILE_HELP = "A file of models, one name, tag or glob per line (# comments); adds to --model."
+ModelsFileOpt = Annotated[
+    Optional[Path],
+    typer.Option("--models-file", metavar="FILE", help=MODELS_FILE_HELP, rich_help_panel=MODEL),
 ]
+SIZES_HELP = "Sizes in px: `224 384 512`, `224,384`, or START:STOP:STEP with the stop included (`224:512:32`)."
+SizesOpt = Annotated[list[str], typer.Option("--sizes", "-s", help=SIZES_HELP, rich_help_panel=PROTOCOL)]
 DataOpt = Annotated[
     Optional[Path],
     typer.Option(
@@ -141,7 +150,10 @@ LabelsOpt = Annotated[
 ]
 ClassesOpt = Annotated[
     Optional[Path],
-    typer.Option(help="File of WordNet ids: evaluate only these classes.", rich_help_panel=DATA),
+    typer.Option(
+        help="File of WordNet ids (or imagenet-a / imagenet-r: their 200 classes): evaluate only these classes.",
+        rich_help_panel=DATA,
+    ),
 ]
 OnBadImageOpt = Annotated[
     str,
@@ -149,6 +161,38 @@ OnBadImageOpt = Annotated[
         help="stop: exit before any cell at the first bad file; skip: leave it out, record it.",
         rich_help_panel=DATA,
     ),
+]
+LabelSubsetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--label-subset",
+        metavar="imagenet-a|imagenet-r|FILE",
+        help="Take the argmax over these classes only: ImageNet-A/-R's 200 (timm's index files) or a FILE of class "
+        "indices or WordNet ids. Recorded in each row.",
+        rich_help_panel=DATA,
+    ),
+]
+TestSetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--test-set",
+        metavar="NAME",
+        help="Name of the test set the data is, for the reports (default: detected: imagenet-val, imagenet-v2, "
+        "imagenet-a, imagenet-r).",
+        rich_help_panel=DATA,
+    ),
+]
+LabelKeyOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Where a store holds the label: a shard's .json field, a parquet/arrow column (default: .cls, then "
+        "the json's `label`; the `label` column).",
+        rich_help_panel=DATA,
+    ),
+]
+SplitOpt = Annotated[
+    Optional[str],
+    typer.Option(help="The split of a store that holds several (default: validation).", rich_help_panel=DATA),
 ]
 DecodeDraftOpt = Annotated[
     bool,
@@ -161,6 +205,7 @@ DecodeDraftOpt = Annotated[
 def common_run_config(
     *,
     model: list[str],
+    models_file: Path | None = None,
     sizes: list[str],
     data: Path,
     out: Path | None,
@@ -174,9 +219,10 @@ def common_run_config(
     argv: tuple[str, ...],
     **rest,
 ) -> RunConfig:
-    """A ``RunConfig`` from the shared options as typed: models, sizes, checkpoints and model arguments parsed, the
-    PE options and the dtype checked; ``rest`` (limit, batch_size, device, layout, ...) passes through as is."""
-    models = parse_models(model)
+    """A ``RunConfig`` from the shared options as typed: models (``--models-file`` added, globs expanded), sizes,
+    checkpoints and model arguments parsed, the PE options and the dtype checked; ``rest`` (limit, batch_size,
+    device, layout, ...) passes through as is."""
+    models = expand_models(parse_models(model, models_file))  # before the checkpoints and model arguments name them
     return RunConfig(
         models=models,
         sizes=parse_sizes(sizes),

@@ -29,15 +29,20 @@ from .options import (
     ForceOpt,
     InterpolationOpt,
     JsonOpt,
+    LabelKeyOpt,
     LabelsOpt,
+    LabelSubsetOpt,
     LayoutOpt,
     LimitOpt,
     ModelArgOpt,
     ModelOpt,
+    ModelsFileOpt,
     OnBadImageOpt,
     OutOpt,
     SincosOpt,
     SizesOpt,
+    SplitOpt,
+    TestSetOpt,
     VerboseOpt,
     WindowOpt,
     WorkersOpt,
@@ -53,7 +58,8 @@ from .options import (
     ),
 )
 def resolution(
-    model: ModelOpt,
+    model: ModelOpt = [],  # noqa: B006 (--models-file may give them all)
+    models_file: ModelsFileOpt = None,
     sizes: SizesOpt = ["224", "384", "448", "512"],  # noqa: B006 (typer reads the default; it is never mutated)
     data: DataOpt = None,
     checkpoint: CheckpointOpt = [],  # noqa: B006
@@ -122,6 +128,10 @@ def resolution(
     layout: LayoutOpt = "auto",
     labels: LabelsOpt = None,
     classes: ClassesOpt = None,
+    label_subset: LabelSubsetOpt = None,
+    test_set: TestSetOpt = None,
+    label_key: LabelKeyOpt = None,
+    split: SplitOpt = None,
     real_labels: Annotated[
         Optional[str],
         typer.Option(
@@ -145,6 +155,7 @@ def resolution(
             raise CpvtEvalError("no dataset: pass --data DIR or set CPVT_EVAL_DATA")
         cfg = common_run_config(
             model=model,
+            models_file=models_file,
             sizes=sizes,
             data=data,
             out=out,
@@ -170,6 +181,10 @@ def resolution(
             layout=layout,
             labels=labels,
             classes=classes,
+            label_subset=label_subset,
+            test_set=test_set,
+            label_key=label_key,
+            split=split,
             real_labels=real_labels,
             on_bad_image=on_bad_image,
             decode_draft=decode_draft,

@@ -26,15 +26,20 @@ from .options import (
     ForceOpt,
     InterpolationOpt,
     JsonOpt,
+    LabelKeyOpt,
     LabelsOpt,
+    LabelSubsetOpt,
     LayoutOpt,
     LimitOpt,
     ModelArgOpt,
     ModelOpt,
+    ModelsFileOpt,
     OnBadImageOpt,
     OutOpt,
     SincosOpt,
     SizesOpt,
+    SplitOpt,
+    TestSetOpt,
     VerboseOpt,
     WindowOpt,
     WorkersOpt,
@@ -54,7 +59,8 @@ SHIFT = "Shift"
     ),
 )
 def shift(
-    model: ModelOpt,
+    model: ModelOpt = [],  # noqa: B006 (--models-file may give them all)
+    models_file: ModelsFileOpt = None,
     sizes: SizesOpt = ["224"],  # noqa: B006 (typer reads the default; it is never mutated)
     data: DataOpt = None,
     checkpoint: CheckpointOpt = [],  # noqa: B006
@@ -96,6 +102,10 @@ def shift(
     layout: LayoutOpt = "auto",
     labels: LabelsOpt = None,
     classes: ClassesOpt = None,
+    label_subset: LabelSubsetOpt = None,
+    test_set: TestSetOpt = None,
+    label_key: LabelKeyOpt = None,
+    split: SplitOpt = None,
     on_bad_image: OnBadImageOpt = "stop",
     decode_draft: DecodeDraftOpt = False,
 ) -> None:
@@ -113,6 +123,7 @@ def shift(
             raise CpvtEvalError("no dataset: pass --data DIR or set CPVT_EVAL_DATA")
         cfg = common_run_config(
             model=model,
+            models_file=models_file,
             sizes=sizes,
             data=data,
             out=out,
@@ -133,6 +144,10 @@ def shift(
             layout=layout,
             labels=labels,
             classes=classes,
+            label_subset=label_subset,
+            test_set=test_set,
+            label_key=label_key,
+            split=split,
             on_bad_image=on_bad_image,
             decode_draft=decode_draft,
             force=force,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -11,7 +12,8 @@ from .. import console
 from ..config import DEFAULT_BUDGET_S, DEFAULT_MIN_ROUNDS
 from ..errors import CpvtEvalError
 from ..runtime import check_dtype
-from .app import MultiValueCommand, app, guarded, parse_models, parse_sizes
+from .app import MultiValueCommand, app, expand_models, guarded, parse_models, parse_sizes
+from .options import MODELS_FILE_HELP, SIZES_HELP
 
 
 @app.command(
@@ -22,10 +24,14 @@ from .app import MultiValueCommand, app, guarded, parse_models, parse_sizes
     ),
 )
 def throughput_cmd(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="Model name or alias; repeat or list several.")],
-    sizes: Annotated[
-        Optional[list[str]], typer.Option("--sizes", "-s", help="Sizes in px: `224 384` or `224,384` (default 224).")
+    model: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--model", "-m", help="Model name or alias, or a quoted glob (`'deit_*'`); repeat or list several."
+        ),
     ] = None,
+    models_file: Annotated[Optional[Path], typer.Option("--models-file", metavar="FILE", help=MODELS_FILE_HELP)] = None,
+    sizes: Annotated[Optional[list[str]], typer.Option("--sizes", "-s", help=SIZES_HELP + " Default 224.")] = None,
     batch_size: Annotated[
         str, typer.Option("--batch-size", "-b", help="Images per timed forward, or auto (CUDA: largest power of 2).")
     ] = "64",
@@ -57,14 +63,15 @@ def throughput_cmd(
     """
     import torch
 
-    from ..models.build import check_sizes
-    from ..models.posenc import PEOptions, patch_size_of, size_adapter
+    from ..config import PEOptions
+    from ..models.introspect import patch_size_of
+    from ..models.posenc import check_sizes, size_adapter
     from ..models.registry import resolve
     from ..runtime import resolve_device
     from ..throughput import benchmark_models, plan_for
 
     with guarded():
-        names = parse_models(model)
+        names = expand_models(parse_models(model or [], models_file))
         if not names:
             raise CpvtEvalError("no model given: use --model NAME (see `cpvt-eval models`)")
         size_list = parse_sizes(sizes or ["224"])

@@ -62,7 +62,7 @@ from .layouts import (
 )
 from .real import RealLabels, RealScore, load_real_labels, real_score
 from .stores import StoreSpec, expand_braces, resolve_store
-from .subsets import LABEL_SUBSETS, LabelSubset, detect_test_set, load_label_subset
+from .subsets import LABEL_SUBSETS, LabelSubset, apply_label_subset, detect_test_set, load_label_subset
 
 __all__ = [
     "BAD_IMAGE_POLICIES",
@@ -85,6 +85,7 @@ __all__ = [
     "Sample",
     "StoreSpec",
     "apply_bad_image_policy",
+    "apply_label_subset",
     "check_image",
     "check_sample",
     "decode_rgb",

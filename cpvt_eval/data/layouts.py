@@ -89,6 +89,9 @@ class ImageSet:
         has_labels: False for the ``images`` layout and stores without labels (every label is then -1).
         spec: ``--data`` as given when it is not ``root`` itself (a shard pattern, ``_info.json``, a file).
         split: the split chosen from a store that holds several (``validation``), else empty.
+        label_subset: the identity of the label subset the argmax is restricted to (``imagenet-a``, or a file's
+            name and a hash of its classes), else empty; ``label_subset_classes``: its canonical indices.
+        test_set: the test set the images are (``imagenet-a``, ``imagenet-v2``, ...: ``--test-set`` or detected).
     """
 
     root: Path
@@ -105,6 +108,9 @@ class ImageSet:
     has_labels: bool = True
     spec: str = ""
     split: str = ""
+    label_subset: str = ""
+    label_subset_classes: tuple[int, ...] = ()
+    test_set: str = ""
 
     @property
     def source(self) -> str:
@@ -506,7 +512,13 @@ def select_classes(image_set: ImageSet, classes_file: str | os.PathLike) -> None
     """Keep only the images of the classes (WordNet ids) listed in ``classes_file``."""
     if not image_set.has_labels:
         raise DataError(f"--classes keeps images by label, and {image_set.source} has no labels")
-    wanted = read_wnid_list(Path(classes_file))
+    from .subsets import LABEL_SUBSETS, load_label_subset
+
+    key = os.fsdecode(classes_file).strip().lower()
+    if key in LABEL_SUBSETS and not Path(classes_file).exists():
+        wanted = list(load_label_subset(key).indices)  # the 200 classes of ImageNet-A/-R: the "clean" control
+    else:
+        wanted = read_wnid_list(Path(classes_file))
     present = {s.label for s in image_set.samples}
     absent = [i for i in wanted if i not in present]
     if absent:

@@ -8,6 +8,7 @@ other is a file of canonical indices or WordNet ids, one per line.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -46,6 +47,32 @@ class LabelSubset:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    @property
+    def ident(self) -> str:
+        """What identifies the subset in a cell's key: the name of a published one, else the file's name and a
+        hash of its classes (the same classes in another file are the same protocol)."""
+        if self.source.startswith("timm:"):
+            return self.name
+        digest = hashlib.sha256(",".join(map(str, sorted(self.indices))).encode()).hexdigest()[:8]
+        return f"{self.name}:{digest}"
+
+
+def apply_label_subset(image_set: ImageSet, subset: LabelSubset) -> None:
+    """Restrict ``image_set``'s argmax to ``subset``; every labelled image must belong to one of its classes (an
+    image outside could never be counted right: select the same classes with ``--classes`` first)."""
+    if image_set.has_labels:
+        allowed = set(subset.indices)
+        outside = [s for s in image_set.samples if s.label not in allowed]
+        if outside:
+            wnid = imagenet_synsets()[outside[0].label]
+            raise DataError(
+                f"{len(outside)} image(s) of {shown(image_set.root)} have labels outside the label subset "
+                f"{subset.name} ({len(subset)} classes), e.g. {shown(outside[0].relpath)} ({wnid}); keep the same "
+                f"classes with --classes {subset.name if subset.source.startswith('timm:') else 'FILE'}"
+            )
+    image_set.label_subset = subset.ident
+    image_set.label_subset_classes = subset.indices
 
 
 def _timm_text(filename: str) -> str:

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,16 +20,17 @@ import torch
 
 from .. import distributed, interrupts, report
 from ..config import Hooks, RunConfig
-from ..data import EvalTransform, ImageSet, apply_bad_image_policy, default_workers, load_real_labels, open_dataset
+from ..data import EvalTransform, ImageSet, apply_bad_image_policy, default_workers, load_real_labels
 from ..distributed import DistContext
 from ..engine import EvalModel, EvalSettings, sweep
 from ..errors import CpvtEvalError, EnvironmentFailure, ModelError, is_no_space
 from ..limits import check_transform
-from ..models.build import prepare_models
 from ..results import SCHEMA_VERSION, CellId, ResultRow, RunStore, provenance_record, row_key
 from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
 from ..throughput import ThroughputResult, TimingPlan, benchmark_models, row_extra
+from .assemble import prepare_models
+from .inputs import open_run_dataset
 from .rows import cell_id, make_row, prediction_arrays
 
 # Evaluation is deterministic; the seed is set anyway (and recorded) so that anything random in a model is repeatable.
@@ -74,12 +76,8 @@ def run_resolution(cfg: RunConfig, hooks: Hooks | None = None, dist: DistContext
                     return RunOutcome(store=store)
                 raise
             outcome = job.compute(store)
-            try:
+            with job.full_disk_translated(store):
                 report.render(store, cfg.report_formats)
-            except OSError as e:
-                if not is_no_space(e):
-                    raise
-                raise job.no_space(store, e) from None
         return outcome
 
 
@@ -96,9 +94,7 @@ def _prepare(cfg: RunConfig, hooks: Hooks, dist: DistContext) -> _Job:
         "bicubic" if cfg.interpolation == "weights" else cfg.interpolation,
         cfg.crop_mode,
     )
-    image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes, cfg.class_names)
-    image_set.decode_draft = cfg.decode_draft
-    hooks.log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
+    image_set = open_run_dataset(cfg, hooks)
     workers = default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers
     apply_bad_image_policy(image_set, cfg.on_bad_image, workers, hooks.progress)
     real = load_real_labels(cfg.real_labels).for_image_set(image_set) if cfg.real_labels else None
@@ -128,8 +124,9 @@ class _Job:
             return False
         return {ident.key() for ident in self._keys().values()} <= store.finished_keys()
 
-    def no_space(self, store: RunStore, e: OSError) -> EnvironmentFailure:
-        return no_space_error(store, self._keys().values(), e)
+    def full_disk_translated(self, store: RunStore | None):
+        """``full_disk_translated`` for this run's cells."""
+        return full_disk_translated(store, lambda: self._keys().values())
 
     def _tidy(self, store: RunStore, ids: dict[tuple[str, int], CellId]) -> None:
         """Before a resumed run: set damaged rows aside, and the rows an earlier version wrote for the cells
@@ -156,12 +153,8 @@ class _Job:
             )
 
     def compute(self, store: RunStore | None) -> RunOutcome:
-        try:
+        with self.full_disk_translated(store):
             return self._compute(store)
-        except OSError as e:
-            if store is None or not is_no_space(e):
-                raise
-            raise self.no_space(store, e) from None
 
     def _compute(self, store: RunStore | None) -> RunOutcome:
         cfg, hooks, models, image_set, device, dist = (
@@ -190,6 +183,7 @@ class _Job:
             dtype=cfg.dtype,
             pe=cfg.pe,
             crop_mode=cfg.crop_mode,
+            classes=image_set.label_subset_classes,
         )
         by_name = {m.name: m for m in models}
         outcome = RunOutcome(store=store)
@@ -227,10 +221,9 @@ class _Job:
             status = "interrupted"
             raise
         except OSError as e:
-            if store is None or not is_no_space(e):
-                raise
-            status = "no space left"
-            raise self.no_space(store, e) from None
+            if store is not None and is_no_space(e):
+                status = "no space left"  # and ``compute`` says so in one line
+            raise
         finally:
             if store is not None:
                 record.update(status=status, finished_at=now_iso(), cells_computed=len(outcome.rows))
@@ -279,6 +272,19 @@ class _Job:
         row.gflops_per_image = None if t.gflops_per_image is None else round(t.gflops_per_image, 4)
         row.throughput_scope = "model-only per rank" if self.dist.enabled else "model-only"
         row.extra.update(row_extra(t))
+
+
+@contextlib.contextmanager
+def full_disk_translated(store: RunStore | None, cells: Callable[[], Iterable[CellId]]) -> Iterator[None]:
+    """The one translation of a full disk: an ``OSError`` of no space (ENOSPC, EDQUOT) inside the block becomes
+    ``no_space_error``'s line about ``cells()``; any other error, and any error on a rank without the run directory
+    (``store`` None), passes as it is."""
+    try:
+        yield
+    except OSError as e:
+        if store is None or not is_no_space(e):
+            raise
+        raise no_space_error(store, cells(), e) from None
 
 
 def no_space_error(store: RunStore, ids, e: OSError) -> EnvironmentFailure:

@@ -8,9 +8,9 @@ from ..config import RunConfig
 from ..data import ImageSet, real_score
 from ..distributed import DistContext
 from ..engine import CellOutput, EvalModel
-from ..models.build import model_args_label, pe_label, pe_options_of
 from ..results import CellId, ResultRow, format_ci
 from ..runtime import now_iso, versions_string
+from .assemble import model_args_label, pe_label, pe_options_of
 
 __all__ = ["cell_id", "make_row", "now_iso", "prediction_arrays"]
 
@@ -34,6 +34,7 @@ def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe:
         crop_mode=cfg.crop_mode,
         mean=m.data.mean_text,
         std=m.data.std_text,
+        label_subset=image_set.label_subset,
     )
 
 
@@ -82,6 +83,7 @@ def make_row(
         data_config_source=m.data.source,
         weights_crop_pct=m.data.crop_pct,
         weights_interpolation=m.data.interpolation,
+        test_set=image_set.test_set,
     )
     row.extra.update(eval_batch=cell.batch_size, eval_oom_retries=cell.oom_retries)
     row.n_nonfinite = cell.nonfinite

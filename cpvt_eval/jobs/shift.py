@@ -14,16 +14,17 @@ import torch
 
 from .. import interrupts, report
 from ..config import Hooks, RunConfig, ShiftProtocol
-from ..data import apply_bad_image_policy, default_workers, open_dataset
+from ..data import apply_bad_image_policy, default_workers
 from ..distributed import launched
 from ..engine import CellOutput, EvalModel, EvalSettings
 from ..errors import CpvtEvalError, is_no_space
 from ..limits import check_transform
-from ..models.build import prepare_models
 from ..results import ResultRow, RunStore, format_ci
 from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
 from ..shift import ShiftCell, shift_sweep
+from .assemble import prepare_models
+from .inputs import open_run_dataset
 from .resolution import RunOutcome, config_summary, no_space_error, open_run
 from .rows import cell_id, make_row
 
@@ -49,9 +50,7 @@ def run_shift(cfg: RunConfig, hooks: Hooks | None = None, protocol: ShiftProtoco
     check_transform(cfg.crop_pct, cfg.interpolation)
     for size in cfg.sizes:
         protocol.max_shift_at(size)  # a bound that does not fit is an input error before anything runs
-    image_set = open_dataset(cfg.data, cfg.limit, cfg.layout, cfg.labels, cfg.classes, cfg.class_names)
-    image_set.decode_draft = cfg.decode_draft
-    hooks.log(f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}")
+    image_set = open_run_dataset(cfg, hooks)
     workers = default_workers() if cfg.workers is None else cfg.workers
     apply_bad_image_policy(image_set, cfg.on_bad_image, workers, hooks.progress)
     models = prepare_models(cfg, device, hooks.log)
@@ -92,6 +91,7 @@ def _compute(cfg, protocol, hooks, models: list[EvalModel], image_set, device, w
         interpolation=cfg.interpolation,
         dtype=cfg.dtype,
         pe=cfg.pe,
+        classes=image_set.label_subset_classes,
     )
     by_name = {m.name: m for m in models}
     outcome = RunOutcome(store=store)

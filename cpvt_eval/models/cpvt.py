@@ -18,7 +18,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from ..errors import ModelError
-from .posenc import PEG, sincos_2d_pos_embed
+from .pos_embed import PEG, sincos_2d_pos_embed
 from .spec import DataConfig, entry_point
 
 # DeiT/CPVT evaluation: resize to size / 0.875, bicubic, centre crop, ImageNet mean/std.

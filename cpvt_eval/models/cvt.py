@@ -187,7 +187,7 @@ class Stage(nn.Module):
 class CvT(nn.Module):
     """Convolutional vision transformer: three stages ``stage0..stage2``, final norm, linear head on the cls token."""
 
-    pe_kind = "conv"  # read by posenc: no position embedding, nothing to resample at a new size
+    pe_kind = "conv"  # read by introspect: no position embedding, nothing to resample at a new size
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ token grid, relative position bias tables, window attention masks, a patch grid 
 to meet a new size: it builds the model at that size (``timm.create_model(name, img_size=s)``) and its model
 module's ``checkpoint_filter_fn`` resamples what the native weights hold for the old grid (relative position bias
 tables). This module uses exactly that, and writes none of it again, with one exception: every learned absolute
-PE is resampled the DeiT way (``posenc.resample_abs_pos_embed``: bicubic, no antialias by default; ``--antialias``
+PE is resampled the DeiT way (``pos_embed.resample_abs_pos_embed``: bicubic, no antialias by default; ``--antialias``
 gives timm's antialiased resample), so that a table compares every family's APE alike.
 
 A ``Rebuilt`` sizer keeps the native module (the weights as loaded) and builds one module per size from its state
@@ -37,32 +37,10 @@ from torch import nn
 
 from ..config import PEOptions
 from ..errors import ModelError
-from .posenc import _probe, ape_policy, grid_of, resample_abs_pos_embed, resample_pos_map
+from .introspect import grid_of, has_learned_ape, is_windowed, probe, relbias_tables, rope_kind
+from .pos_embed import ape_policy, resample_abs_pos_embed, resample_pos_map
 
 WINDOW_CHOICES = ("keep", "scale")
-
-
-def _relbias_tables(module: nn.Module) -> list[str]:
-    return [n for n, _ in module.named_parameters() if n.endswith("relative_position_bias_table")]
-
-
-def _is_windowed(module: nn.Module) -> bool:
-    """Windowed attention (Swin and its kin): a block that partitions the grid into windows."""
-    return any(hasattr(m, "window_size") and hasattr(m, "shift_size") for m in module.modules())
-
-
-def rope_kind(module: nn.Module) -> str | None:
-    """``mixed`` (learned frequencies, RoPE-Mixed), ``axial`` (fixed frequencies), or None without RoPE."""
-    rope = getattr(module, "rope", None)
-    if not isinstance(rope, nn.Module):
-        return None
-    if getattr(module, "rope_mixed", False) or any(isinstance(p, nn.Parameter) for p in rope.parameters()):
-        return "mixed"
-    return "axial"
-
-
-def _learned_ape(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "pos_embed", None), nn.Parameter)
 
 
 def grid_dependent(module: nn.Module) -> bool:
@@ -71,22 +49,10 @@ def grid_dependent(module: nn.Module) -> bool:
 
     return (
         rope_kind(module) is not None
-        or bool(_relbias_tables(module))
-        or _learned_ape(module)
+        or bool(relbias_tables(module))
+        or has_learned_ape(module)
         or any(isinstance(m, PatchEmbed) for m in module.modules())
     )
-
-
-def pe_kind(module: nn.Module) -> str | None:
-    """The PE kind of a module of these families (``rope-axial+ape``, ``relbias-window``, ...), else None."""
-    rope = rope_kind(module)
-    if rope is not None:
-        return f"rope-{rope}" + ("+ape" if _learned_ape(module) else "")
-    if _is_windowed(module):
-        return "relbias-window"  # Swin's tables, or Swin V2's continuous bias (an MLP of relative coordinates)
-    if _relbias_tables(module):
-        return "relbias"
-    return None
 
 
 def policy_label(module: nn.Module, options: PEOptions = PEOptions()) -> str:
@@ -97,14 +63,14 @@ def policy_label(module: nn.Module, options: PEOptions = PEOptions()) -> str:
         parts.append("rope-regenerated")
     elif rope == "mixed":
         parts.append("rope-mixed-kept")
-    tables = _relbias_tables(module)
-    if _is_windowed(module) and options.window == "scale":
+    tables = relbias_tables(module)
+    if is_windowed(module) and options.window == "scale":
         parts.append("window-scaled+relbias-resampled" if tables else "window-scaled")
-    elif _is_windowed(module):
+    elif is_windowed(module):
         parts.append("window-padded")
     elif tables:
         parts.append("relbias-resampled")
-    if _learned_ape(module):
+    if has_learned_ape(module):
         parts.append(ape_policy(options))
     return "+".join(parts) or "timm-rebuilt"
 
@@ -155,7 +121,7 @@ class Rebuilt:
 
     def _size_kwargs(self, size: int, options: PEOptions) -> dict:
         kwargs: dict = {"img_size": size}
-        if options.window == "scale" and _is_windowed(self.native):
+        if options.window == "scale" and is_windowed(self.native):
             kwargs["window_size"] = self._scaled_window(size)
         return kwargs
 
@@ -208,7 +174,7 @@ class Rebuilt:
                 raise ModelError(
                     f"{self.name} cannot run at {size}px: timm's checkpoint filter fails ({_short(e)})"
                 ) from None
-        if _learned_ape(self.native) and "pos_embed" in sd:
+        if has_learned_ape(self.native) and "pos_embed" in sd:
             sd = dict(sd)
             sd["pos_embed"] = self._resampled_ape(module, size, options)
         own = module.state_dict()
@@ -250,5 +216,5 @@ class Rebuilt:
             if size == self.native_size:
                 continue
             module, _ = self.module_at(size, options)
-            _probe(module, size, self.name)
+            probe(module, size, self.name)
             del module

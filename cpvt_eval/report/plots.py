@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 from ..results import ResultRow
-from .records import throughput_records, top1_records
+from .records import best_size_records, throughput_records, top1_records
 
 PLOT_TOP1 = "top1_vs_resolution.png"
 PLOT_THROUGHPUT = "throughput_vs_resolution.png"
@@ -28,9 +28,11 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def interval_plot(records: list[dict], value: str, published: str, ylabel: str, title: str) -> bytes:
+def interval_plot(
+    records: list[dict], value: str, published: str, ylabel: str, title: str, best: dict[str, int] | None = None
+) -> bytes:
     """One line per record label of ``value`` against size with its 95% interval (``value_ci95_low/high``), and the
-    ``published`` figures as markers of the same colour."""
+    ``published`` figures as markers of the same colour; ``best`` (label -> size) marks each curve's best size."""
     from matplotlib.lines import Line2D
 
     fig = _figure()
@@ -45,6 +47,9 @@ def interval_plot(records: list[dict], value: str, published: str, ylabel: str, 
             [r[f"{value}_ci95_high"] - r[value] for r in mine],
         ]
         ax.errorbar([r["img_size"] for r in mine], ys, yerr=err, color=color, marker="o", capsize=3, label=label)
+        top = [r for r in mine if best and r["img_size"] == best.get(label)]
+        if top:
+            ax.scatter([top[0]["img_size"]], [top[0][value]], marker="*", s=160, color=color, zorder=4)
         pub = [(r["img_size"], r[published]) for r in mine if r[published] is not None]
         if pub:
             any_published = True
@@ -53,6 +58,9 @@ def interval_plot(records: list[dict], value: str, published: str, ylabel: str, 
     if any_published:
         handles.append(Line2D([], [], color="0.3", marker="x", linestyle="none"))
         names.append("published")
+    if best:
+        handles.append(Line2D([], [], color="0.3", marker="*", markersize=10, linestyle="none"))
+        names.append("best size")
     ax.legend(handles, names, fontsize="small")
     ax.set_xlabel("input size (px)")
     ax.set_ylabel(ylabel)
@@ -64,12 +72,14 @@ def interval_plot(records: list[dict], value: str, published: str, ylabel: str, 
 
 def plot_top1(rows: list[ResultRow]) -> bytes:
     """Top-1 vs resolution: one line per model (with its 95% interval), the published points as markers."""
+    records = top1_records(rows)
     return interval_plot(
-        top1_records(rows),
+        records,
         "top1",
         "published_top1",
         "top-1 accuracy (%)",
         "Top-1 vs resolution (no fine-tuning; bars: 95% Wilson interval)",
+        {b["label"]: b["best_size"] for b in best_size_records(records)},
     )
 
 

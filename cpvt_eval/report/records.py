@@ -89,6 +89,39 @@ def top1_records(rows: list[ResultRow]) -> list[dict]:
     return out
 
 
+def best_size_records(records: list[dict]) -> list[dict]:
+    """Per model (label) with more than one size: the size of the best top-1 (the smaller size on an exact tie),
+    its Wilson interval, and the other sizes whose interval overlaps it (``tied``: not told apart on these
+    images). ``records`` are ``top1_records``."""
+    by_label: dict[str, list[dict]] = {}
+    for r in records:
+        if r["top1"] is not None:
+            by_label.setdefault(r["label"], []).append(r)
+    out = []
+    for label, group in by_label.items():
+        if len(group) < 2:
+            continue
+        best = max(group, key=lambda r: (r["top1"], -r["img_size"]))
+        lo, hi = best["top1_ci95_low"], best["top1_ci95_high"]
+        tied = [
+            r["img_size"] for r in group if r is not best and r["top1_ci95_high"] >= lo and r["top1_ci95_low"] <= hi
+        ]
+        out.append(
+            {
+                "label": label,
+                "model": best["model"],
+                "best_size": best["img_size"],
+                "top1": best["top1"],
+                "top1_ci95_low": lo,
+                "top1_ci95_high": hi,
+                "tied_sizes": sorted(tied),
+                "sizes": sorted(r["img_size"] for r in group),
+                "native_size": best["native_size"],
+            }
+        )
+    return out
+
+
 def by_family(labels: list[str], pe_of: dict[str, str]) -> list[str]:
     """Labels grouped by PE family (APE, PEG, RoPE, relative bias, convolution, none), in order of appearance
     within a family, so that one table compares the families."""

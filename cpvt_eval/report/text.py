@@ -11,7 +11,7 @@ from ..pe_families import family_title
 from ..published import published_for
 from ..results import CSV_COLUMNS, ResultRow
 from .plots import PLOT_THROUGHPUT, PLOT_TOP1
-from .records import by_family, ordered, throughput_records, top1_records
+from .records import best_size_records, by_family, ordered, throughput_records, top1_records
 
 FORMATS = ("md", "csv", "tex", "json", "png")
 TITLE = "Resolution generalization without fine-tuning"
@@ -139,6 +139,12 @@ def _conditions(rows: list[ResultRow], provenance: dict | None) -> list[str]:
         "- dataset: "
         + "; ".join(f"`{d}` ({n} images, fingerprint `{fp}`)" for d, n, fp in datasets)
         + (" — **partial** (not the full 50,000-image validation set)" if any(r.partial for r in rows) else ""),
+        *([f"- test set: {values('test_set')}"] if any(r.test_set for r in rows) else []),
+        *(
+            [f"- label subset: {values('label_subset')} (the argmax is taken over the subset's classes only)"]
+            if any(r.label_subset for r in rows)
+            else []
+        ),
         f"- eval transform: shorter side to floor(size / crop_pct), centre crop; crop_pct {values('crop_pct')}, "
         f"interpolation {values('interpolation')}"
         + (
@@ -228,6 +234,8 @@ def markdown_report(
             "",
         ]
 
+    out += best_size_section(records)
+
     tp = throughput_records(rows)
     if tp:
         t_labels, t_sizes, ips = _pivot(tp, "images_per_sec")
@@ -258,6 +266,33 @@ def markdown_report(
     out += real_section(rows)
     out += ["## Conditions", ""] + _conditions(rows, provenance) + data_conditions(rows) + [""]
     return "\n".join(out)
+
+
+def best_size_section(records: list[dict]) -> list[str]:
+    """The best test size of each model evaluated at several sizes, and the sizes it cannot be told from."""
+    best = best_size_records(records)
+    if not best:
+        return []
+    body = [
+        [
+            b["label"],
+            f"{b['best_size']}px" + (" (native)" if b["best_size"] == b["native_size"] else ""),
+            _fmt(b["top1"], ".2f"),
+            f"{_fmt(b['top1_ci95_low'], '.2f')}–{_fmt(b['top1_ci95_high'], '.2f')}",
+            ", ".join(f"{s}px" for s in b["tied_sizes"]) or "none",
+            f"{len(b['sizes'])} ({b['sizes'][0]}–{b['sizes'][-1]}px)",
+        ]
+        for b in best
+    ]
+    header = ["model", "best size", "top-1", "95% CI (Wilson)", "tied (intervals overlap)", "sizes"]
+    return [
+        "## Best test size (without fine-tuning)",
+        "",
+        _md_table(header, body, align_right_from=2),
+        "",
+        "Tied: sizes whose 95% interval overlaps the best one's; on these images they are not told apart.",
+        "",
+    ]
 
 
 def paired_section(
@@ -409,6 +444,7 @@ def json_report(rows: list[ResultRow], pairs: list[dict] | None = None, provenan
         "top1": top1_records(rows),
         "throughput": throughput_records(rows),
     }
+    doc["best_size"] = best_size_records(doc["top1"])
     if pairs is not None:
         doc["pairs"] = pairs
     if provenance is not None:

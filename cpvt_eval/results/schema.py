@@ -56,6 +56,9 @@ class CellId:
     # the normalisation of the weights evaluated (their own data config), as ``0.485,0.456,0.406``
     mean: str = _id_field(WEIGHTS, "mean", "")
     std: str = _id_field(WEIGHTS, "std", "")
+    # the label subset the argmax is restricted to (ImageNet-A/-R's 200 classes): ``imagenet-a``, or a file's
+    # name and a hash of its classes
+    label_subset: str = _id_field(PROTOCOL, "subset", "")
 
     @classmethod
     def of(cls, obj) -> CellId:
@@ -163,6 +166,8 @@ class ResultRow:
     weights_crop_pct: float | None = None
     weights_interpolation: str = ""
     n_nonfinite: int = 0  # images whose logits held a NaN or an infinity (their predictions mean nothing)
+    label_subset: str = ""  # see CellId.label_subset
+    test_set: str = ""  # the test set the images are: imagenet-val, imagenet-v2, imagenet-a, ... (given or detected)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,13 +1,15 @@
-"""From a model name to a module ready to evaluate: resolve the spec, build it, load its weights strictly.
+"""From a model name to a model ready to evaluate (``engine.EvalModel``): resolve the spec, build it, load its
+weights strictly, and check it against the sizes of a run.
 
-The preprocessing (mean, std) comes from the spec's data config, which travels with the weights, and the
-labels a row records about the model (its PE kind, the PE options that change its outputs, its arguments)
-are derived here once.
+This is where the layers below meet (``models``, ``checkpoints``, ``limits``, the engine's ``EvalModel``), so
+that ``models`` and ``checkpoints`` need import nothing above them. The preprocessing (mean, std) comes from the
+spec's data config, which travels with the weights, and the labels a row records about the model (its PE kind,
+the PE options that change its outputs, its arguments) are derived here once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 import torch
 
@@ -16,23 +18,16 @@ from ..config import PEOptions, RunConfig
 from ..engine import EvalModel
 from ..errors import CpvtEvalError, ModelError
 from ..limits import check_fits
+from ..models.introspect import patch_size_of, pe_kind_of
+from ..models.posenc import check_sizes, size_adapter
+from ..models.registry import ModelSpec, resolve
 from ..results import pe_options_label
-from .posenc import patch_size_of, pe_kind_of, size_adapter, size_error
-from .registry import ModelSpec, resolve
 
 Log = Callable[[str], None]
 
 
 def _quiet(_: str) -> None:
     pass
-
-
-def check_sizes(sizes: Iterable[int], patch: int, model: str) -> None:
-    """Every size must be a positive multiple of the patch size (or total stride); the error names the nearest
-    valid sizes (EVA02, patch 14: 384 -> 378 or 392)."""
-    for s in sizes:
-        if s <= 0 or (patch and s % patch):
-            raise size_error(s, patch or 1, model)
 
 
 def build_model(
@@ -102,7 +97,8 @@ def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> l
 
 
 def pe_label(m: EvalModel) -> str:
-    """The PE kind a row records: the spec's, or the one read off the module for a timm model by name."""
+    """The PE kind a row records: the spec's label (``peg-0``, ``ape-learned``...), or for a timm model by name
+    (``pe="auto"``) the kind ``introspect.pe_kind_of`` reads off the module, the one place a kind is decided."""
     return m.spec.pe if m.spec.pe != "auto" else pe_kind_of(m.module)
 
 

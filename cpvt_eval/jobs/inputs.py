@@ -1,0 +1,32 @@
+"""The dataset of a run, as every probe opens it: the layout or store read, the label subset applied, the test set
+named."""
+
+from __future__ import annotations
+
+from ..config import Hooks, RunConfig
+from ..data import ImageSet, apply_label_subset, detect_test_set, load_label_subset, open_dataset
+
+
+def open_run_dataset(cfg: RunConfig, hooks: Hooks) -> ImageSet:
+    """``cfg.data`` opened and checked (bad images are handled by the caller, which knows its workers)."""
+    image_set = open_dataset(
+        cfg.data,
+        cfg.limit,
+        cfg.layout,
+        cfg.labels,
+        cfg.classes,
+        cfg.class_names,
+        label_key=cfg.label_key,
+        split=cfg.split,
+    )
+    image_set.decode_draft = cfg.decode_draft
+    if cfg.label_subset:
+        subset = load_label_subset(cfg.label_subset)
+        apply_label_subset(image_set, subset)
+        hooks.log(f"label subset {subset.name}: the argmax is taken over its {len(subset)} classes ({subset.source})")
+    image_set.test_set = cfg.test_set or detect_test_set(image_set) or ""
+    hooks.log(
+        f"dataset {image_set.root}: {len(image_set)} images, fingerprint {image_set.fingerprint}"
+        + (f", test set {image_set.test_set}" if image_set.test_set else "")
+    )
+    return image_set
