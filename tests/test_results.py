@@ -137,7 +137,15 @@ def test_key_of_a_row_is_the_one_earlier_versions_stored():
     import hashlib
 
     row = make_row()
-    later = ("decode_draft", "ema", "probe", "crop_mode", "mean", "std", "label_subset")  # fields added with a default since
+    later = (
+        "decode_draft",
+        "ema",
+        "probe",
+        "crop_mode",
+        "mean",
+        "std",
+        "label_subset",
+    )  # fields added with a default since
     payload = {k: getattr(row, k) for k in KEY_FIELDS if k not in later}
     payload["crop_pct"] = float(payload["crop_pct"])
     expected = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
