@@ -37,9 +37,10 @@ from _common import make_jpeg_imagefolder  # noqa: E402
 import cpvt_eval  # noqa: E402
 from cpvt_eval.config import PEOptions  # noqa: E402
 from cpvt_eval.data import default_workers, open_dataset  # noqa: E402
-from cpvt_eval.engine import EvalModel, EvalSettings, evaluate_size  # noqa: E402
+from cpvt_eval.engine import EvalModel, EvalSettings  # noqa: E402
 from cpvt_eval.models.posenc import adapt_to_size  # noqa: E402
 from cpvt_eval.models.registry import resolve  # noqa: E402
+from cpvt_eval.probes.resolution import evaluate_size  # noqa: E402
 from cpvt_eval.runtime import device_name, sync  # noqa: E402
 from cpvt_eval.throughput import (  # noqa: E402
     TimingPlan,

@@ -19,8 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cpvt_eval  # noqa: E402
 from cpvt_eval.data import open_dataset  # noqa: E402
-from cpvt_eval.engine import EvalSettings, sweep  # noqa: E402
+from cpvt_eval.engine import EvalSettings  # noqa: E402
 from cpvt_eval.jobs.assemble import build_model  # noqa: E402
+from cpvt_eval.probes.resolution import sweep  # noqa: E402
 from tests.conftest import make_imagefolder  # noqa: E402
 
 FOUR = (56, 96, 112, 128)  # the toys' 224/384/448/512

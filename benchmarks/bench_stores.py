@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from _common import dataset_stats, make_jpeg_imagefolder, median, spread  # noqa: E402
 
 from cpvt_eval.data import EvalDataset, EvalTransform, imagenet_synsets, make_loader, open_dataset  # noqa: E402
-from cpvt_eval.data.stores import close_handles, read_store_bytes  # noqa: E402
+from cpvt_eval.data.store_reads import close_handles, read_store_bytes  # noqa: E402
 
 SIZES = (224, 384, 448, 512)
 

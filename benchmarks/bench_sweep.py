@@ -44,9 +44,10 @@ from _common import dataset_stats, make_jpeg_imagefolder, median, spread  # noqa
 
 import cpvt_eval  # noqa: E402, F401
 from cpvt_eval.data import open_dataset  # noqa: E402
-from cpvt_eval.engine import EvalModel, EvalSettings, sweep  # noqa: E402
+from cpvt_eval.engine import EvalModel, EvalSettings  # noqa: E402
 from cpvt_eval.models.posenc import adapt_to_size  # noqa: E402
 from cpvt_eval.models.registry import resolve  # noqa: E402
+from cpvt_eval.probes.resolution import sweep  # noqa: E402
 from cpvt_eval.throughput import measure_throughput  # noqa: E402
 
 MODELS = ("cpvt_toy", "deit_toy", "cpvt_toy_gap")

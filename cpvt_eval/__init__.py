@@ -30,9 +30,11 @@ _LAZY = {
     "ModelSpec": ("models.registry", "ModelSpec"),
     "resolve": ("models.registry", "resolve"),
     "build_model": ("jobs.assemble", "build_model"),
-    "evaluate": ("jobs.resolution", "run_resolution"),
+    "evaluate": ("jobs.run", "run_resolution"),
     "ShiftProtocol": ("config", "ShiftProtocol"),
-    "measure_shift": ("jobs.shift", "run_shift"),
+    "measure_shift": ("jobs.run", "run_shift"),
+    "measure_agreement": ("jobs.run", "run_agreement"),
+    "run_probe": ("jobs.run", "run_probe"),
     "count_flops": ("throughput", "count_flops"),
     "measure_throughput": ("throughput", "measure_throughput"),
 }

@@ -13,7 +13,7 @@ APE_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
 WINDOWS = ("keep", "scale")
 
 
-def _quiet(_: str) -> None:
+def say_nothing(_: str) -> None:
     pass
 
 
@@ -37,8 +37,8 @@ class Hooks:
     skips). The defaults say nothing."""
 
     progress: Progress = field(default_factory=Progress)
-    log: Callable[[str], None] = _quiet
-    notify: Callable[[str], None] = _quiet
+    log: Callable[[str], None] = say_nothing
+    notify: Callable[[str], None] = say_nothing
 
     @classmethod
     def silent(cls) -> Hooks:

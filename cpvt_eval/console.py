@@ -146,18 +146,13 @@ def print_results(rows) -> None:
     err.print(results_table(rows))
 
 
-def shift_table(rows) -> Table:
-    """Models x sizes: consistency (top-1 of each view) in each cell of the translation probe."""
-
-    def cell(r) -> str:
-        e = r.extra
-        return f"{e['consistency']:.2f}\n({e['top1_a']:.2f} / {e['top1_b']:.2f})"
-
-    return _models_by_sizes(rows, "consistency % (top-1 % of view A / view B)", cell)
+def probe_table(rows, title: str, cell_text) -> Table:
+    """Models x sizes of a probe other than accuracy (shift, agreement): ``cell_text(row)`` is the probe's cell."""
+    return _models_by_sizes(rows, title, cell_text)
 
 
-def print_shift_results(rows) -> None:
-    err.print(shift_table(rows))
+def print_probe_results(rows, title: str, cell_text) -> None:
+    err.print(probe_table(rows, title, cell_text))
 
 
 def _paper_cell(top1, confidence, crop_pct) -> str:

@@ -30,8 +30,9 @@ import torch
 import torch.distributed as dist
 
 from .data import ImageSet
-from .engine import CellOutput, EvalModel
+from .engine import EvalModel
 from .errors import EXIT_CHECK_FAILED, CheckpointError, CpvtEvalError, DataError
+from .probes.resolution import CellOutput
 
 # Exit code of an unexpected exception on a rank: what Python itself returns for an uncaught exception.
 EXIT_CRASH = EXIT_CHECK_FAILED

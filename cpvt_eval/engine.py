@@ -1,9 +1,11 @@
-"""The evaluation loop. Returns counts and per-sample predictions; never prints.
+"""The evaluation loop every probe shares (``run_pass``, ``sweep``): the models of a run, their settings and the
+forward runner. Returns the probes' cells; never prints.
 
-For each size there is one pass over the dataset, and every model of the run sees each batch of that pass: an
-image is decoded, resized and cropped once per size whatever the number of models. Batches travel as uint8 and
-are normalised on the device with each model's own mean/std. On CUDA the loader pins memory and the copies are
-non-blocking; an autocast dtype (bf16/fp16) is optional and recorded.
+For each size there is one pass over the dataset per probe, and every model of the run sees each batch of that
+pass: an image is decoded, resized and cropped once per size whatever the number of models. What a pass computes
+is the probe's (``cpvt_eval.probes``): accuracy, consistency under translation, agreement with the native size.
+Batches travel as uint8 and are normalised on the device with each model's own mean/std. On CUDA the loader pins
+memory and the copies are non-blocking; an autocast dtype (bf16/fp16) is optional and recorded.
 
 When a model runs out of device memory on a batch, that model (only) halves its batch and retries, splitting every
 later batch of the pass into chunks of the smaller size; the batch it finally ran at is recorded in its cell.
@@ -11,7 +13,6 @@ later batch of the pass into chunks of the smaller size; the batch it finally ra
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -82,43 +83,6 @@ class EvalModel:
         return int(getattr(self.module, "num_classes", 1000))
 
 
-def _merged(how: str, default=dataclasses.MISSING):
-    """A ``CellOutput`` field and how the shards of a torchrun job combine it (see ``distributed.merge_cells``):
-    ``same`` (every rank has the same value), ``sum``, ``max``, ``min``, or ``samples`` (per-image tensors,
-    concatenated and put back in dataset order)."""
-    return field(default=default, metadata={"merge": how})
-
-
-@dataclass
-class CellOutput:
-    """The outcome of one (model, size) cell: integer counts and per-sample predictions."""
-
-    model: str = _merged("same")
-    size: int = _merged("same")
-    pe_policy: str = _merged("same")
-    grid: str = _merged("same")
-    resize_size: int = _merged("same")
-    correct1: int = _merged("sum")
-    correct5: int = _merged("sum")
-    n: int = _merged("sum")
-    # The ranks start a pass together, so the slowest rank's time is the wall time of the data-parallel pass.
-    duration_s: float = _merged("max")
-    indices: torch.Tensor = _merged("samples")  # (n,) positions in the ImageSet
-    labels: torch.Tensor = _merged("samples")  # (n,)
-    topk: torch.Tensor = _merged("samples")  # (n, k) predicted class indices, best first (k = min(5, classes))
-    batch_size: int = _merged("min", 0)  # the batch the model finally ran at (smaller after an OOM)
-    oom_retries: int = _merged("sum", 0)
-    nonfinite: int = _merged("sum", 0)  # images whose logits hold a NaN or an infinity (broken weights, fp16 overflow)
-
-    @property
-    def top1_pct(self) -> float:
-        return 100.0 * self.correct1 / self.n if self.n else float("nan")
-
-    @property
-    def top5_pct(self) -> float:
-        return 100.0 * self.correct5 / self.n if self.n else float("nan")
-
-
 @dataclass(frozen=True)
 class EvalSettings:
     """How a data pass runs. ``crop_pct`` None and ``interpolation`` ``weights`` take each model's own."""
@@ -155,7 +119,8 @@ class EvalSettings:
 class ChunkedForward:
     """Run a model on a batch in chunks of at most ``chunk`` images; on OOM halve ``chunk`` and redo the batch.
 
-    The chunk size persists across batches, so after one OOM the rest of the pass runs at the smaller size.
+    The chunk size persists across batches, so after one OOM the rest of the pass runs at the smaller size. With
+    ``classes`` (a label subset) the logits are those classes' only, in the subset's order.
     """
 
     def __init__(
@@ -176,13 +141,12 @@ class ChunkedForward:
         self.retries = 0
         self.nonfinite = 0
 
-    def topk(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Top-``k`` class indices of every image of ``x``, best first; images with non-finite logits are counted
-        in ``nonfinite`` (their ranking means nothing). With ``classes`` (a label subset) the ranking is among
-        those classes only, and the indices are still the model's (canonical ImageNet-1k) ones."""
+    def _run(self, x: torch.Tensor, keep: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``keep(logits)`` of every chunk of ``x``, concatenated; logits in float32, restricted to ``classes``.
+        Images with non-finite logits are counted in ``nonfinite`` (their ranking means nothing)."""
         while True:
             try:
-                preds = []
+                kept = []
                 bad = 0
                 for start in range(0, x.shape[0], self.chunk):
                     with autocast_context(self.device, self.dtype):
@@ -191,10 +155,9 @@ class ChunkedForward:
                     if self.classes is not None:
                         logits = logits.index_select(1, self.classes)
                     bad += int((~torch.isfinite(logits)).any(dim=1).sum())
-                    top = logits.topk(k, dim=1).indices
-                    preds.append(self.classes[top] if self.classes is not None else top)
+                    kept.append(keep(logits))
                 self.nonfinite += bad
-                return torch.cat(preds) if len(preds) > 1 else preds[0]
+                return torch.cat(kept) if len(kept) > 1 else kept[0]
             except torch.OutOfMemoryError:
                 # Handled after the except block: the traceback's frames hold the failed attempt's activations,
                 # and they are only freed once the block is left.
@@ -203,14 +166,27 @@ class ChunkedForward:
                 raise CpvtEvalError(
                     f"{self.name} does not fit in {self.device} memory even at batch 1 ({tuple(x.shape[1:])} input)"
                 )
-            preds = logits = None
+            kept = logits = None
             release_cached_memory(self.device)
             self.chunk = max(1, min(self.chunk, x.shape[0]) // 2)
             self.retries += 1
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of every image of ``x`` (the label subset's classes only, when there is one)."""
+        return self._run(x, lambda logits: logits)
 
-def _clean_worker_error(e: Exception) -> Exception:
-    # A DataLoader worker re-raises our error wrapped in its own traceback text; keep the last line only.
+    def canonical(self, top: torch.Tensor) -> torch.Tensor:
+        """Positions among the logits (of ``logits``) as the model's canonical class indices."""
+        return self.classes[top] if self.classes is not None else top
+
+    def topk(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Top-``k`` class indices of every image of ``x``, best first. With ``classes`` (a label subset) the
+        ranking is among those classes only, and the indices are still the model's (canonical ImageNet-1k) ones."""
+        return self._run(x, lambda logits: self.canonical(logits.topk(k, dim=1).indices))
+
+
+def clean_worker_error(e: Exception) -> Exception:
+    """A DataLoader worker re-raises our error wrapped in its own traceback text; keep the last line only."""
     text = str(e).strip().splitlines()
     if isinstance(e, CpvtEvalError) and len(text) > 1:
         last = text[-1].split(": ", 1)[-1]
@@ -218,26 +194,71 @@ def _clean_worker_error(e: Exception) -> Exception:
     return e
 
 
-def evaluate_size(
+@dataclass
+class Batch:
+    """One loader batch as every probe sees it: labels (CPU and device), positions in the ImageSet, and where the
+    batch starts in the pass (``at``: ``slice(start, start + size)``)."""
+
+    target: torch.Tensor
+    target_dev: torch.Tensor
+    indices: torch.Tensor
+    at: slice
+
+    @property
+    def size(self) -> int:
+        return self.at.stop - self.at.start
+
+
+@dataclass
+class View:
+    """Images a probe shows every model (uint8 on the device) and the probe's own tag for them (shift: the epoch
+    and which of the pair)."""
+
+    images: torch.Tensor
+    tag: object = None
+
+
+@dataclass
+class PassInfo:
+    """What the pass skeleton knows of each (model, size) cell, whatever the probe: how the model ran."""
+
+    model: str
+    size: int
+    pe_policy: str
+    grid: str
+    resize_size: int
+    duration_s: float
+    batch_size: int
+    oom_retries: int
+    nonfinite: int
+
+
+def run_pass(
+    probe,
     models: list[EvalModel],
     image_set: ImageSet,
     size: int,
     settings: EvalSettings,
     progress: Progress | None = None,
-) -> list[CellOutput]:
-    """Evaluate every model at ``size`` in one pass over ``image_set``; return one ``CellOutput`` per model.
+) -> list:
+    """Every model at ``size`` in one pass over ``image_set`` for ``probe``; one cell (the probe's) per model.
 
-    Models whose eval transforms differ (each its weights' own crop or interpolation, ``border`` fills) are evaluated
-    in one pass per transform.
+    The skeleton every probe shares: the module and PE policy of each model at this size, one loader whose images
+    are decoded once for all models, normalisation on the device with each model's own mean/std, the batch halving
+    on out-of-memory, interrupts checked per batch, progress. The probe says which transform decodes the images
+    (``probe.transform``), which views of a batch the models see (``probe.views``) and what is computed from
+    them (``probe.accumulator``: ``update`` per view, ``finish`` into the cell). Models whose transforms differ
+    (each its weights' own crop or interpolation, ``border`` fills) are evaluated in one pass per transform.
     """
     groups: dict[tuple, list[EvalModel]] = {}
     for m in models:
-        t = m.transform_at(size, settings)
-        groups.setdefault((t.crop_pct, t.interpolation, t.crop_mode, t.fill), []).append(m)
+        t = probe.transform(m, size, settings)
+        groups.setdefault((t.size, t.crop_pct, t.interpolation, t.crop_mode, t.fill), []).append(m)
     if len(groups) > 1:
-        done = {
-            o.model: o for group in groups.values() for o in evaluate_size(group, image_set, size, settings, progress)
-        }
+        done = {}
+        for group in groups.values():
+            for m, cell in zip(group, run_pass(probe, group, image_set, size, settings, progress), strict=True):
+                done[m.name] = cell
         return [done[m.name] for m in models]
     progress = progress or Progress()
     # One module per model for this size: the model itself, or one timm built at this size (dropped after the pass).
@@ -245,7 +266,7 @@ def evaluate_size(
     modules = [module for module, _ in sized]
     policies = [policy for _, policy in sized]
     rebuilt = any(module is not m.module for module, m in zip(modules, models, strict=True))
-    transform = models[0].transform_at(size, settings)
+    transform = probe.transform(models[0], size, settings)
     loader = make_loader(
         EvalDataset(image_set, transform),
         settings.batch_size,
@@ -253,87 +274,68 @@ def evaluate_size(
         pin_memory=settings.device.type == "cuda",
     )
     n_total = len(image_set)
-    k = [settings.k_for(m) for m in models]
-    top5 = [torch.empty((n_total, kk), dtype=torch.int16) for kk in k]
-    labels = torch.empty(n_total, dtype=torch.int64)
-    indices = torch.empty(n_total, dtype=torch.int64)
-    correct1 = [0] * len(models)
-    correct5 = [0] * len(models)
-    seen = 0
-    progress.start(f"{size}px · {', '.join(m.name for m in models)}", n_total)
-    t0 = time.perf_counter()
-    non_blocking = settings.device.type == "cuda"
+    accumulators = [probe.accumulator(m, size, n_total, settings) for m in models]
     runners = settings.runners(modules, models)
+    non_blocking = settings.device.type == "cuda"
+    seen = 0
+    progress.start(probe.pass_label(size, models), n_total)
+    t0 = time.perf_counter()
     try:
         with torch.inference_mode():
             for images, target, idx in loader:
                 interrupts.check()
                 b = images.shape[0]
                 images = images.to(settings.device, non_blocking=non_blocking)
-                target_dev = target.to(settings.device, non_blocking=non_blocking)
-                normalized: dict[tuple, torch.Tensor] = {}
-                for j, m in enumerate(models):
-                    key = (m.mean, m.std)
-                    if key not in normalized:
-                        normalized[key] = normalize_batch(images, m.mean, m.std)
-                    pred = runners[j].topk(normalized[key], k[j])
-                    hits = pred.eq(target_dev.view(-1, 1))
-                    correct1[j] += int(hits[:, 0].sum())
-                    correct5[j] += int(hits.any(dim=1).sum())
-                    top5[j][seen : seen + b] = pred.to("cpu", torch.int16)
-                labels[seen : seen + b] = target
-                indices[seen : seen + b] = idx
+                batch = Batch(target, target.to(settings.device, non_blocking=non_blocking), idx, slice(seen, seen + b))
+                for view in probe.views(images, batch, size):
+                    normalized: dict[tuple, torch.Tensor] = {}
+                    for acc, runner, m in zip(accumulators, runners, models, strict=True):
+                        key = (m.mean, m.std)
+                        if key not in normalized:
+                            normalized[key] = normalize_batch(view.images, m.mean, m.std)
+                        acc.update(batch, view, normalized[key], runner)
                 seen += b
                 progress.advance(b)
     except CpvtEvalError as e:
-        raise _clean_worker_error(e) from None
+        raise clean_worker_error(e) from None
     finally:
         progress.finish()
     duration = time.perf_counter() - t0
     grids = [grid_of(module) for module in modules]
-    chunks = [r.chunk for r in runners]
-    retries = [r.retries for r in runners]
-    nonfinite = [r.nonfinite for r in runners]
-    del sized, modules, runners
+    del sized, modules
     if rebuilt:
         release_cached_memory(settings.device)
     if seen != n_total:
         raise DataError(f"the data pass at {size}px saw {seen} of {n_total} images")
-    outputs = []
+    cells = []
     for j, m in enumerate(models):
         grid = grids[j]
-        outputs.append(
-            CellOutput(
-                model=m.name,
-                size=size,
-                pe_policy=policies[j],
-                grid=f"{grid[0]}x{grid[1]}" if grid else "",
-                resize_size=transform.resize_size,
-                correct1=correct1[j],
-                correct5=correct5[j],
-                n=seen,
-                duration_s=duration,
-                indices=indices.clone(),
-                labels=labels.clone(),
-                topk=top5[j],
-                batch_size=chunks[j],
-                oom_retries=retries[j],
-                nonfinite=nonfinite[j],
-            )
+        info = PassInfo(
+            model=m.name,
+            size=size,
+            pe_policy=policies[j],
+            grid=f"{grid[0]}x{grid[1]}" if grid else "",
+            resize_size=transform.resize_size,
+            duration_s=duration,
+            batch_size=runners[j].chunk,
+            oom_retries=runners[j].retries,
+            nonfinite=runners[j].nonfinite,
         )
-    return outputs
+        cells.append(accumulators[j].finish(info))
+    return cells
 
 
 def sweep(
+    probe,
     models: list[EvalModel],
     image_set: ImageSet,
     sizes: Iterable[int],
     settings: EvalSettings,
     progress: Progress | None = None,
     todo: Callable[[EvalModel, int], bool] | None = None,
-) -> Iterator[CellOutput]:
-    """Yield every (model, size) cell, size by size; ``todo`` can skip cells already finished."""
-    for size in sizes:
-        active = [m for m in models if todo is None or todo(m, size)]
+) -> Iterator:
+    """Yield every (model, size) cell of ``probe``, pass by pass (``probe.plan``: size by size, unless the probe
+    orders them otherwise); ``todo`` can skip cells already finished."""
+    for size, active in probe.plan(models, sizes, todo):
         if active:
-            yield from evaluate_size(active, image_set, size, settings, progress)
+            yield from run_pass(probe, active, image_set, size, settings, progress)

@@ -34,7 +34,7 @@ from cpvt_eval.data import (
     synset_to_index,
 )
 from cpvt_eval.errors import DataError
-from cpvt_eval.jobs.resolution import run_resolution
+from cpvt_eval.jobs.run import run_resolution
 from tests.conftest import make_image
 
 # Two validation images of classes 0, 2, 10 and 999 (their numbers looked up in the shipped list). Classes 2 and

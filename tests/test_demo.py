@@ -127,15 +127,22 @@ def test_demo_command_end_to_end(tmp_path):
     assert "DeiT-Ti (paper, ImageNet)" in paper and "112 px (448)" in paper
     assert paper.rstrip().endswith(FINDING)  # the table never stands without what it does not show
     # the paper's second claim beside the first: consistency under translation at the native size
-    from cpvt_eval.report import split_rows
+    from cpvt_eval.probes import split
     from cpvt_eval.results import RunStore
 
-    _, shift = split_rows(RunStore(out).rows())
+    shift = split(RunStore(out).rows())["shift"]
     assert {(r.model, r.img_size) for r in shift} == {(m, 56) for m in DEFAULT_MODELS}
-    assert all(0 <= r.extra["consistency"] <= 100 for r in shift)
+    assert all(0 <= r.consistency <= 100 for r in shift)
     assert "consistency" in (out / "shift.md").read_text().lower()
+    # and how each toy's decisions move with the size: agreement with its own native-size predictions
+    agreement = {(r.model, r.img_size): r for r in split(RunStore(out).rows())["agreement"]}
+    assert set(agreement) == {(m, s) for m in DEFAULT_MODELS for s in (56, 112)}
+    assert all(agreement[(m, 56)].agreement_top1 == 100.0 for m in DEFAULT_MODELS)
+    assert all(agreement[k].top1 == by[k]["top1"] for k in agreement)  # labelled: top-1 beside, the same figure
+    assert (out / "agreement.md").is_file()
     plain = CliRunner().invoke(app, [a for a in args if a != "--json"])
     assert plain.exit_code == 0 and "consistency" in plain.output
+    assert "agreement % with the native size" in plain.output
     assert "do not reproduce the paper's resolution effect" in " ".join(plain.output.split())
 
 

@@ -30,8 +30,8 @@ from cpvt_eval.distributed import (
     shard_bounds,
     shard_image_set,
 )
-from cpvt_eval.engine import CellOutput
 from cpvt_eval.errors import CheckpointError, DataError
+from cpvt_eval.probes.resolution import CellOutput
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 999)

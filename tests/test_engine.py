@@ -9,10 +9,11 @@ from torchvision import transforms
 
 import cpvt_eval.data as data_mod
 from cpvt_eval.data import EvalDataset, EvalTransform, make_loader, open_dataset
-from cpvt_eval.engine import ChunkedForward, EvalSettings, evaluate_size, sweep
+from cpvt_eval.engine import ChunkedForward, EvalSettings
 from cpvt_eval.errors import CpvtEvalError
 from cpvt_eval.jobs.assemble import build_model
 from cpvt_eval.models.posenc import adapt_to_size
+from cpvt_eval.probes.resolution import evaluate_size, sweep
 
 SIZES = (56, 64)
 BATCH = 5  # 12 images: batches of 5, 5, 2, so a short last batch is covered too

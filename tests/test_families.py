@@ -22,11 +22,12 @@ from typer.testing import CliRunner
 from cpvt_eval.cli import app
 from cpvt_eval.config import PEOptions
 from cpvt_eval.data import open_dataset
-from cpvt_eval.engine import EvalSettings, sweep
+from cpvt_eval.engine import EvalSettings
 from cpvt_eval.errors import ModelError
 from cpvt_eval.jobs.assemble import build_model, pe_label, pe_options_of
 from cpvt_eval.models.posenc import InPlace
 from cpvt_eval.models.timm_policies import Rebuilt
+from cpvt_eval.probes.resolution import sweep
 
 runner = CliRunner()
 TINY_VIT = dict(embed_dim=32, depth=1, num_heads=2, num_classes=10)

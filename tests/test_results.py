@@ -17,7 +17,7 @@ import cpvt_eval
 from cpvt_eval.cli import app
 from cpvt_eval.config import Hooks, RunConfig, ThroughputConfig
 from cpvt_eval.errors import ResultsError
-from cpvt_eval.jobs.resolution import run_resolution
+from cpvt_eval.jobs.run import run_resolution
 from cpvt_eval.models.posenc import PEOptions
 from cpvt_eval.results import (
     KEY_FIELDS,

@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 from cpvt_eval.cli import app
 from cpvt_eval.config import RunConfig, ShiftProtocol
 from cpvt_eval.errors import CpvtEvalError, ResultsError
-from cpvt_eval.jobs.shift import run_shift
+from cpvt_eval.jobs.run import run_shift
 from cpvt_eval.models.spec import DataConfig, entry_point
-from cpvt_eval.report import consistency_records, shift_pair_records, split_rows
+from cpvt_eval.probes import Shift, split
+from cpvt_eval.probes.shift import pair_offsets, shifted_views
+from cpvt_eval.report import probe_report
 from cpvt_eval.results import RunStore, mcnemar_exact
-from cpvt_eval.shift import pair_offsets, shifted_views
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -57,7 +58,7 @@ def toy_config(imagefolder, toy_checkpoints, out, models=("cpvt_toy", "deit_toy"
 
 
 def shift_rows(out) -> list:
-    return split_rows(RunStore(out).rows())[1]
+    return split(RunStore(out).rows())["shift"]
 
 
 def stable(row) -> dict:
@@ -115,9 +116,9 @@ def test_max_shift_zero_gives_exactly_100(imagefolder, toy_checkpoints, tmp_path
     outcome = run_shift(cfg, protocol=ShiftProtocol(max_shift=0, epochs=2))
     assert len(outcome.rows) == 4
     for row in outcome.rows:
-        assert row.extra["consistency"] == 100.0
-        assert row.extra["n_agree"] == row.extra["n_pairs"] == 24
-        assert row.extra["top1_a"] == row.extra["top1_b"]
+        assert row.consistency == 100.0
+        assert row.n_agree == row.n_pairs == 24
+        assert row.top1_a == row.top1_b
 
 
 def test_global_statistic_model_is_consistent_under_circular_shifts(imagefolder, tmp_path):
@@ -137,9 +138,9 @@ def test_global_statistic_model_is_consistent_under_circular_shifts(imagefolder,
     )
     outcome = run_shift(cfg, protocol=ShiftProtocol(mode="circular", max_shift=24, epochs=3))
     for row in outcome.rows:
-        assert row.extra["shift_mode"] == "circular" and row.extra["max_shift"] == 24
+        assert row.shift_mode == "circular" and row.max_shift == 24
         # the same pixels in another order: the mean, and so the class, can only move by a rounding error
-        assert row.extra["consistency"] >= 99.0, row.extra
+        assert row.consistency >= 99.0, row.extra
         assert row.pe_policy == "native"
 
 
@@ -151,7 +152,7 @@ def test_fixed_seed_repeats_and_batch_size_does_not_matter(imagefolder, toy_chec
         runs[name] = run_shift(cfg, protocol=protocol).rows[0]
     first = runs["a"]
     for other in (runs["b"], runs["c"]):
-        assert other.extra["consistency"] == first.extra["consistency"]
+        assert other.consistency == first.consistency
         assert (other.correct1, other.correct5) == (first.correct1, first.correct5)
     stores = {name: RunStore(tmp_path / name) for name in runs}
     arrays = {name: stores[name].load_predictions(runs[name], ("offsets",), 24) for name in runs}
@@ -203,19 +204,19 @@ def test_consistency_from_stored_pairs_equals_the_row(imagefolder, toy_checkpoin
     rows = shift_rows(tmp_path / "run")
     assert len(rows) == 4
     for row in rows:
-        n = row.extra["n_pairs"]
+        n = row.n_pairs
         assert n == 3 * 12 and row.n_images == 2 * n
         a = store.load_predictions(row, ("indices", "epochs", "labels", "offsets", "top5_a", "top5_b"), n)
         pred_a, pred_b = a["top5_a"][:, 0], a["top5_b"][:, 0]
-        assert row.extra["consistency"] == round(100 * float(np.mean(pred_a == pred_b)), 4)
-        assert row.extra["n_agree"] == int(np.sum(pred_a == pred_b))
-        assert row.extra["top1_a"] == round(100 * float(np.mean(pred_a == a["labels"])), 4)
-        assert row.extra["top1_b"] == round(100 * float(np.mean(pred_b == a["labels"])), 4)
+        assert row.consistency == round(100 * float(np.mean(pred_a == pred_b)), 4)
+        assert row.n_agree == int(np.sum(pred_a == pred_b))
+        assert row.top1_a == round(100 * float(np.mean(pred_a == a["labels"])), 4)
+        assert row.top1_b == round(100 * float(np.mean(pred_b == a["labels"])), 4)
         assert row.correct1 == int(np.sum(pred_a == a["labels"]) + np.sum(pred_b == a["labels"]))
         assert sorted(np.bincount(a["epochs"]).tolist()) == [12, 12, 12]
-        assert int(a["offsets"].max()) < row.extra["max_shift"]
-        lo, hi = (float(v) for v in row.extra["consistency_ci95"].split("-"))
-        assert lo <= row.extra["consistency"] <= hi
+        assert int(a["offsets"].max()) < row.max_shift
+        lo, hi = (float(v) for v in row.consistency_ci95.split("-"))
+        assert lo <= row.consistency <= hi
 
 
 def test_mcnemar_between_models_on_the_same_pairs(imagefolder, toy_checkpoints, tmp_path):
@@ -223,20 +224,18 @@ def test_mcnemar_between_models_on_the_same_pairs(imagefolder, toy_checkpoints, 
     run_shift(cfg, protocol=ShiftProtocol(epochs=3))
     store = RunStore(tmp_path / "run")
     rows = shift_rows(tmp_path / "run")
-    (pair,) = shift_pair_records(store, rows)
+    (pair,) = probe_report.pair_records(Shift(), store, rows)
     by_model = {r.model: r for r in rows}
     agree = {}
     for model, row in by_model.items():
-        a = store.load_predictions(row, ("top5_a", "top5_b"), row.extra["n_pairs"])
+        a = store.load_predictions(row, ("top5_a", "top5_b"), row.n_pairs)
         agree[model] = a["top5_a"][:, 0] == a["top5_b"][:, 0]
     only_a = int(np.sum(agree["cpvt_toy"] & ~agree["deit_toy"]))
     only_b = int(np.sum(~agree["cpvt_toy"] & agree["deit_toy"]))
     assert (pair["a"], pair["b"], pair["n_pairs"]) == ("cpvt_toy", "deit_toy", 36)
     assert (pair["only_a_agrees"], pair["only_b_agrees"]) == (only_a, only_b)
     assert pair["p_value"] == round(mcnemar_exact(only_a, only_b), 6)
-    assert pair["delta"] == round(
-        by_model["cpvt_toy"].extra["consistency"] - by_model["deit_toy"].extra["consistency"], 4
-    )
+    assert pair["delta"] == round(by_model["cpvt_toy"].consistency - by_model["deit_toy"].consistency, 4)
     md = (tmp_path / "run" / "shift.md").read_text()
     assert "exact McNemar" in md and "| 56px | cpvt_toy | deit_toy |" in md
     header = "| size | A | B | consistency A | consistency B | Δ (A−B) | only A agrees | only B agrees | p |"
@@ -252,7 +251,7 @@ def test_mcnemar_between_models_on_the_same_pairs(imagefolder, toy_checkpoints, 
     arrays["offsets"] = (arrays["offsets"] + 1).astype(np.int16)
     save_file(arrays, str(path))
     with pytest.raises(ResultsError, match="not the same views"):
-        shift_pair_records(store, rows)
+        probe_report.pair_records(Shift(), store, rows)
 
 
 def test_mcnemar_counts_on_constructed_agreement():
@@ -358,7 +357,7 @@ def test_resolution_and_shift_rows_in_one_run_keep_their_own_reports(imagefolder
     run_shift(toy_config(imagefolder, toy_checkpoints, out, models=("deit_toy",)), protocol=ShiftProtocol(epochs=1))
     assert (out / "results.csv").read_text() == before  # the resolution table has only the resolution row
     assert len(list(open(out / "shift.csv"))) == 2
-    records = consistency_records(shift_rows(out))
+    records = probe_report.records(Shift(), shift_rows(out))
     assert [r["label"] for r in records] == ["deit_toy"]
     again = runner.invoke(app, [*res_argv, "--json"])  # finished: prints the resolution row only
     assert again.exit_code == 0, again.output
@@ -366,7 +365,7 @@ def test_resolution_and_shift_rows_in_one_run_keep_their_own_reports(imagefolder
 
 
 def test_published_figure_shown_for_zhangs_protocol():
-    from cpvt_eval.report.shift import published_consistency
+    from cpvt_eval.probes.shift import published_consistency
     from cpvt_eval.results import ResultRow
 
     row = ResultRow.from_dict(
@@ -396,11 +395,13 @@ def test_published_figure_shown_for_zhangs_protocol():
             "versions": "",
             "started_at": "",
             "duration_s": 0.0,
+            "probe": "shift:random,max=auto,epochs=5,seed=0",
+            # as rows of an earlier version stored them: the probe's columns in ``extra``, read back into columns
             "extra": {"shift_mode": "random", "max_shift": 32},
         }
     )
     assert published_consistency(row)["consistency"] == 89.20
-    row.extra["max_shift"] = 16
+    row.max_shift = 16
     assert published_consistency(row) is None
 
 
@@ -448,4 +449,4 @@ def test_a_family_rebuilt_at_each_size_runs_the_probe(imagefolder, tmp_path):
     outcome = run_shift(cfg, protocol=ShiftProtocol(epochs=1, max_shift=0))
     rows = {r.img_size: r for r in outcome.rows}
     assert rows[256].pe_policy == "window-padded" and rows[224].pe_policy != ""
-    assert all(r.extra["consistency"] == 100.0 for r in rows.values())
+    assert all(r.consistency == 100.0 for r in rows.values())

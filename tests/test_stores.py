@@ -27,7 +27,8 @@ from cpvt_eval.data import (
     scan_images,
     stratified_subset,
 )
-from cpvt_eval.data.stores import close_handles, imagenet_lemmas
+from cpvt_eval.data.parquet_arrow import imagenet_lemmas
+from cpvt_eval.data.store_reads import close_handles
 from cpvt_eval.errors import DataError
 from tests.conftest import make_image, make_imagefolder
 

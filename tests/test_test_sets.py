@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from cpvt_eval.cli import app
 from cpvt_eval.data import imagenet_synsets, load_label_subset, open_dataset
-from cpvt_eval.engine import EvalSettings, evaluate_size
+from cpvt_eval.engine import EvalSettings
 from cpvt_eval.jobs.assemble import build_model
+from cpvt_eval.probes.resolution import evaluate_size
 from cpvt_eval.results import RunStore
 from tests.conftest import cell_predictions, make_imagefolder
 

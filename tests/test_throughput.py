@@ -227,7 +227,7 @@ def test_throughput_command_bad_input_exits_2(extra, message):
 
 def test_resolution_rows_carry_the_throughput_figures(imagefolder, toy_checkpoints, tmp_path):
     from cpvt_eval.config import RunConfig, ThroughputConfig
-    from cpvt_eval.jobs.resolution import run_resolution
+    from cpvt_eval.jobs.run import run_resolution
     from cpvt_eval.results import RunStore
     from cpvt_eval.throughput import ROW_EXTRA_FIELDS
 
@@ -260,7 +260,7 @@ def test_resolution_times_the_models_of_a_size_together_within_a_budget(
     imagefolder, toy_checkpoints, tmp_path, monkeypatch
 ):
     from cpvt_eval.config import RunConfig, ThroughputConfig
-    from cpvt_eval.jobs import resolution
+    from cpvt_eval.jobs import run as resolution
     from cpvt_eval.results import RunStore
 
     calls = []

@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE
-from . import check_data, compare, demo, models, report, resolution, shift, throughput  # noqa: F401 (register commands)
+from . import agreement, check_data, compare, demo, models, report, resolution, shift, throughput  # noqa: F401 (register commands)
 from .app import app, expand_multi_value, fill_optional_values, guarded
 
-__all__ = ["app", "entry", "expand_multi_value", "fill_optional_values", "guarded", "main"]
+__all__ = ["app", "expand_multi_value", "fill_optional_values", "guarded", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +26,3 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("error: interrupted\n")
         return EXIT_INTERRUPTED
     return 0
-
-
-def entry() -> None:
-    from ..__main__ import entry as guarded_entry
-
-    guarded_entry()

@@ -43,6 +43,9 @@ def demo(
             "--shift-epochs", min=0, help="Passes of the translation probe (consistency, shift.md); 0 leaves it out."
         ),
     ] = 1,
+    agreement: Annotated[
+        bool, typer.Option(help="Agreement of each size with the native size's predictions (agreement.md).")
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Write the rows as JSON on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show dataset and checkpoint messages.")] = False,
 ) -> None:
@@ -67,12 +70,13 @@ def demo(
             device=device,
             throughput=throughput,
             shift_epochs=shift_epochs,
+            agreement=agreement,
         )
         log = console.info if verbose else (lambda _m: None)
         result = run_demo(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]])
-        from ..report import split_rows
+        from ..probes import Agreement, Shift, split
 
-        rows, _ = split_rows(result.outcome.store.rows())
+        rows = split(result.outcome.store.rows())["resolution"]
         if json_out:
             print(json.dumps([r.to_dict() for r in rows], indent=2))
         else:
@@ -81,7 +85,9 @@ def demo(
             console.info(result.paper_table)
             console.info(FINDING)
             root = result.outcome.store.root
-            if result.shift_rows:
-                console.print_shift_results(result.shift_rows)
-            shift = f", {root / 'shift.md'}" if result.shift_rows else ""
-            console.info(f"results: {root / 'results.csv'}, {root / 'results.md'}, {root / 'paper.md'}{shift}")
+            more = ""
+            for probe, probe_rows in ((Shift(), result.shift_rows), (Agreement(), result.agreement_rows)):
+                if probe_rows:
+                    console.print_probe_results(probe_rows, probe.report.console_title, probe.console_cell)
+                    more += f", {root / probe.report.files()['md']}"
+            console.info(f"results: {root / 'results.csv'}, {root / 'results.md'}, {root / 'paper.md'}{more}")

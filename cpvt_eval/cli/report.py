@@ -22,7 +22,7 @@ from .app import app, guarded
 )
 def report_cmd(
     run_dir: Annotated[
-        Path, typer.Argument(help="A run directory written by `cpvt-eval resolution` or `cpvt-eval shift`.")
+        Path, typer.Argument(help="A run directory written by `cpvt-eval resolution`, `shift` or `agreement`.")
     ],
     formats: Annotated[
         str, typer.Option("--format", "-f", help="Comma-separated: md, csv, tex, json, png.")
@@ -35,10 +35,12 @@ def report_cmd(
 ) -> None:
     """Tables (top-1 by size with 95% intervals, change from native size and from the paper; throughput),
     LaTeX (booktabs), JSON and plots, rendered from stored results without recomputing anything. Rows of
-    `cpvt-eval shift` go to shift.md/.csv/.tex/.json and consistency_vs_resolution.png, with McNemar tests.
+    `cpvt-eval shift` go to shift.md/.csv/.tex/.json and consistency_vs_resolution.png, rows of `cpvt-eval
+    agreement` to agreement.* and agreement_vs_resolution.png, each with McNemar tests between models.
     """
     from .. import report
     from ..errors import EnvironmentFailure, ResultsError
+    from ..probes import PROBES, split
     from ..results import RunStore
 
     with guarded():
@@ -59,10 +61,14 @@ def report_cmd(
         if json_out:
             runs = store.provenance()
             provenance = runs[-1] if runs else None
-            rows, shift_rows = report.split_rows(store.rows())
+            by_probe = split(store.rows())
+            rows = by_probe.pop("resolution")
             doc = report.json_report(rows, report.pair_records(store, rows) if pairs else None, provenance)
-            if shift_rows:
-                doc["shift"] = report.shift_json(shift_rows, report.shift_pair_records(store, shift_rows), provenance)
+            for name, probe_rows in by_probe.items():
+                if probe_rows:
+                    probe = PROBES[name]()
+                    pair_list = report.probe_report.pair_records(probe, store, probe_rows)
+                    doc[name] = report.probe_report.json_doc(probe, probe_rows, pair_list, provenance)
             doc["files"] = [str(p) for p in written]
             text = json.dumps(doc, indent=2, ensure_ascii=False)
             try:

@@ -3,8 +3,10 @@
 Labels are always the canonical ImageNet-1k index (sorted WordNet ids: 0 = n01440764, 999 = n15075141),
 never the order of folders found on disk, so a subset of class folders still gets the right indices.
 
-``labels`` (canonical labels, label files), ``layouts`` (the on-disk layouts, subsets, fingerprint), ``stores``
-(WebDataset shards, Hugging Face parquet/arrow files), ``images`` (decoding, bad files), ``subsets`` (label subsets
+``labels`` (canonical labels, label files), ``image_set`` (samples, the indexed set, its fingerprint), ``layouts``
+(layout detection, ``--classes``, ``--limit``), ``folder_layouts`` (the folder layouts), ``stores`` (which store
+``--data`` names; its parts: ``store_base``, ``store_patterns``, ``shards`` for WebDataset, ``parquet_arrow`` for
+Hugging Face files, ``store_reads`` for their bytes), ``images`` (decoding, bad files), ``subsets`` (label subsets
 such as ImageNet-A/-R, test-set names) and ``real`` (ImageNet-ReaL) hold the parts; this module keeps the transform
 and loaders and re-exports the rest, so ``from cpvt_eval.data import ...`` is the one import path.
 """
@@ -21,6 +23,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from ..errors import DataError
+from .folder_layouts import scan_flat, scan_imagefolder, scan_imagenetv2, scan_manifest, scan_unlabelled
+from .image_set import IMAGE_EXTENSIONS, LAYOUTS, STORE_LAYOUTS, ImageSet, Sample, fingerprint
 from .images import (
     BAD_IMAGE_POLICIES,
     ImageCheck,
@@ -42,26 +46,11 @@ from .labels import (
     synset_to_index,
     val_number,
 )
-from .layouts import (
-    IMAGE_EXTENSIONS,
-    LAYOUTS,
-    STORE_LAYOUTS,
-    ImageSet,
-    Sample,
-    detect_layout,
-    fingerprint,
-    open_dataset,
-    scan,
-    scan_flat,
-    scan_imagefolder,
-    scan_imagenetv2,
-    scan_manifest,
-    scan_unlabelled,
-    select_classes,
-    stratified_subset,
-)
+from .layouts import detect_layout, open_dataset, scan, select_classes, stratified_subset
 from .real import RealLabels, RealScore, load_real_labels, real_score
-from .stores import StoreSpec, expand_braces, resolve_store
+from .store_base import StoreSpec
+from .store_patterns import expand_braces
+from .stores import resolve_store
 from .subsets import LABEL_SUBSETS, LabelSubset, apply_label_subset, detect_test_set, load_label_subset
 
 __all__ = [

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError, shown
-from .layouts import ImageSet, Sample, fingerprint
+from .image_set import ImageSet, Sample, fingerprint
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 # PIL's format name -> the extensions that announce it; anything else is noted as a mismatch.
@@ -90,7 +90,7 @@ def load_sample(image_set: ImageSet, sample: Sample, draft_size: int | None = No
     """The RGB image of one sample: a file under ``image_set.root``, or bytes read from the store."""
     if not sample.loc:
         return load_rgb(image_set.root / sample.relpath, draft_size)
-    from .stores import read_store_bytes
+    from .store_reads import read_store_bytes
 
     return decode_rgb(read_store_bytes(image_set, sample), str(image_set.root / sample.relpath), draft_size)
 
@@ -165,7 +165,7 @@ def check_sample(image_set: ImageSet, sample: Sample, full: bool = True) -> Imag
     """``check_image`` for one sample of any layout: a file on disk, or a store's shard member / row."""
     if not sample.loc:
         return check_image(image_set.root, sample.relpath, full)
-    from .stores import read_store_bytes
+    from .store_reads import read_store_bytes
 
     size = sample.loc[-1]
     if size == 0:

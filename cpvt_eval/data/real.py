@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from .image_set import ImageSet
 from .labels import FULL_VAL_CLASSES, FULL_VAL_IMAGES, val_number
-from .layouts import ImageSet
 
 PACKAGED = "timm"  # --real-labels without a file: the copy that timm ships
 

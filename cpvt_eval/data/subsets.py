@@ -16,8 +16,8 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import DataError, shown
+from .image_set import ImageSet
 from .labels import FULL_VAL_CLASSES, WNID, imagenet_synsets, label_of_val_number, synset_to_index, val_number
-from .layouts import ImageSet
 
 # name -> (timm's index file, timm's synset file)
 LABEL_SUBSETS = {

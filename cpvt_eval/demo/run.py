@@ -1,9 +1,10 @@
 """The offline demo: the ``resolution`` job on the procedural world with the shipped toy checkpoints.
 
 It is the ImageNet path in small: the validation split is materialised once as an ImageFolder of JPEGs in the
-user cache, ``jobs.resolution.run_resolution`` evaluates the toy models at 56/96/112/128 px through the standard eval
+user cache, ``jobs.run.run_resolution`` evaluates the toy models at 56/96/112/128 px through the standard eval
 transform, and the run directory gets the same reports as an ImageNet run plus ``paper.md``, the demo's table
-next to the paper's.
+next to the paper's. The same run directory also gets the shift table at the native size (``shift.*``) and the
+agreement of each size with the native size (``agreement.*``).
 
 Sizes map to the paper's through the token grid: patch 4 at 56 px gives the 14x14 grid of patch 16 at 224, and
 96/112/128 px give the 24/28/32 grids of 384/448/512 px.
@@ -16,11 +17,11 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from ..config import Hooks, Progress, RunConfig, ThroughputConfig, _quiet
+from ..config import Hooks, Progress, RunConfig, ThroughputConfig, say_nothing
 from ..errors import CheckpointError, ModelError
-from ..jobs.resolution import RunOutcome, run_resolution
+from ..jobs.run import RunOutcome, run_agreement, run_resolution, run_shift
+from ..probes import split
 from ..published import published_top1, single_reading
-from ..report import split_rows
 from ..results import ResultRow
 from .dataset import CLASSES, materialize
 
@@ -68,6 +69,8 @@ class DemoConfig:
         throughput: measure model-only images/s per cell (a short measurement: batch 8, 1 warm-up, 3 runs).
         shift_epochs: passes of the translation probe (`cpvt-eval shift`, Zhang's protocol) over the same images
             at the native size; 0 leaves it out.
+        agreement: measure each model's agreement at every size with its own native-size predictions
+            (`cpvt-eval agreement`) on the same images.
     """
 
     out: Path
@@ -81,6 +84,7 @@ class DemoConfig:
     device: str = "auto"
     throughput: bool = True
     shift_epochs: int = 1
+    agreement: bool = True
     checkpoints: dict = field(default_factory=dict, hash=False)  # model -> path, overrides the shipped files
 
 
@@ -91,12 +95,13 @@ class DemoOutcome:
     data_created: bool
     paper_table: str
     shift_rows: list = field(default_factory=list)  # consistency under translation, one row per model and size
+    agreement_rows: list = field(default_factory=list)  # agreement with the native size, one row per model and size
 
 
 def run_demo(
     cfg: DemoConfig,
     progress: Progress | None = None,
-    log: Callable[[str], None] = _quiet,
+    log: Callable[[str], None] = say_nothing,
     argv: list[str] | None = None,
 ) -> DemoOutcome:
     """Materialise the dataset (once), run the ``resolution`` job on it, and write ``paper.md``."""
@@ -123,20 +128,26 @@ def run_demo(
     )
     hooks = Hooks(progress=progress or Progress(), log=log)
     outcome = run_resolution(run_cfg, hooks)
-    shift_rows: list[ResultRow] = []
     if cfg.shift_epochs:
         # The paper's second claim on the same models and images: consistency under translation (shift.md)
         from ..config import ShiftProtocol
-        from ..jobs.shift import run_shift
 
         # at the native size only: two views per image at every size would double the demo's two-minute budget
         shift_cfg = replace(run_cfg, sizes=(NATIVE_SIZE,) if NATIVE_SIZE in cfg.sizes else run_cfg.sizes[:1])
         run_shift(shift_cfg, hooks, ShiftProtocol(epochs=cfg.shift_epochs))
-    resolution_rows, shift_rows = split_rows(outcome.store.rows())
-    table = paper_table(resolution_rows)
+    if cfg.agreement:
+        # how each toy's decisions move with the size, against its own predictions at the native size
+        run_agreement(replace(run_cfg, throughput=ThroughputConfig(enabled=False)), hooks)
+    by_probe = split(outcome.store.rows())
+    table = paper_table(by_probe["resolution"])
     outcome.store.write_text("paper.md", table + "\n\n" + FINDING + "\n")
     return DemoOutcome(
-        outcome=outcome, data_dir=data_dir, data_created=created, paper_table=table, shift_rows=shift_rows
+        outcome=outcome,
+        data_dir=data_dir,
+        data_created=created,
+        paper_table=table,
+        shift_rows=by_probe["shift"],
+        agreement_rows=by_probe["agreement"],
     )
 
 

@@ -1,6 +1,8 @@
-"""The application layer: jobs built from the library (models, data, engine, results, reports).
+"""The application layer: jobs built from the library (models, data, engine, probes, results, reports).
 
-``resolution`` evaluates models at sizes and writes a run directory; ``shift`` measures their consistency under
-translation into the same kind of directory; ``throughput`` times models alone;
-``catalog`` describes the registered models. The command line calls these and only renders.
+``run`` is the one job of every probe (``run_probe``; ``run_resolution``, ``run_shift``, ``run_agreement``): it
+measures models at sizes into a run directory (``rundir``), one row per cell (``rows``), from the dataset as every
+probe opens it (``inputs``) and the models as they are assembled from their checkpoints (``assemble``);
+``throughput`` times models alone; ``catalog`` describes the registered models. The command line calls these and
+only renders.
 """

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 
 from ..checkpoints import load_checkpoint
-from ..config import PEOptions, RunConfig
+from ..config import PEOptions, RunConfig, say_nothing
 from ..engine import EvalModel
 from ..errors import CpvtEvalError, ModelError
 from ..limits import check_fits
@@ -26,17 +26,13 @@ from ..results import pe_options_label
 Log = Callable[[str], None]
 
 
-def _quiet(_: str) -> None:
-    pass
-
-
 def build_model(
     name: str,
     checkpoint: str | None = None,
     model_args: dict | None = None,
     device: torch.device | str = "cpu",
     ema: bool | None = None,
-    log: Log = _quiet,
+    log: Log = say_nothing,
 ) -> EvalModel:
     """Resolve ``name``, build it, load its weights strictly and put it on ``device`` in eval mode."""
     spec = resolve(name)
@@ -70,7 +66,7 @@ def build_model(
     )
 
 
-def prepare_models(cfg: RunConfig, device: torch.device, log: Log = _quiet) -> list[EvalModel]:
+def prepare_models(cfg: RunConfig, device: torch.device, log: Log = say_nothing) -> list[EvalModel]:
     """Every model of a run, built and loaded, each checked against every size before any data pass."""
     if not cfg.models:
         raise CpvtEvalError("no model given: use --model NAME (see `cpvt-eval models`)")

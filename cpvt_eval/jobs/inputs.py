@@ -7,8 +7,9 @@ from ..config import Hooks, RunConfig
 from ..data import ImageSet, apply_label_subset, detect_test_set, load_label_subset, open_dataset
 
 
-def open_run_dataset(cfg: RunConfig, hooks: Hooks) -> ImageSet:
-    """``cfg.data`` opened and checked (bad images are handled by the caller, which knows its workers)."""
+def open_run_dataset(cfg: RunConfig, hooks: Hooks, require_labels: bool = True) -> ImageSet:
+    """``cfg.data`` opened and checked (bad images are handled by the caller, which knows its workers).
+    ``require_labels`` False lets a folder of images without labels open (the ``images`` layout, label -1)."""
     image_set = open_dataset(
         cfg.data,
         cfg.limit,
@@ -18,6 +19,7 @@ def open_run_dataset(cfg: RunConfig, hooks: Hooks) -> ImageSet:
         cfg.class_names,
         label_key=cfg.label_key,
         split=cfg.split,
+        require_labels=require_labels,
     )
     image_set.decode_draft = cfg.decode_draft
     if cfg.label_subset:

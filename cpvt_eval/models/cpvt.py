@@ -10,6 +10,8 @@ Each entry point is registered with timm and its ``ModelSpec`` with the tool (``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -25,17 +27,27 @@ from .spec import DataConfig, entry_point
 PAPER_DATA = DataConfig(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875, "bicubic")
 
 
-def _pretrained_cfg(img_size: int, num_classes: int = 1000) -> dict:
+def timm_pretrained_cfg(
+    img_size: int, num_classes: int, data: DataConfig = PAPER_DATA, first_conv: str = "patch_embed.proj"
+) -> dict:
+    """timm's ``pretrained_cfg`` of a model built in this package: input size, ``data``'s transform, stem, head."""
     return {
         "input_size": (3, img_size, img_size),
-        "crop_pct": PAPER_DATA.crop_pct,
-        "interpolation": PAPER_DATA.interpolation,
-        "mean": PAPER_DATA.mean,
-        "std": PAPER_DATA.std,
+        "crop_pct": data.crop_pct,
+        "interpolation": data.interpolation,
+        "mean": data.mean,
+        "std": data.std,
         "num_classes": num_classes,
-        "first_conv": "patch_embed.proj",
+        "first_conv": first_conv,
         "classifier": "head",
     }
+
+
+def strip_factory_kwargs(kwargs: dict) -> dict:
+    """``kwargs`` without the ones ``timm.create_model`` adds for its own pretrained loading (unused here)."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)
+    return kwargs
 
 
 class CPVT(VisionTransformer):
@@ -89,188 +101,227 @@ def _parse_positions(value) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def _strip_factory_kwargs(kwargs: dict) -> dict:
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    return kwargs
+def _deit_args(dims: tuple[int, int, int], kwargs: dict, **fixed) -> dict:
+    """timm ``VisionTransformer`` arguments of a DeiT backbone ``(embed_dim, depth, heads)`` at 224 with patch 16,
+    then ``fixed``, then ``kwargs`` over them all."""
+    embed_dim, depth, heads = dims
+    cfg = dict(
+        img_size=224, patch_size=16, embed_dim=embed_dim, depth=depth, num_heads=heads, mlp_ratio=4, qkv_bias=True
+    )
+    cfg.update(fixed)
+    cfg.update(kwargs)
+    return cfg
 
 
 def _create_cpvt(pretrained: bool, dims: tuple[int, int, int], positions, gap: bool, **kwargs) -> CPVT:
     if pretrained:
         raise ModelError("no CPVT weights were ever published; pass your own checkpoint with --checkpoint NAME=PATH")
-    kwargs = _strip_factory_kwargs(kwargs)
-    embed_dim, depth, heads = dims
+    kwargs = strip_factory_kwargs(kwargs)
     positions = _parse_positions(kwargs.pop("peg_positions", positions))
-    img_size = kwargs.pop("img_size", 224)
-    cfg = dict(
-        img_size=img_size,
-        patch_size=16,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=heads,
-        mlp_ratio=4,
-        qkv_bias=True,
-        class_token=not gap,
-    )
-    cfg.update(kwargs)
+    cfg = _deit_args(dims, kwargs, class_token=not gap)
     model = CPVT(peg_positions=positions, **cfg)
-    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(img_size, model.num_classes)
+    model.pretrained_cfg = model.default_cfg = timm_pretrained_cfg(cfg["img_size"], model.num_classes)
     return model
-
-
-_TI, _S, _B = (192, 12, 3), (384, 12, 6), (768, 12, 12)
-_PLUS = (0, 1, 2, 3, 4)
-
-
-@entry_point("cpvt", "peg-0", description="CPVT-Ti: DeiT-Ti backbone, PEG after block 0", data=PAPER_DATA)
-def cpvt_ti(pretrained=False, **kwargs) -> CPVT:
-    """CPVT-Ti: DeiT-Ti backbone, no absolute PE, one PEG after block 0."""
-    return _create_cpvt(pretrained, _TI, (0,), False, **kwargs)
-
-
-@entry_point("cpvt", "peg-0", description="CPVT-S: DeiT-S backbone, PEG after block 0", data=PAPER_DATA)
-def cpvt_s(pretrained=False, **kwargs) -> CPVT:
-    """CPVT-S: DeiT-S backbone, one PEG after block 0."""
-    return _create_cpvt(pretrained, _S, (0,), False, **kwargs)
-
-
-@entry_point("cpvt", "peg-0", description="CPVT-B: DeiT-B backbone, PEG after block 0", data=PAPER_DATA)
-def cpvt_b(pretrained=False, **kwargs) -> CPVT:
-    """CPVT-B: DeiT-B backbone, one PEG after block 0."""
-    return _create_cpvt(pretrained, _B, (0,), False, **kwargs)
-
-
-@entry_point("cpvt", "peg-0-gap", description="CPVT-Ti-GAP: no cls token, mean of final-normed tokens", data=PAPER_DATA)
-def cpvt_ti_gap(pretrained=False, **kwargs) -> CPVT:
-    """CPVT-Ti-GAP: no cls token; final norm, mean over tokens, head."""
-    return _create_cpvt(pretrained, _TI, (0,), True, **kwargs)
-
-
-@entry_point("cpvt", "peg-0-gap", description="CPVT-S-GAP", data=PAPER_DATA)
-def cpvt_s_gap(pretrained=False, **kwargs) -> CPVT:
-    return _create_cpvt(pretrained, _S, (0,), True, **kwargs)
-
-
-@entry_point("cpvt", "peg-0-gap", description="CPVT-B-GAP", data=PAPER_DATA)
-def cpvt_b_gap(pretrained=False, **kwargs) -> CPVT:
-    return _create_cpvt(pretrained, _B, (0,), True, **kwargs)
-
-
-@entry_point("cpvt", "peg-0to4", description="CPVT-Ti‡: a PEG after each of blocks 0-4", data=PAPER_DATA)
-def cpvt_ti_plus(pretrained=False, **kwargs) -> CPVT:
-    """CPVT-Ti‡: one PEG after each of blocks 0-4."""
-    return _create_cpvt(pretrained, _TI, _PLUS, False, **kwargs)
-
-
-@entry_point("cpvt", "peg-0to4", description="CPVT-S‡", data=PAPER_DATA)
-def cpvt_s_plus(pretrained=False, **kwargs) -> CPVT:
-    return _create_cpvt(pretrained, _S, _PLUS, False, **kwargs)
-
-
-@entry_point("cpvt", "peg-0to4", description="CPVT-B‡", data=PAPER_DATA)
-def cpvt_b_plus(pretrained=False, **kwargs) -> CPVT:
-    return _create_cpvt(pretrained, _B, _PLUS, False, **kwargs)
-
-
-@entry_point("cpvt", "peg-0to4-gap", description="CPVT-Ti-GAP‡", data=PAPER_DATA)
-def cpvt_ti_gap_plus(pretrained=False, **kwargs) -> CPVT:
-    """CPVT-Ti-GAP‡: no cls token, a PEG after each of blocks 0-4 (the paper's best Ti model)."""
-    return _create_cpvt(pretrained, _TI, _PLUS, True, **kwargs)
-
-
-@entry_point("cpvt", "peg-0to4-gap", description="CPVT-S-GAP‡", data=PAPER_DATA)
-def cpvt_s_gap_plus(pretrained=False, **kwargs) -> CPVT:
-    return _create_cpvt(pretrained, _S, _PLUS, True, **kwargs)
-
-
-@entry_point("cpvt", "peg-0to4-gap", description="CPVT-B-GAP‡", data=PAPER_DATA)
-def cpvt_b_gap_plus(pretrained=False, **kwargs) -> CPVT:
-    return _create_cpvt(pretrained, _B, _PLUS, True, **kwargs)
-
-
-# --- DeiT baselines of the paper's ablations (same backbone, other position encodings) -----------------------
 
 
 def _create_deit_variant(pretrained: bool, dims, pe: str, **kwargs) -> VisionTransformer:
     if pretrained:
         raise ModelError(f"no published weights for this {pe} DeiT variant; pass a checkpoint with --checkpoint")
-    kwargs = _strip_factory_kwargs(kwargs)
-    embed_dim, depth, heads = dims
-    img_size = kwargs.pop("img_size", 224)
-    patch_size = kwargs.pop("patch_size", 16)
-    cfg = dict(
-        img_size=img_size,
-        patch_size=patch_size,
-        embed_dim=embed_dim,
-        depth=depth,
-        num_heads=heads,
-        mlp_ratio=4,
-        qkv_bias=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6),
-    )
-    cfg.update(kwargs)
+    cfg = _deit_args(dims, strip_factory_kwargs(kwargs), norm_layer=partial(nn.LayerNorm, eps=1e-6))
     if pe == "none":
         cfg["pos_embed"] = "none"
         cfg["dynamic_img_size"] = True
     model = VisionTransformer(**cfg)
     if pe == "ape-sincos":
-        grid = model.patch_embed.grid_size
-        table = sincos_2d_pos_embed(embed_dim, grid)
+        embed_dim = dims[0]
+        table = sincos_2d_pos_embed(embed_dim, model.patch_embed.grid_size)
         prefix = torch.zeros(1, model.num_prefix_tokens, embed_dim)  # the cls token gets no position (MoCo v3)
         model.pos_embed = nn.Parameter(torch.cat([prefix, table], dim=1), requires_grad=False)
     model.pe_kind = pe
-    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(img_size, model.num_classes)
+    model.pretrained_cfg = model.default_cfg = timm_pretrained_cfg(cfg["img_size"], model.num_classes)
     return model
 
 
-@entry_point("deit", "ape-sincos", description="DeiT-Ti with fixed 2-D sin-cos PE (ablation)", data=PAPER_DATA)
-def deit_tiny_sincos(pretrained=False, **kwargs) -> VisionTransformer:
-    """DeiT-Ti with a fixed 2-D sin-cos absolute PE (the paper's sin-cos baseline)."""
-    return _create_deit_variant(pretrained, _TI, "ape-sincos", **kwargs)
+# --- The entry points: one row each in ``_VARIANTS``, read by ``_register`` (the spec) and ``_create`` (the model)
 
-
-@entry_point("deit", "none", description="DeiT-Ti without position encoding (ablation)", data=PAPER_DATA)
-def deit_tiny_nope(pretrained=False, **kwargs) -> VisionTransformer:
-    """DeiT-Ti without any position encoding (the paper's no-PE ablation)."""
-    return _create_deit_variant(pretrained, _TI, "none", **kwargs)
-
-
-# --- Toy models of the offline demo: patch 4 at 56 px gives the 14x14 grid of patch 16 at 224 ---------------
-
+_TI, _S, _B = (192, 12, 3), (384, 12, 6), (768, 12, 12)  # DeiT backbones: embed_dim, depth, heads
 _TOY = (64, 4, 2)
+_PEG0, _PLUS = (0,), (0, 1, 2, 3, 4)
+
+# Toy models of the offline demo (family ``demo``): patch 4 at 56 px gives the 14x14 grid of patch 16 at 224
 _TOY_KW = dict(img_size=56, patch_size=4, num_classes=10)
 _TOY_SPEC = dict(native_size=56, patch_size=4, data=PAPER_DATA)
 
 
-def _toy(kwargs: dict) -> dict:
-    return {**_TOY_KW, **kwargs}
+@dataclass(frozen=True)
+class _Variant:
+    """One entry point's model and the spec fields that are not derived from it.
+
+    ``pegs`` lists the blocks a PEG follows (a CPVT model, ``gap``: no cls token, mean of the final-normed
+    tokens); empty, the model is a DeiT whose position encoding is ``deit_pe``.
+    """
+
+    family: str
+    description: str
+    dims: tuple[int, int, int]
+    pegs: tuple[int, ...] = ()
+    gap: bool = False
+    deit_pe: str = ""
+
+    @property
+    def pe(self) -> str:
+        """The PE label of the published-results table: ``peg-0``, ``peg-0to4-gap``, ..., or the DeiT's."""
+        if not self.pegs:
+            return self.deit_pe
+        first, last = self.pegs[0], self.pegs[-1]
+        label = f"peg-{first}" if first == last else f"peg-{first}to{last}"
+        return f"{label}-gap" if self.gap else label
 
 
-@entry_point("demo", "peg-0", description="toy CPVT, PEG after block 0", **_TOY_SPEC)
+_VARIANTS = {
+    "cpvt_ti": _Variant("cpvt", "CPVT-Ti: DeiT-Ti backbone, PEG after block 0", _TI, _PEG0),
+    "cpvt_s": _Variant("cpvt", "CPVT-S: DeiT-S backbone, PEG after block 0", _S, _PEG0),
+    "cpvt_b": _Variant("cpvt", "CPVT-B: DeiT-B backbone, PEG after block 0", _B, _PEG0),
+    "cpvt_ti_gap": _Variant("cpvt", "CPVT-Ti-GAP: no cls token, mean of final-normed tokens", _TI, _PEG0, gap=True),
+    "cpvt_s_gap": _Variant("cpvt", "CPVT-S-GAP", _S, _PEG0, gap=True),
+    "cpvt_b_gap": _Variant("cpvt", "CPVT-B-GAP", _B, _PEG0, gap=True),
+    "cpvt_ti_plus": _Variant("cpvt", "CPVT-Ti‡: a PEG after each of blocks 0-4", _TI, _PLUS),
+    "cpvt_s_plus": _Variant("cpvt", "CPVT-S‡", _S, _PLUS),
+    "cpvt_b_plus": _Variant("cpvt", "CPVT-B‡", _B, _PLUS),
+    "cpvt_ti_gap_plus": _Variant("cpvt", "CPVT-Ti-GAP‡", _TI, _PLUS, gap=True),
+    "cpvt_s_gap_plus": _Variant("cpvt", "CPVT-S-GAP‡", _S, _PLUS, gap=True),
+    "cpvt_b_gap_plus": _Variant("cpvt", "CPVT-B-GAP‡", _B, _PLUS, gap=True),
+    # DeiT baselines of the paper's ablations (same backbone, other position encodings)
+    "deit_tiny_sincos": _Variant("deit", "DeiT-Ti with fixed 2-D sin-cos PE (ablation)", _TI, deit_pe="ape-sincos"),
+    "deit_tiny_nope": _Variant("deit", "DeiT-Ti without position encoding (ablation)", _TI, deit_pe="none"),
+    "cpvt_toy": _Variant("demo", "toy CPVT, PEG after block 0", _TOY, _PEG0),
+    "cpvt_toy_gap": _Variant("demo", "toy CPVT-GAP", _TOY, _PEG0, gap=True),
+    "deit_toy": _Variant("demo", "toy DeiT, learned absolute PE", _TOY, deit_pe="ape-learned"),
+    "deit_toy_sincos": _Variant("demo", "toy DeiT, fixed 2-D sin-cos PE", _TOY, deit_pe="ape-sincos"),
+    "deit_toy_nope": _Variant("demo", "toy DeiT, no position encoding", _TOY, deit_pe="none"),
+}
+
+
+def _register(fn: Callable) -> Callable:
+    """``entry_point`` for the model function ``fn``, with the spec of its row in ``_VARIANTS``."""
+    variant = _VARIANTS[fn.__name__]
+    spec = _TOY_SPEC if variant.family == "demo" else dict(data=PAPER_DATA)
+    return entry_point(variant.family, variant.pe, description=variant.description, **spec)(fn)
+
+
+def _create(name: str, pretrained: bool, **kwargs) -> VisionTransformer:
+    """The model of row ``name`` of ``_VARIANTS``; ``kwargs`` (from ``timm.create_model``) override its defaults."""
+    variant = _VARIANTS[name]
+    if variant.family == "demo":
+        kwargs = {**_TOY_KW, **kwargs}
+    if variant.pegs:
+        return _create_cpvt(pretrained, variant.dims, variant.pegs, variant.gap, **kwargs)
+    return _create_deit_variant(pretrained, variant.dims, variant.deit_pe, **kwargs)
+
+
+@_register
+def cpvt_ti(pretrained=False, **kwargs) -> CPVT:
+    """CPVT-Ti: DeiT-Ti backbone, no absolute PE, one PEG after block 0."""
+    return _create("cpvt_ti", pretrained, **kwargs)
+
+
+@_register
+def cpvt_s(pretrained=False, **kwargs) -> CPVT:
+    """CPVT-S: DeiT-S backbone, one PEG after block 0."""
+    return _create("cpvt_s", pretrained, **kwargs)
+
+
+@_register
+def cpvt_b(pretrained=False, **kwargs) -> CPVT:
+    """CPVT-B: DeiT-B backbone, one PEG after block 0."""
+    return _create("cpvt_b", pretrained, **kwargs)
+
+
+@_register
+def cpvt_ti_gap(pretrained=False, **kwargs) -> CPVT:
+    """CPVT-Ti-GAP: no cls token; final norm, mean over tokens, head."""
+    return _create("cpvt_ti_gap", pretrained, **kwargs)
+
+
+@_register
+def cpvt_s_gap(pretrained=False, **kwargs) -> CPVT:
+    return _create("cpvt_s_gap", pretrained, **kwargs)
+
+
+@_register
+def cpvt_b_gap(pretrained=False, **kwargs) -> CPVT:
+    return _create("cpvt_b_gap", pretrained, **kwargs)
+
+
+@_register
+def cpvt_ti_plus(pretrained=False, **kwargs) -> CPVT:
+    """CPVT-Ti‡: one PEG after each of blocks 0-4."""
+    return _create("cpvt_ti_plus", pretrained, **kwargs)
+
+
+@_register
+def cpvt_s_plus(pretrained=False, **kwargs) -> CPVT:
+    return _create("cpvt_s_plus", pretrained, **kwargs)
+
+
+@_register
+def cpvt_b_plus(pretrained=False, **kwargs) -> CPVT:
+    return _create("cpvt_b_plus", pretrained, **kwargs)
+
+
+@_register
+def cpvt_ti_gap_plus(pretrained=False, **kwargs) -> CPVT:
+    """CPVT-Ti-GAP‡: no cls token, a PEG after each of blocks 0-4 (the paper's best Ti model)."""
+    return _create("cpvt_ti_gap_plus", pretrained, **kwargs)
+
+
+@_register
+def cpvt_s_gap_plus(pretrained=False, **kwargs) -> CPVT:
+    return _create("cpvt_s_gap_plus", pretrained, **kwargs)
+
+
+@_register
+def cpvt_b_gap_plus(pretrained=False, **kwargs) -> CPVT:
+    return _create("cpvt_b_gap_plus", pretrained, **kwargs)
+
+
+@_register
+def deit_tiny_sincos(pretrained=False, **kwargs) -> VisionTransformer:
+    """DeiT-Ti with a fixed 2-D sin-cos absolute PE (the paper's sin-cos baseline)."""
+    return _create("deit_tiny_sincos", pretrained, **kwargs)
+
+
+@_register
+def deit_tiny_nope(pretrained=False, **kwargs) -> VisionTransformer:
+    """DeiT-Ti without any position encoding (the paper's no-PE ablation)."""
+    return _create("deit_tiny_nope", pretrained, **kwargs)
+
+
+@_register
 def cpvt_toy(pretrained=False, **kwargs) -> CPVT:
     """Toy CPVT for the offline demo: 64 dims, 4 blocks, 2 heads, patch 4, 10 classes, PEG after block 0."""
-    return _create_cpvt(pretrained, _TOY, (0,), False, **_toy(kwargs))
+    return _create("cpvt_toy", pretrained, **kwargs)
 
 
-@entry_point("demo", "peg-0-gap", description="toy CPVT-GAP", **_TOY_SPEC)
+@_register
 def cpvt_toy_gap(pretrained=False, **kwargs) -> CPVT:
     """Toy CPVT-GAP for the offline demo."""
-    return _create_cpvt(pretrained, _TOY, (0,), True, **_toy(kwargs))
+    return _create("cpvt_toy_gap", pretrained, **kwargs)
 
 
-@entry_point("demo", "ape-learned", description="toy DeiT, learned absolute PE", **_TOY_SPEC)
+@_register
 def deit_toy(pretrained=False, **kwargs) -> VisionTransformer:
     """Toy DeiT (learned absolute PE) for the offline demo."""
-    return _create_deit_variant(pretrained, _TOY, "ape-learned", **_toy(kwargs))
+    return _create("deit_toy", pretrained, **kwargs)
 
 
-@entry_point("demo", "ape-sincos", description="toy DeiT, fixed 2-D sin-cos PE", **_TOY_SPEC)
+@_register
 def deit_toy_sincos(pretrained=False, **kwargs) -> VisionTransformer:
     """Toy DeiT with a fixed 2-D sin-cos PE for the offline demo."""
-    return _create_deit_variant(pretrained, _TOY, "ape-sincos", **_toy(kwargs))
+    return _create("deit_toy_sincos", pretrained, **kwargs)
 
 
-@entry_point("demo", "none", description="toy DeiT, no position encoding", **_TOY_SPEC)
+@_register
 def deit_toy_nope(pretrained=False, **kwargs) -> VisionTransformer:
     """Toy DeiT without position encoding for the offline demo."""
-    return _create_deit_variant(pretrained, _TOY, "none", **_toy(kwargs))
+    return _create("deit_toy_nope", pretrained, **kwargs)

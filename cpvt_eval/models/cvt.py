@@ -23,6 +23,7 @@ stochastic depth.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from .cpvt import strip_factory_kwargs, timm_pretrained_cfg
 from .spec import DataConfig, entry_point
 
 # The official evaluation at 224: resize the shorter side to size / 0.875, centre crop, ImageNet mean/std. At 384
@@ -258,19 +260,6 @@ def _init_weights(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _pretrained_cfg(img_size: int, num_classes: int, data: DataConfig) -> dict:
-    return {
-        "input_size": (3, img_size, img_size),
-        "crop_pct": data.crop_pct,
-        "interpolation": data.interpolation,
-        "mean": data.mean,
-        "std": data.std,
-        "num_classes": num_classes,
-        "first_conv": "stage0.patch_embed.proj",
-        "classifier": "head",
-    }
-
-
 def _stages(dims, heads, depths) -> tuple[StageCfg, ...]:
     embeds = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
     return tuple(
@@ -282,100 +271,103 @@ def _stages(dims, heads, depths) -> tuple[StageCfg, ...]:
 CVT_13 = _stages((64, 192, 384), (1, 3, 6), (1, 2, 10))
 CVT_21 = _stages((64, 192, 384), (1, 3, 6), (1, 4, 16))
 CVT_W24 = _stages((192, 768, 1024), (3, 12, 16), (2, 2, 20))
+CVT_TINY = _stages((16, 32, 48), (1, 2, 3), (1, 2, 3))  # for tests and smoke runs: same structure, narrow, shallow
 
 
-def _create_cvt(stages, native: int, data: DataConfig, pretrained: bool, **kwargs) -> CvT:
+@dataclass(frozen=True)
+class _Variant:
+    """One entry point's stages and spec fields; the data config follows the native size (see ``CVT_DATA``)."""
+
+    stages: tuple[StageCfg, ...]
+    description: str
+    native_size: int = 224
+    default_weights: str | None = None
+    family: str = "cvt"
+
+    @property
+    def data(self) -> DataConfig:
+        return CVT_DATA_384 if self.native_size == 384 else CVT_DATA
+
+
+_VARIANTS = {
+    "cvt_13": _Variant(
+        CVT_13, "CvT-13: conv token embedding + conv projections, no PE", default_weights="hf-hub:microsoft/cvt-13"
+    ),
+    "cvt_21": _Variant(
+        CVT_21, "CvT-21: conv token embedding + conv projections, no PE", default_weights="hf-hub:microsoft/cvt-21"
+    ),
+    "cvt_13_384": _Variant(CVT_13, "CvT-13 fine-tuned at 384 (ImageNet-1k)", 384, "hf-hub:microsoft/cvt-13-384"),
+    "cvt_21_384": _Variant(CVT_21, "CvT-21 fine-tuned at 384 (ImageNet-1k)", 384, "hf-hub:microsoft/cvt-21-384"),
+    "cvt_w24": _Variant(
+        CVT_W24, "CvT-W24: ImageNet-22k pre-training, fine-tuned at 384", 384, "hf-hub:microsoft/cvt-w24-384-22k"
+    ),
+    "cvt_toy": _Variant(CVT_TINY, "toy CvT (tests, smoke runs)", 64, family="demo"),
+}
+
+
+def _register(fn: Callable) -> Callable:
+    """``entry_point`` for the model function ``fn``, with the spec of its row in ``_VARIANTS``."""
+    variant = _VARIANTS[fn.__name__]
+    return entry_point(
+        variant.family,
+        "conv",
+        description=variant.description,
+        data=variant.data,
+        native_size=variant.native_size,
+        default_weights=variant.default_weights,
+        patch_size=16,
+    )(fn)
+
+
+def _create_cvt(name: str, pretrained: bool, **kwargs) -> CvT:
+    """The model of row ``name`` of ``_VARIANTS``; ``kwargs`` (from ``timm.create_model``) override its defaults."""
     if pretrained:
         raise ModelError("CvT weights load through the tool's checkpoint loader (hf-hub: or a release file)")
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
-    img_size = int(kwargs.pop("img_size", native))
+    variant = _VARIANTS[name]
+    kwargs = strip_factory_kwargs(kwargs)
+    img_size = int(kwargs.pop("img_size", variant.native_size))
     try:
-        model = CvT(stages, img_size=img_size, **kwargs)
+        model = CvT(variant.stages, img_size=img_size, **kwargs)
     except TypeError as e:
         raise ModelError(f"cannot build CvT with {kwargs}: {e}") from None
-    model.pretrained_cfg = model.default_cfg = _pretrained_cfg(img_size, model.num_classes, data)
+    model.pretrained_cfg = model.default_cfg = timm_pretrained_cfg(
+        img_size, model.num_classes, variant.data, first_conv="stage0.patch_embed.proj"
+    )
     return model
 
 
-_CVT_SPEC = dict(patch_size=16)
-
-
-@entry_point(
-    "cvt",
-    "conv",
-    description="CvT-13: conv token embedding + conv projections, no PE",
-    data=CVT_DATA,
-    default_weights="hf-hub:microsoft/cvt-13",
-    **_CVT_SPEC,
-)
+@_register
 def cvt_13(pretrained=False, **kwargs) -> CvT:
     """CvT-13 (20.0M parameters), ImageNet-1k at 224."""
-    return _create_cvt(CVT_13, 224, CVT_DATA, pretrained, **kwargs)
+    return _create_cvt("cvt_13", pretrained, **kwargs)
 
 
-@entry_point(
-    "cvt",
-    "conv",
-    description="CvT-21: conv token embedding + conv projections, no PE",
-    data=CVT_DATA,
-    default_weights="hf-hub:microsoft/cvt-21",
-    **_CVT_SPEC,
-)
+@_register
 def cvt_21(pretrained=False, **kwargs) -> CvT:
     """CvT-21 (31.6M parameters), ImageNet-1k at 224."""
-    return _create_cvt(CVT_21, 224, CVT_DATA, pretrained, **kwargs)
+    return _create_cvt("cvt_21", pretrained, **kwargs)
 
 
-@entry_point(
-    "cvt",
-    "conv",
-    description="CvT-13 fine-tuned at 384 (ImageNet-1k)",
-    data=CVT_DATA_384,
-    native_size=384,
-    default_weights="hf-hub:microsoft/cvt-13-384",
-    **_CVT_SPEC,
-)
+@_register
 def cvt_13_384(pretrained=False, **kwargs) -> CvT:
     """CvT-13 fine-tuned at 384 on ImageNet-1k (same architecture as ``cvt_13``)."""
-    return _create_cvt(CVT_13, 384, CVT_DATA_384, pretrained, **kwargs)
+    return _create_cvt("cvt_13_384", pretrained, **kwargs)
 
 
-@entry_point(
-    "cvt",
-    "conv",
-    description="CvT-21 fine-tuned at 384 (ImageNet-1k)",
-    data=CVT_DATA_384,
-    native_size=384,
-    default_weights="hf-hub:microsoft/cvt-21-384",
-    **_CVT_SPEC,
-)
+@_register
 def cvt_21_384(pretrained=False, **kwargs) -> CvT:
     """CvT-21 fine-tuned at 384 on ImageNet-1k (same architecture as ``cvt_21``)."""
-    return _create_cvt(CVT_21, 384, CVT_DATA_384, pretrained, **kwargs)
+    return _create_cvt("cvt_21_384", pretrained, **kwargs)
 
 
-@entry_point(
-    "cvt",
-    "conv",
-    description="CvT-W24: ImageNet-22k pre-training, fine-tuned at 384",
-    data=CVT_DATA_384,
-    native_size=384,
-    default_weights="hf-hub:microsoft/cvt-w24-384-22k",
-    **_CVT_SPEC,
-)
+@_register
 def cvt_w24(pretrained=False, **kwargs) -> CvT:
     """CvT-W24 (277M parameters): its only released weights are ImageNet-22k pre-trained, fine-tuned at 384."""
-    return _create_cvt(CVT_W24, 384, CVT_DATA_384, pretrained, **kwargs)
+    return _create_cvt("cvt_w24", pretrained, **kwargs)
 
 
-# --- a tiny CvT for tests and smoke runs: same structure, narrow and shallow stages ---------------------
-
-CVT_TINY = _stages((16, 32, 48), (1, 2, 3), (1, 2, 3))
-
-
-@entry_point("demo", "conv", description="toy CvT (tests, smoke runs)", data=CVT_DATA, native_size=64, **_CVT_SPEC)
+@_register
 def cvt_toy(pretrained=False, **kwargs) -> CvT:
     """A tiny CvT: stages 16/32/48 wide with 1/2/3 blocks, 10 classes unless ``num_classes`` says otherwise."""
     kwargs.setdefault("num_classes", 10)
-    return _create_cvt(CVT_TINY, 64, CVT_DATA, pretrained, **kwargs)
+    return _create_cvt("cvt_toy", pretrained, **kwargs)

@@ -15,8 +15,8 @@ from ..errors import CpvtEvalError, ResultsError
 from ..results import SCHEMA_VERSION, ResultRow, RunStore, id_fields
 from ..results.schema import PROTOCOL, WHAT
 from ..results.store import migrate_row, row_problem
-from .records import _r, ordered
-from .text import _fmt, _md_table
+from .records import ordered, round_or_none
+from .text import fmt_value, md_table
 
 # Cells of two runs are the same cell when the identity's model, size and protocol agree; the weights may change
 # (that is what CI checks), and the data must be the same (checked separately, with its own message).
@@ -90,10 +90,10 @@ class CellDiff:
             "protocol": self.protocol,
             "top1_baseline": self.baseline.top1,
             "top1_current": self.current.top1,
-            "top1_delta": _r(self.top1_delta),
+            "top1_delta": round_or_none(self.top1_delta),
             "images_per_sec_baseline": self.baseline.images_per_sec,
             "images_per_sec_current": self.current.images_per_sec,
-            "speed_ratio": _r(self.speed_ratio),
+            "speed_ratio": round_or_none(self.speed_ratio),
             "checkpoint_changed": self.baseline.checkpoint_sha256 != self.current.checkpoint_sha256,
             "accuracy_failed": self.accuracy_failed,
             "speed_failed": self.speed_failed,
@@ -150,7 +150,7 @@ def images_per_sec_iqr(r: ResultRow) -> tuple[float, float] | None:
 
 def _iqr_list(r: ResultRow) -> list[float] | None:
     iqr = images_per_sec_iqr(r)
-    return None if iqr is None else [_r(v) for v in iqr]
+    return None if iqr is None else [round_or_none(v) for v in iqr]
 
 
 def within_noise(baseline: ResultRow, current: ResultRow) -> bool:
@@ -289,12 +289,12 @@ def comparison_markdown(result: Comparison) -> str:
             f"{c.baseline.top1:.2f}",
             f"{c.current.top1:.2f}",
             f"{c.top1_delta:+.2f}",
-            _fmt(c.baseline.images_per_sec, ",.1f"),
-            _fmt(c.current.images_per_sec, ",.1f"),
-            _fmt(c.speed_ratio, ".3f"),
+            fmt_value(c.baseline.images_per_sec, ",.1f"),
+            fmt_value(c.current.images_per_sec, ",.1f"),
+            fmt_value(c.speed_ratio, ".3f"),
             c.status + (" (new checkpoint)" if c.baseline.checkpoint_sha256 != c.current.checkpoint_sha256 else ""),
         ]
         for c in result.cells
     ]
     header = ["model", "size", "top-1 base", "top-1 now", "Δ", "img/s base", "img/s now", "ratio", "status"]
-    return _md_table(header, body, align_right_from=2)
+    return md_table(header, body, align_right_from=2)

@@ -29,7 +29,12 @@ def _png(fig) -> bytes:
 
 
 def interval_plot(
-    records: list[dict], value: str, published: str, ylabel: str, title: str, best: dict[str, int] | None = None
+    records: list[dict],
+    value: str,
+    published: str | None,
+    ylabel: str,
+    title: str,
+    best: dict[str, int] | None = None,
 ) -> bytes:
     """One line per record label of ``value`` against size with its 95% interval (``value_ci95_low/high``), and the
     ``published`` figures as markers of the same colour; ``best`` (label -> size) marks each curve's best size."""
@@ -50,7 +55,7 @@ def interval_plot(
         top = [r for r in mine if best and r["img_size"] == best.get(label)]
         if top:
             ax.scatter([top[0]["img_size"]], [top[0][value]], marker="*", s=160, color=color, zorder=4)
-        pub = [(r["img_size"], r[published]) for r in mine if r[published] is not None]
+        pub = [(r["img_size"], r[published]) for r in mine if published and r[published] is not None]
         if pub:
             any_published = True
             ax.scatter([p[0] for p in pub], [p[1] for p in pub], marker="x", s=60, color=color, zorder=3)

@@ -48,7 +48,7 @@ def ordered(rows: list[ResultRow]) -> list[ResultRow]:
     return sorted(rows, key=lambda r: (first[labels[row_key(r)]], r.img_size))
 
 
-def _r(value: float | None, digits: int = 4) -> float | None:
+def round_or_none(value: float | None, digits: int = 4) -> float | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     return round(float(value), digits)
@@ -74,16 +74,16 @@ def top1_records(rows: list[ResultRow]) -> list[dict]:
                 "img_size": r.img_size,
                 "n_images": r.n_images,
                 "correct1": r.correct1,
-                "top1": _r(r.top1),
-                "top5": _r(r.top5),
-                "top1_ci95_low": _r(lo),
-                "top1_ci95_high": _r(hi),
+                "top1": round_or_none(r.top1),
+                "top5": round_or_none(r.top5),
+                "top1_ci95_low": round_or_none(lo),
+                "top1_ci95_high": round_or_none(hi),
                 "native_size": r.native_size,
-                "delta_native": None if native is None else _r(r.top1 - native.top1),
+                "delta_native": None if native is None else round_or_none(r.top1 - native.top1),
                 "published_top1": None if pub is None else pub.top1,
                 "published_confidence": None if pub is None else pub.confidence,
                 "published_crop_pct": None if pub is None else pub.crop_pct,
-                "delta_published": None if pub is None else _r(r.top1 - pub.top1),
+                "delta_published": None if pub is None else round_or_none(r.top1 - pub.top1),
             }
         )
     return out
@@ -144,11 +144,11 @@ def throughput_records(rows: list[ResultRow]) -> list[dict]:
             # Timed in interleaved rounds with the other models of the size: the spread of the rounds and the
             # median of the per-round images/s ratios to the reference (the first model of those rounds).
             "rounds": r.extra.get("throughput_repeats"),
-            "iqr_pct": _r(r.extra.get("throughput_iqr_pct")),
+            "iqr_pct": round_or_none(r.extra.get("throughput_iqr_pct")),
             "ratio_reference": r.extra.get("throughput_ratio_reference") or None,
-            "ratio": _r(r.extra.get("throughput_ratio")),
-            "ratio_q1": _r(r.extra.get("throughput_ratio_q1")),
-            "ratio_q3": _r(r.extra.get("throughput_ratio_q3")),
+            "ratio": round_or_none(r.extra.get("throughput_ratio")),
+            "ratio_q1": round_or_none(r.extra.get("throughput_ratio_q1")),
+            "ratio_q3": round_or_none(r.extra.get("throughput_ratio_q3")),
         }
         for r in ordered(rows)
         if r.images_per_sec is not None
@@ -193,12 +193,12 @@ def pair_records(store: RunStore, rows: list[ResultRow]) -> list[dict]:
                         "a": labels[row_key(a)],
                         "b": labels[row_key(b)],
                         "n_images": int(len(ca)),
-                        "top1_a": _r(a.top1),
-                        "top1_b": _r(b.top1),
-                        "delta": _r(a.top1 - b.top1),
+                        "top1_a": round_or_none(a.top1),
+                        "top1_b": round_or_none(b.top1),
+                        "delta": round_or_none(a.top1 - b.top1),
                         "only_a_correct": only_a,
                         "only_b_correct": only_b,
-                        "p_value": _r(mcnemar_exact(only_a, only_b), 6),
+                        "p_value": round_or_none(mcnemar_exact(only_a, only_b), 6),
                     }
                 )
     return out

@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 from ..errors import ResultsError
+from ..probes import PROBES, split
 from ..results import RunStore, atomic_write_bytes, atomic_write_text
+from . import probe_report
 from .plots import PLOT_THROUGHPUT, PLOT_TOP1, plot_throughput, plot_top1
 from .records import pair_records
-from .shift import render_shift, split_rows
 from .text import FORMATS, TITLE, json_report, latex_report, markdown_report, to_csv
 
 
@@ -24,21 +25,23 @@ def render(
 
     Files: results.md, results.csv, results.tex, results.json, top1_vs_resolution.png,
     throughput_vs_resolution.png. Plots are written first so that results.md can link the ones present.
-    Rows of the translation probe (``cpvt-eval shift``) have their own files: shift.md, shift.csv, shift.tex,
-    shift.json and consistency_vs_resolution.png; results.* are written when the run holds resolution rows or
-    no row at all.
+    The rows of every other probe have their own files (``probes``: shift.*, consistency_vs_resolution.png;
+    agreement.*, agreement_vs_resolution.png); results.* are written when the run holds resolution rows or no row
+    at all.
     """
     out = Path(out_dir) if out_dir is not None else store.root
     if out.exists() and not out.is_dir():
         raise ResultsError(f"report output {out} exists and is not a directory")
-    rows, shift_rows = split_rows(store.rows())
+    by_probe = split(store.rows())
+    rows = by_probe.pop("resolution")
     runs = store.provenance()
     provenance = runs[-1] if runs else None
     written: list[Path] = []
-    if shift_rows:
-        written += render_shift(store, shift_rows, formats, out, provenance)
-        if not rows:
-            return written
+    for name, probe_rows in by_probe.items():
+        if probe_rows:
+            written += probe_report.render(PROBES[name](), store, probe_rows, formats, out, provenance)
+    if not rows and any(by_probe.values()):
+        return written
     pair_list = pair_records(store, rows) if pairs else None
     if "png" in formats and rows:
         for name, data in ((PLOT_TOP1, plot_top1(rows)), (PLOT_THROUGHPUT, plot_throughput(rows))):

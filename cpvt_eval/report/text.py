@@ -66,20 +66,20 @@ def to_csv(rows: list[ResultRow]) -> str:
     return df.to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 
-def _md_table(header: list[str], body: list[list[str]], align_right_from: int = 1) -> str:
+def md_table(header: list[str], body: list[list[str]], align_right_from: int = 1) -> str:
     lines = ["| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join("---" if i < align_right_from else "---:" for i in range(len(header))) + "|")
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
 
 
-def _fmt(value, spec: str) -> str:
+def fmt_value(value, spec: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return format(value, spec)
 
 
-def _pivot(records: list[dict], value: str) -> tuple[list[str], list[int], dict[tuple[str, int], object]]:
+def pivot(records: list[dict], value: str) -> tuple[list[str], list[int], dict[tuple[str, int], object]]:
     labels = list(dict.fromkeys(r["label"] for r in records))
     sizes = sorted({r["img_size"] for r in records})
     return labels, sizes, {(r["label"], r["img_size"]): r[value] for r in records}
@@ -106,7 +106,7 @@ def _ratio_table(tp: list[dict], labels: list[str], sizes: list[int]) -> list[st
         f"Images/s relative to {refs}, timed in the same interleaved rounds: median of the per-round ratios "
         "[interquartile range]; ~ marks a ratio whose range holds 1 (equal within noise).",
         "",
-        _md_table(["model"] + [f"{s}px" for s in sizes], body),
+        md_table(["model"] + [f"{s}px" for s in sizes], body),
         "",
     ]
 
@@ -171,13 +171,18 @@ def _conditions(rows: list[ResultRow], provenance: dict | None) -> list[str]:
         )
     lines.append(f"- versions: {values('versions')}")
     if provenance:
-        lines.append(
-            f"- last run: `{provenance.get('command', '')}` on {provenance.get('device_name', '')} "
-            f"({provenance.get('threads', '')} threads), git `{provenance.get('git_sha') or 'none'}`, "
-            f"seed {provenance.get('seed')}, {provenance.get('started_at')} – {provenance.get('finished_at')} "
-            f"({provenance.get('status')})"
-        )
+        lines.append(provenance_line(provenance))
     return lines
+
+
+def provenance_line(provenance: dict) -> str:
+    """The Conditions line of the last run that wrote the directory."""
+    return (
+        f"- last run: `{provenance.get('command', '')}` on {provenance.get('device_name', '')} "
+        f"({provenance.get('threads', '')} threads), git `{provenance.get('git_sha') or 'none'}`, "
+        f"seed {provenance.get('seed')}, {provenance.get('started_at')} – {provenance.get('finished_at')} "
+        f"({provenance.get('status')})"
+    )
 
 
 def markdown_report(
@@ -192,33 +197,33 @@ def markdown_report(
         return f"# {title}\n\nNo finished cells yet.\n"
     records = top1_records(rows)
     pe = {r["label"]: r["pe"] for r in records}
-    labels, sizes, top1 = _pivot(records, "top1")
+    labels, sizes, top1 = pivot(records, "top1")
     out = [f"# {title}", "", "## Top-1 accuracy (%)", ""]
     # one table, grouped by PE family: APE, PEG, RoPE, relative bias, convolution, none
     body = [
-        [family_title(pe[lab]), lab, pe[lab]] + [_fmt(top1.get((lab, s)), ".2f") for s in sizes]
+        [family_title(pe[lab]), lab, pe[lab]] + [fmt_value(top1.get((lab, s)), ".2f") for s in sizes]
         for lab in by_family(labels, pe)
     ]
-    out += [_md_table(["PE family", "model", "PE"] + [f"{s}px" for s in sizes], body, align_right_from=3), ""]
+    out += [md_table(["PE family", "model", "PE"] + [f"{s}px" for s in sizes], body, align_right_from=3), ""]
 
     out += ["## Top-1 by size: 95% interval, change from native size and from the paper", ""]
     body = [
         [
             r["label"],
             f"{r['img_size']}px",
-            _fmt(r["top1"], ".2f"),
-            f"{_fmt(r['top1_ci95_low'], '.2f')}–{_fmt(r['top1_ci95_high'], '.2f')}",
-            "native" if r["img_size"] == r["native_size"] else _fmt(r["delta_native"], "+.2f"),
-            _fmt(r["published_top1"], ".1f")
+            fmt_value(r["top1"], ".2f"),
+            f"{fmt_value(r['top1_ci95_low'], '.2f')}–{fmt_value(r['top1_ci95_high'], '.2f')}",
+            "native" if r["img_size"] == r["native_size"] else fmt_value(r["delta_native"], "+.2f"),
+            fmt_value(r["published_top1"], ".1f")
             + (f" (crop {float(r['published_crop_pct'])})" if r["published_crop_pct"] is not None else ""),
-            _fmt(r["delta_published"], "+.2f"),
+            fmt_value(r["delta_published"], "+.2f"),
             r["published_confidence"] or "–",
             str(r["n_images"]),
         ]
         for r in records
     ]
     header = ["model", "size", "top-1", "95% CI (Wilson)", "Δ native", "paper", "Δ paper", "confidence", "images"]
-    out += [_md_table(header, body, align_right_from=2), ""]
+    out += [md_table(header, body, align_right_from=2), ""]
     out += [
         "Δ native: points from the same model at its training size. Δ paper: points from the published top-1; "
         "confidence `primary` is the paper's own table, `secondary-xN` N transcriptions that agree; `secondary`, "
@@ -238,16 +243,16 @@ def markdown_report(
 
     tp = throughput_records(rows)
     if tp:
-        t_labels, t_sizes, ips = _pivot(tp, "images_per_sec")
-        _, _, gflops = _pivot(tp, "gflops_per_image")
+        t_labels, t_sizes, ips = pivot(tp, "images_per_sec")
+        _, _, gflops = pivot(tp, "gflops_per_image")
         out += ["## Throughput (images/s, model only)", ""]
-        body = [[lab] + [_fmt(ips.get((lab, s)), ",.1f") for s in t_sizes] for lab in t_labels]
-        out += [_md_table(["model"] + [f"{s}px" for s in t_sizes], body), ""]
+        body = [[lab] + [fmt_value(ips.get((lab, s)), ",.1f") for s in t_sizes] for lab in t_labels]
+        out += [md_table(["model"] + [f"{s}px" for s in t_sizes], body), ""]
         out += _ratio_table(tp, t_labels, t_sizes)
         if any(v is not None for v in gflops.values()):
             out += ["GFLOPs per image (attention included):", ""]
-            body = [[lab] + [_fmt(gflops.get((lab, s)), ".3f") for s in t_sizes] for lab in t_labels]
-            out += [_md_table(["model"] + [f"{s}px" for s in t_sizes], body), ""]
+            body = [[lab] + [fmt_value(gflops.get((lab, s)), ".3f") for s in t_sizes] for lab in t_labels]
+            out += [md_table(["model"] + [f"{s}px" for s in t_sizes], body), ""]
 
     if pairs:
         out += paired_section(
@@ -277,8 +282,8 @@ def best_size_section(records: list[dict]) -> list[str]:
         [
             b["label"],
             f"{b['best_size']}px" + (" (native)" if b["best_size"] == b["native_size"] else ""),
-            _fmt(b["top1"], ".2f"),
-            f"{_fmt(b['top1_ci95_low'], '.2f')}–{_fmt(b['top1_ci95_high'], '.2f')}",
+            fmt_value(b["top1"], ".2f"),
+            f"{fmt_value(b['top1_ci95_low'], '.2f')}–{fmt_value(b['top1_ci95_high'], '.2f')}",
             ", ".join(f"{s}px" for s in b["tied_sizes"]) or "none",
             f"{len(b['sizes'])} ({b['sizes'][0]}–{b['sizes'][-1]}px)",
         ]
@@ -288,7 +293,7 @@ def best_size_section(records: list[dict]) -> list[str]:
     return [
         "## Best test size (without fine-tuning)",
         "",
-        _md_table(header, body, align_right_from=2),
+        md_table(header, body, align_right_from=2),
         "",
         "Tied: sizes whose 95% interval overlaps the best one's; on these images they are not told apart.",
         "",
@@ -306,17 +311,17 @@ def paired_section(
             f"{p['img_size']}px",
             p["a"],
             p["b"],
-            _fmt(p[f"{key}_a"], ".2f"),
-            _fmt(p[f"{key}_b"], ".2f"),
-            _fmt(p["delta"], "+.2f"),
+            fmt_value(p[f"{key}_a"], ".2f"),
+            fmt_value(p[f"{key}_b"], ".2f"),
+            fmt_value(p["delta"], "+.2f"),
             str(p[f"only_a_{only_key}"]),
             str(p[f"only_b_{only_key}"]),
-            _fmt(p["p_value"], ".4f"),
+            fmt_value(p["p_value"], ".4f"),
         ]
         for p in pairs
     ]
     header = ["size", "A", "B", f"{title} A", f"{title} B", "Δ (A−B)", f"only A {only_title}", f"only B {only_title}"]
-    return [f"## Paired differences ({test})", "", _md_table(header + ["p"], body, align_right_from=3), "", reading, ""]
+    return [f"## Paired differences ({test})", "", md_table(header + ["p"], body, align_right_from=3), "", reading, ""]
 
 
 def data_conditions(rows: list[ResultRow]) -> list[str]:
@@ -341,12 +346,12 @@ def real_section(rows: list[ResultRow]) -> list[str]:
         return []
     models = list(dict.fromkeys(r.model for r in rows))
     sizes = sorted({r.img_size for r in rows})
-    body = [[m] + [_fmt(real.get((m, s)), ".2f") for s in sizes] for m in models]
+    body = [[m] + [fmt_value(real.get((m, s)), ".2f") for s in sizes] for m in models]
     first = rows[0]
     return [
         "## ImageNet-ReaL top-1 (%)",
         "",
-        _md_table(["model"] + [f"{s}px" for s in sizes], body),
+        md_table(["model"] + [f"{s}px" for s in sizes], body),
         "",
         f"Images without a ReaL label are left out: {first.real_excluded} of {first.n_images}.",
         "",
@@ -371,7 +376,7 @@ def tex_escape(text: str) -> str:
     return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
 
 
-def _tex_tabular(header: list[str], body: list[list[str]], n_left: int) -> list[str]:
+def tex_tabular(header: list[str], body: list[list[str]], n_left: int) -> list[str]:
     spec = "l" * n_left + "r" * (len(header) - n_left)
     return [
         rf"  \begin{{tabular}}{{{spec}}}",
@@ -391,7 +396,7 @@ def latex_report(rows: list[ResultRow], title: str = TITLE) -> str:
         return "\n".join(lines + ["% no finished cells"]) + "\n"
     records = top1_records(rows)
     pe = {r["label"]: r["pe"] for r in records}
-    labels, sizes, _ = _pivot(records, "top1")
+    labels, sizes, _ = pivot(records, "top1")
     cells = {(r["label"], r["img_size"]): r for r in records}
 
     def top1_cell(label: str, size: int) -> str:
@@ -414,14 +419,15 @@ def latex_report(rows: list[ResultRow], title: str = TITLE) -> str:
         rf"  \caption{{{tex_escape(title)}: top-1 accuracy (\%) by input size on {n} images; in parentheses the "
         r"change in points from the model's training size.}",
         r"  \label{tab:resolution-top1}",
-        *_tex_tabular(["PE family", "Model", "PE"] + [f"{s}px" for s in sizes], body, 3),
+        *tex_tabular(["PE family", "Model", "PE"] + [f"{s}px" for s in sizes], body, 3),
         r"\end{table}",
     ]
     tp = throughput_records(rows)
     if tp:
-        t_labels, t_sizes, ips = _pivot(tp, "images_per_sec")
+        t_labels, t_sizes, ips = pivot(tp, "images_per_sec")
         body = [
-            [tex_escape(lab)] + [_fmt(ips.get((lab, s)), ".1f").replace("–", "--") for s in t_sizes] for lab in t_labels
+            [tex_escape(lab)] + [fmt_value(ips.get((lab, s)), ".1f").replace("–", "--") for s in t_sizes]
+            for lab in t_labels
         ]
         devices = ", ".join(dict.fromkeys(tex_escape(r["device"]) for r in tp))
         lines += [
@@ -430,7 +436,7 @@ def latex_report(rows: list[ResultRow], title: str = TITLE) -> str:
             r"  \centering",
             rf"  \caption{{Model-only throughput (images/s) by input size on {devices}.}}",
             r"  \label{tab:resolution-throughput}",
-            *_tex_tabular(["Model"] + [f"{s}px" for s in t_sizes], body, 1),
+            *tex_tabular(["Model"] + [f"{s}px" for s in t_sizes], body, 1),
             r"\end{table}",
         ]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,10 @@ from .schema import (
     ResultRow,
     id_fields,
     pe_options_label,
+    probe_name,
+    register_row_type,
     row_key,
+    row_type_of,
 )
 from .stats import format_ci, mcnemar_exact, wilson_interval
 from .store import RunStore, atomic_write_bytes, atomic_write_text
@@ -28,6 +31,9 @@ __all__ = [
     "id_fields",
     "mcnemar_exact",
     "pe_options_label",
+    "probe_name",
+    "register_row_type",
+    "row_type_of",
     "provenance_record",
     "row_key",
     "wilson_interval",

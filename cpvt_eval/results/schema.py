@@ -121,8 +121,8 @@ class ResultRow:
     n_skipped: int
     correct1: int
     correct5: int
-    top1: float
-    top5: float
+    top1: float | None  # None: the images have no labels (a label-free probe)
+    top5: float | None
     top1_ci95: str
     images_per_sec: float | None
     throughput_batch: int | None
@@ -174,12 +174,44 @@ class ResultRow:
 
     @classmethod
     def from_dict(cls, d: dict) -> ResultRow:
+        """A row from its stored form, as the type of its probe (``register_row_type``) when read as a
+        ``ResultRow``; keys the type does not know go to ``extra``. A probe column that an earlier version kept in
+        ``extra`` is read back into its column."""
+        if cls is ResultRow:
+            cls = row_type_of(d.get("probe") or "")
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in d.items() if k in names}
         extra = {k: v for k, v in d.items() if k not in names}
+        stored_extra = dict(known.pop("extra", None) or {})
+        for name in names - set(known):
+            if name in stored_extra:
+                known[name] = stored_extra.pop(name)
         row = cls(**known)
-        row.extra = {**row.extra, **extra}
+        row.extra = {**stored_extra, **extra}
         return row
+
+
+# probe name -> the row type of its cells (a ``ResultRow`` subclass with the probe's columns)
+_ROW_TYPES: dict[str, type[ResultRow]] = {}
+
+
+def probe_name(probe: str) -> str:
+    """The probe of a ``CellId.probe`` text: ``shift:random,max=auto,...`` -> ``shift``; ``""`` (accuracy by size)
+    -> ``resolution``."""
+    return probe.split(":", 1)[0] or "resolution"
+
+
+def register_row_type(name: str, row_type: type[ResultRow]) -> type[ResultRow]:
+    """Rows whose probe is ``name`` read back as ``row_type``; a second registration of a name raises."""
+    if _ROW_TYPES.get(name, row_type) is not row_type:
+        raise ValueError(f"probe {name!r} already has a row type ({_ROW_TYPES[name].__name__})")
+    _ROW_TYPES[name] = row_type
+    return row_type
+
+
+def row_type_of(probe: str) -> type[ResultRow]:
+    """The row type of the cells of a ``CellId.probe`` text (``ResultRow`` for a probe not registered)."""
+    return _ROW_TYPES.get(probe_name(probe), ResultRow)
 
 
 CSV_COLUMNS = [f.name for f in fields(ResultRow) if f.name != "extra"]

@@ -31,7 +31,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ..errors import EnvironmentFailure, ResultsError, from_os_error
-from .schema import SCHEMA_VERSION, ResultRow, row_key
+from .schema import SCHEMA_VERSION, ResultRow, row_key, row_type_of
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -85,13 +85,13 @@ def row_problem(d) -> str | None:
     that cannot be (no image, more hits than images), a non-finite accuracy."""
     if not isinstance(d, dict):
         return "not a JSON object"
-    for f in fields(ResultRow):
+    for f in fields(row_type_of(d.get("probe") or "") if isinstance(d.get("probe"), str) else ResultRow):
         if f.name not in d:
             if f.default is MISSING and f.default_factory is MISSING:
                 return f"no {f.name} field (written by another version of cpvt-eval?)"
             continue
         if not _type_ok(d[f.name], f.type):
-            return f"{f.name} is {d[f.name]!r}, not {f.type}"
+            return f"{f.name} is {d[f.name]!r}, not {str(f.type).removesuffix(' | None')}"
     n, c1, c5 = d["n_images"], d["correct1"], d["correct5"]
     if n <= 0:
         return f"n_images is {n}"
@@ -100,7 +100,7 @@ def row_problem(d) -> str | None:
     if d["img_size"] <= 0:
         return f"img_size is {d['img_size']}"
     for name in ("top1", "top5"):
-        if not (math.isfinite(d[name]) and 0 <= d[name] <= 100):
+        if d[name] is not None and not (math.isfinite(d[name]) and 0 <= d[name] <= 100):
             return f"{name} is {d[name]!r}"
     return None
 

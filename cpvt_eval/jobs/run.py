@@ -1,37 +1,44 @@
-"""The ``resolution`` job: build models, sweep sizes, store rows, render reports.
+"""The job every probe runs: build the models, open the data, sweep the sizes, store each cell, render the reports.
 
-``run_resolution`` never prints: progress, details and notices go through the ``Hooks`` of the caller.
+``run_probe`` never prints: progress, details and notices go through the ``Hooks`` of the caller. What a cell
+measures is the probe's (``cpvt_eval.probes``); the job is the same for all of them:
 
-Runs resume: every cell is committed to the run directory the moment it finishes, and a rerun of the same command
-skips the cells whose identity (``results.CellId``) is already stored.
+* every input is read and checked (sizes, transform, dataset, labels, models at every size) before the run
+  directory is touched;
+* runs resume: every cell is committed to the run directory the moment it finishes (its arrays, then its row), and
+  a rerun of the same command skips the cells whose identity (``results.CellId``, the probe and its settings
+  included) is already stored;
+* the reports are rewritten after every cell (Markdown and CSV) and rendered in every format at the end;
+* under torchrun (probes that allow it: ``resolution``) every process evaluates its shard and rank 0 alone writes.
+
+``run_resolution``, ``run_shift`` and ``run_agreement`` are the three probes' jobs under their own names.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 
 from .. import distributed, interrupts, report
-from ..config import Hooks, RunConfig
+from ..config import Hooks, RunConfig, ShiftProtocol
 from ..data import EvalTransform, ImageSet, apply_bad_image_policy, default_workers, load_real_labels
-from ..distributed import DistContext
+from ..distributed import DistContext, launched
 from ..engine import EvalModel, EvalSettings, sweep
-from ..errors import CpvtEvalError, EnvironmentFailure, ModelError, is_no_space
+from ..errors import CpvtEvalError, ModelError, is_no_space
 from ..limits import check_transform
-from ..results import SCHEMA_VERSION, CellId, ResultRow, RunStore, provenance_record, row_key
+from ..probes import Agreement, Probe, Resolution, Shift
+from ..results import SCHEMA_VERSION, CellId, ResultRow, RunStore, row_key
 from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
 from ..throughput import ThroughputResult, TimingPlan, benchmark_models, row_extra
 from .assemble import prepare_models
 from .inputs import open_run_dataset
-from .rows import cell_id, make_row, prediction_arrays
+from .rows import cell_id, make_row
+from .rundir import config_summary, full_disk_translated, open_run, write_reports
+
+__all__ = ["SEED", "RunOutcome", "run_agreement", "run_probe", "run_resolution", "run_shift"]
 
 # Evaluation is deterministic; the seed is set anyway (and recorded) so that anything random in a model is repeatable.
 SEED = 0
@@ -44,25 +51,43 @@ class RunOutcome:
 
 
 def run_resolution(cfg: RunConfig, hooks: Hooks | None = None, dist: DistContext | None = None) -> RunOutcome:
-    """Evaluate every model at every size of ``cfg`` and write the run directory.
+    """Top-1/top-5 (and model-only images/s) of every model at every size of ``cfg``: ``results.*``."""
+    return run_probe(cfg, Resolution(), hooks, dist)
+
+
+def run_shift(cfg: RunConfig, hooks: Hooks | None = None, protocol: ShiftProtocol | None = None) -> RunOutcome:
+    """Consistency under translation of every model at every size (``protocol``: Zhang's by default): ``shift.*``.
+    ``cfg``'s throughput, crop ratio and ReaL options play no part: the protocol fixes the canvas."""
+    return run_probe(cfg, Shift(protocol), hooks)
+
+
+def run_agreement(cfg: RunConfig, hooks: Hooks | None = None) -> RunOutcome:
+    """Agreement of every model at every size with its own native-size predictions: ``agreement.*``."""
+    return run_probe(cfg, Agreement(), hooks)
+
+
+def run_probe(cfg: RunConfig, probe: Probe, hooks: Hooks | None = None, dist: DistContext | None = None) -> RunOutcome:
+    """Measure every cell of ``probe`` for the models and sizes of ``cfg`` and write the run directory.
 
     Cells already stored under the same identity are skipped unless ``cfg.force``; ``cfg.report_formats`` are
-    rendered at the end (Markdown and CSV also after every cell). Each finished cell is committed at once
-    (predictions, then its row), so an interruption (``KeyboardInterrupt``) or a kill loses at most the cells in
-    flight. Returns the rows computed by this call (``outcome.store.rows()`` has them all).
+    rendered at the end (Markdown and CSV also after every cell). An interruption (``KeyboardInterrupt``) or a kill
+    loses at most the cells in flight. Returns the rows computed by this call (``outcome.store.rows()`` has them
+    all).
 
     Under torchrun every process calls this: each evaluates its shard, rank 0 gathers the predictions and alone
     reads and writes the run directory, reports progress and logs; the other ranks return an outcome without a
     store. ``dist`` is the caller's ``distributed.session``; without one the call opens its own.
     """
     hooks = hooks or Hooks()
+    if (launched() if dist is None else dist.enabled) and not probe.distributed:
+        raise CpvtEvalError(f"cpvt-eval {probe.name} runs in one process; start it without torchrun")
     if dist is None:
         with distributed.session(cfg.device) as dist:
-            return run_resolution(cfg, hooks, dist)
+            return run_probe(cfg, probe, hooks, dist)
     if not dist.is_main:
         hooks = Hooks()
     with dist.shared_failures():
-        job = _prepare(cfg, hooks, dist)
+        job = _prepare(cfg, probe, hooks, dist)
         if not dist.is_main:
             return job.compute(None)
         store = RunStore(cfg.out)
@@ -81,11 +106,12 @@ def run_resolution(cfg: RunConfig, hooks: Hooks | None = None, dist: DistContext
         return outcome
 
 
-def _prepare(cfg: RunConfig, hooks: Hooks, dist: DistContext) -> _Job:
+def _prepare(cfg: RunConfig, probe: Probe, hooks: Hooks, dist: DistContext) -> _Job:
     """Every input read and checked (dataset, labels, models at every size) before the run directory is touched."""
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
     check_transform(cfg.crop_pct, cfg.interpolation)
+    probe.check(cfg.sizes)
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     # a bad option fails before any work
     EvalTransform(
@@ -94,13 +120,14 @@ def _prepare(cfg: RunConfig, hooks: Hooks, dist: DistContext) -> _Job:
         "bicubic" if cfg.interpolation == "weights" else cfg.interpolation,
         cfg.crop_mode,
     )
-    image_set = open_run_dataset(cfg, hooks)
+    image_set = open_run_dataset(cfg, hooks, require_labels=probe.needs_labels)
     workers = default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers
     apply_bad_image_policy(image_set, cfg.on_bad_image, workers, hooks.progress)
-    real = load_real_labels(cfg.real_labels).for_image_set(image_set) if cfg.real_labels else None
+    scores_real = cfg.real_labels and isinstance(probe, Resolution)
+    real = load_real_labels(cfg.real_labels).for_image_set(image_set) if scores_real else None
     models = prepare_models(cfg, device, hooks.log)
     dist.check_inputs(image_set, models)
-    return _Job(cfg, hooks, models, image_set, real, device, workers, dist)
+    return _Job(cfg, probe, hooks, models, image_set, real, device, workers, dist)
 
 
 @dataclass
@@ -108,6 +135,7 @@ class _Job:
     """What a run evaluates, once the inputs are known; ``compute`` evaluates the cells not yet stored."""
 
     cfg: RunConfig
+    probe: Probe
     hooks: Hooks
     models: list[EvalModel]
     image_set: ImageSet
@@ -117,7 +145,11 @@ class _Job:
     dist: DistContext
 
     def _keys(self) -> dict[tuple[str, int], CellId]:
-        return {(m.name, s): cell_id(m, s, self.cfg, self.image_set) for s in self.cfg.sizes for m in self.models}
+        by_name = {m.name: m for m in self.models}
+        return {
+            (name, s): cell_id(by_name[name], s, self.cfg, self.image_set, self.probe)
+            for name, s in self.probe.cells(self.models, self.cfg.sizes)
+        }
 
     def all_finished(self, store: RunStore) -> bool:
         if self.cfg.force:
@@ -140,7 +172,16 @@ class _Job:
         planned = {ident.key() for ident in ids.values()}
 
         def same_cell(i) -> tuple:
-            return (i.model, i.img_size, i.checkpoint_sha256, i.crop_pct, i.interpolation, i.crop_mode, i.dtype)
+            return (
+                i.model,
+                i.img_size,
+                i.checkpoint_sha256,
+                i.crop_pct,
+                i.interpolation,
+                i.crop_mode,
+                i.dtype,
+                i.probe,
+            )
 
         same = {same_cell(i) for i in ids.values()}
         old = [r for r in store.rows(strict=False) if row_key(r) not in planned and same_cell(r) in same]
@@ -157,12 +198,12 @@ class _Job:
             return self._compute(store)
 
     def _compute(self, store: RunStore | None) -> RunOutcome:
-        cfg, hooks, models, image_set, device, dist = (
+        cfg, hooks, probe, models, image_set, dist = (
             self.cfg,
             self.hooks,
+            self.probe,
             self.models,
             self.image_set,
-            self.device,
             self.dist,
         )
         torch.manual_seed(SEED)
@@ -171,11 +212,12 @@ class _Job:
         if store is not None:
             self._tidy(store, ids)
         # Only rank 0 reads the run directory; the other ranks learn the cells left to do from it.
-        done, record = open_run(
-            store, cfg, hooks, models, image_set, keys, device, SEED, config_summary(cfg), dist.describe()
-        )
+        summary = {**config_summary(cfg), **probe.summary(), "probe": probe.identity()}
+        done, record = open_run(store, cfg, hooks, models, image_set, keys, self.device, SEED, summary, dist.describe())
+        if store is not None and done:
+            probe.resume(store, store.rows(strict=False), models)
         settings = EvalSettings(
-            device=device,
+            device=self.device,
             batch_size=cfg.batch_size,
             workers=self.workers,
             crop_pct=cfg.crop_pct,
@@ -190,31 +232,32 @@ class _Job:
         started = record["started_at"]
         status = "failed"
         try:
-            todo = dist.agreed_todo(lambda m, size: keys[(m.name, size)] not in done, models, cfg.sizes)
+            sizes = sorted({s for _, s in keys})
+            todo = dist.agreed_todo(lambda m, size: keys.get((m.name, size)) not in done, models, sizes)
             shard = dist.shard(image_set, cfg.batch_size)
-            cells = sweep(models, shard.image_set, cfg.sizes, settings, hooks.progress, todo)
+            cells = sweep(probe, models, shard.image_set, cfg.sizes, settings, hooks.progress, todo)
             timings: dict[int, dict[str, ThroughputResult]] = {}
             for cell in dist.gather_cells(cells, shard):
                 interrupts.check()
                 m = by_name[cell.model]
                 ident = ids[(m.name, cell.size)]
-                row = make_row(m, cell, ident, image_set, device, started, self.real, dist)
-                self._check_finite(cell)
-                if cfg.throughput.enabled:
+                row = make_row(probe, m, cell, ident, image_set, self.device, started, self.real, dist)
+                self._check_finite(row)
+                if isinstance(probe, Resolution) and cfg.throughput.enabled:
                     if cell.size not in timings:
                         # The sweep has just finished this size's data pass for every model due at it (they are
                         # all adapted to the size until the next pass starts): time them together, once.
                         due = [mm for mm in models if todo is None or todo(mm, cell.size)]
                         timings[cell.size] = self._time_size(due, cell.size)
                     self._add_throughput(row, timings[cell.size][m.name])
-                # Predictions first, then the row: the row is the commit, so a stored row always has its predictions.
+                # The arrays first, then the row: the row is the commit, so a stored row always has its arrays.
                 # An interrupt waits for the commit to finish, so a cell is stored whole or not at all.
                 with interrupts.deferred():
-                    row.predictions = store.save_predictions(ident.key(), m.name, cell.size, prediction_arrays(cell))
+                    row.predictions = store.save_predictions(ident.key(), m.name, cell.size, probe.arrays(cell))
                     store.append(row)
                     outcome.rows.append(row)
                 write_reports(store)
-                hooks.log(f"{m.name} @ {cell.size}px: top-1 {row.top1:.2f}%  top-5 {row.top5:.2f}%  ({cell.n} images)")
+                hooks.log(probe.log_line(row))
             interrupts.check()
             status = "completed"
         except KeyboardInterrupt:
@@ -231,20 +274,21 @@ class _Job:
                 with contextlib.suppress(OSError):
                     store.record_provenance(record)
                     if status == "interrupted":
-                        write_reports(store)  # so that results.md states the interruption
+                        write_reports(store)  # so that the Markdown report states the interruption
         return outcome
 
-    def _check_finite(self, cell) -> None:
+    def _check_finite(self, row: ResultRow) -> None:
         """Non-finite logits make a cell's ranking meaningless: all of them is an error, some are flagged."""
-        if cell.nonfinite and cell.nonfinite >= cell.n:
+        n, bad = row.n_images, row.n_nonfinite
+        if bad and bad >= n:
             overflow = f", or {self.cfg.dtype} overflows (try --dtype fp32)" if self.cfg.dtype != "fp32" else ""
             raise ModelError(
-                f"{cell.model} @ {cell.size}px: the logits of every image ({cell.n}) hold NaN or infinity; the "
+                f"{row.model} @ {row.img_size}px: the logits of every image ({n}) hold NaN or infinity; the "
                 f"weights are broken{overflow}"
             )
-        if cell.nonfinite:
+        if bad:
             self.hooks.notify(
-                f"warning: {cell.model} @ {cell.size}px: {cell.nonfinite} of {cell.n} image(s) gave NaN or infinite "
+                f"warning: {row.model} @ {row.img_size}px: {bad} of {n} image(s) gave NaN or infinite "
                 "logits (counted in n_nonfinite; their predictions mean nothing)"
             )
 
@@ -272,95 +316,3 @@ class _Job:
         row.gflops_per_image = None if t.gflops_per_image is None else round(t.gflops_per_image, 4)
         row.throughput_scope = "model-only per rank" if self.dist.enabled else "model-only"
         row.extra.update(row_extra(t))
-
-
-@contextlib.contextmanager
-def full_disk_translated(store: RunStore | None, cells: Callable[[], Iterable[CellId]]) -> Iterator[None]:
-    """The one translation of a full disk: an ``OSError`` of no space (ENOSPC, EDQUOT) inside the block becomes
-    ``no_space_error``'s line about ``cells()``; any other error, and any error on a rank without the run directory
-    (``store`` None), passes as it is."""
-    try:
-        yield
-    except OSError as e:
-        if store is None or not is_no_space(e):
-            raise
-        raise no_space_error(store, cells(), e) from None
-
-
-def no_space_error(store: RunStore, ids, e: OSError) -> EnvironmentFailure:
-    """The one line of a full disk: where, and which of this run's cells are kept (the rerun resumes)."""
-    try:
-        finished = store.finished_keys()
-    except (OSError, CpvtEvalError):
-        finished = set()
-    ids = list(ids)
-    kept = [ident.describe() for ident in ids if ident.key() in finished]
-    listed = f": {', '.join(kept)}" if kept else ""
-    where = Path(e.filename).parent if e.filename else store.root
-    return EnvironmentFailure(
-        f"no space left on {where}; kept {len(kept)} of {len(ids)} finished cell(s){listed}; "
-        "free some space and rerun the same command to resume"
-    )
-
-
-def open_run(
-    store: RunStore | None,
-    cfg: RunConfig,
-    hooks: Hooks,
-    models: list[EvalModel],
-    image_set: ImageSet,
-    keys: dict[tuple[str, int], str],
-    device: torch.device,
-    seed: int,
-    summary: dict,
-    dist_info: dict | None,
-) -> tuple[set[str], dict]:
-    """The opening of a job's computation: the finished cells it skips (said once, by name), and its provenance
-    record, ``skipped.tsv`` and ``load_reports.json`` written to the run directory (none on a rank without one).
-
-    Returns:
-        ``(done, record)``: the keys of the finished cells, and the provenance record to complete at the end.
-    """
-    done = set() if cfg.force or store is None else store.finished_keys() & set(keys.values())
-    skipped = [cell for cell, key in keys.items() if key in done]
-    if skipped:
-        listed = ", ".join(f"{name}@{size}px" for name, size in skipped)
-        hooks.notify(f"{store.root}: skipping {len(skipped)} finished cell(s) ({listed}); --force recomputes them")
-    record = provenance_record(list(cfg.argv), str(device), seed, summary)
-    record.update(cells_total=len(keys), cells_skipped=len(skipped), force=cfg.force, distributed=dist_info)
-    if store is not None:
-        store.record_provenance(record)
-        if image_set.skipped:
-            store.write_text("skipped.tsv", skipped_tsv(image_set.skipped))
-        store.write_text("load_reports.json", json.dumps({m.name: m.load_report for m in models}, indent=2) + "\n")
-    return done, record
-
-
-def skipped_tsv(skipped: list[tuple[str, str]]) -> str:
-    """``path<TAB>reason`` lines, quoted where a name holds a tab, a newline or a quote (csv's tab dialect), so that
-    ``csv.reader(f, dialect="excel-tab")`` gives every name back."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, dialect="excel-tab", lineterminator="\n")
-    writer.writerows(skipped)
-    return buf.getvalue()
-
-
-def write_reports(store: RunStore) -> list[Path]:
-    """The cheap reports (Markdown and CSV), rewritten after every cell so that they always match the rows."""
-    return report.render(store, ("md", "csv"))
-
-
-def config_summary(cfg: RunConfig) -> dict:
-    """The run's configuration as provenance records it (paths as strings)."""
-    summary = {}
-    for name, value in asdict(cfg).items():
-        if name in ("out", "argv", "report_formats", "force", "throughput", "workers"):
-            continue
-        if isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, dict) and name == "checkpoints":
-            value = {k: str(v) for k, v in value.items()}
-        elif isinstance(value, tuple):
-            value = list(value)
-        summary[name] = value
-    return summary

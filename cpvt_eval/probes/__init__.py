@@ -1,0 +1,55 @@
+"""The measurements the tool makes of models at sizes, one module each, on one interface (``base.Probe``).
+
+* ``resolution``: top-1/top-5 by size (``cpvt-eval resolution``);
+* ``shift``: consistency of the top-1 under translation (``cpvt-eval shift``);
+* ``agreement``: agreement with the model's own native-size predictions, labels optional (``cpvt-eval agreement``).
+
+``get(name, ...)`` makes a probe by name; ``probe_of(row)`` gives the probe a stored row belongs to, and
+``split(rows)`` groups a run directory's rows by probe. Importing this package registers each probe's row type,
+so rows read from a run directory come back typed. A new probe is one module here (a ``Probe`` subclass, its row
+type registered) plus its command in ``cli/``.
+"""
+
+from __future__ import annotations
+
+from ..results import ResultRow, probe_name
+from .agreement import Agreement
+from .base import Probe, ReportSpec, column, column_names, probe_columns
+from .resolution import RESOLUTION, Resolution
+from .shift import Shift
+
+PROBES: dict[str, type[Probe]] = {p.name: p for p in (Resolution, Shift, Agreement)}
+
+__all__ = [
+    "PROBES",
+    "RESOLUTION",
+    "Agreement",
+    "Probe",
+    "ReportSpec",
+    "Resolution",
+    "Shift",
+    "column",
+    "column_names",
+    "get",
+    "probe_columns",
+    "probe_of",
+    "split",
+]
+
+
+def get(name: str, *args, **kwargs) -> Probe:
+    """The probe called ``name``, made with its settings (``get("shift", ShiftProtocol(epochs=1))``)."""
+    return PROBES[name](*args, **kwargs)
+
+
+def probe_of(row: ResultRow) -> type[Probe]:
+    """The probe class a stored row belongs to (by its ``probe`` column)."""
+    return PROBES.get(probe_name(row.probe), Resolution)
+
+
+def split(rows: list[ResultRow]) -> dict[str, list[ResultRow]]:
+    """Rows grouped by probe name, each group in stored order; every probe has a (possibly empty) group."""
+    out: dict[str, list[ResultRow]] = {name: [] for name in PROBES}
+    for r in rows:
+        out[probe_of(r).name].append(r)
+    return out
