@@ -245,8 +245,7 @@ def _cycles(graph: dict[str, dict[str, list[str]]]) -> list[list[str]]:
     return sorted(components)
 
 
-# Cycles in code outside the change that added this test: the list may only shrink. ``cli.entry`` (unused: the
-# script is ``cpvt_eval.__main__:entry``) imports ``__main__`` back, which imports ``cli``; both lazily.
+# Cycles that may stand for a while, each with its reason; the list may only shrink (none today).
 _KNOWN_CYCLES: list[list[str]] = []
 
 

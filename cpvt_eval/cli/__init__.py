@@ -17,7 +17,9 @@ __all__ = ["app", "expand_multi_value", "fill_optional_values", "guarded", "main
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for ``cpvt-eval`` and ``python -m cpvt_eval``; returns the exit code."""
+    """Run the command line on ``argv`` (default: ``sys.argv``) and return the exit code; the ``cpvt-eval`` script and
+    ``python -m cpvt_eval`` call it through ``cpvt_eval.__main__.entry``, which also turns a Ctrl-C during start-up
+    into exit code 130."""
     try:
         app(args=argv, prog_name="cpvt-eval", standalone_mode=True)
     except SystemExit as e:

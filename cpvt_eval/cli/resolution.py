@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Optional
 
 import typer
@@ -10,6 +11,8 @@ from ..config import DEFAULT_BUDGET_S, ThroughputConfig
 from .app import MultiValueCommand, app, guarded
 from .measure import measure, measuring
 from .options import DATA, SPEED, SizesOpt
+
+_speed = partial(typer.Option, rich_help_panel=SPEED)
 
 
 @app.command(
@@ -24,30 +27,25 @@ def resolution(
     sizes: SizesOpt = ["224", "384", "448", "512"],  # noqa: B006 (typer reads the default; it is never mutated)
     throughput: Annotated[
         bool,
-        typer.Option(
+        _speed(
             help="Measure model-only images/s per cell: the models of a size are timed together, in interleaved "
-            "rounds, after the size's data pass.",
-            rich_help_panel=SPEED,
+            "rounds, after the size's data pass."
         ),
     ] = True,
     throughput_batch: Annotated[
         Optional[int],
-        typer.Option(
+        _speed(
             min=1,
             help="Batch of the timing runs (default: --batch-size, halved until the minimum rounds fit the budget).",
-            rich_help_panel=SPEED,
         ),
     ] = None,
     throughput_repeats: Annotated[
-        Optional[int],
-        typer.Option(min=1, help="Force this many timed rounds (default: the budget decides).", rich_help_panel=SPEED),
+        Optional[int], _speed(min=1, help="Force this many timed rounds (default: the budget decides).")
     ] = None,
     throughput_budget: Annotated[
         float,
-        typer.Option(
-            min=0.01,
-            help="Seconds of timed forwards per model and size; at least 3 rounds run whatever the budget.",
-            rich_help_panel=SPEED,
+        _speed(
+            min=0.01, help="Seconds of timed forwards per model and size; at least 3 rounds run whatever the budget."
         ),
     ] = DEFAULT_BUDGET_S,
     real_labels: Annotated[

@@ -211,15 +211,9 @@ def default_workers(processes: int = 1) -> int:
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        drop_last=False,
-        persistent_workers=False,
-    )
+    """Batches in the dataset's order, the last one short (DataLoader's defaults: no shuffle, no drop), workers
+    started anew for each pass."""
+    return DataLoader(dataset, batch_size, num_workers=workers, pin_memory=pin_memory)
 
 
 def normalize_batch(images: torch.Tensor, mean, std) -> torch.Tensor:

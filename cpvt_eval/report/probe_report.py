@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import json
 
-from ..errors import ResultsError
 from ..probes import Probe, column_names, probe_columns
 from ..results import (
     ResultRow,
     RunStore,
     atomic_write_bytes,
     atomic_write_text,
-    mcnemar_exact,
     row_key,
     wilson_interval,
 )
-from .records import ordered, round_or_none, row_labels
+from .records import mcnemar_pairs, ordered, round_or_none, row_labels
 from .text import (
     data_conditions,
     fmt_value,
@@ -68,45 +66,10 @@ def records(probe: Probe, rows: list[ResultRow]) -> list[dict]:
 def pair_records(probe: Probe, store: RunStore, rows: list[ResultRow]) -> list[dict]:
     """Exact McNemar tests between every two models at the same size under the same probe and conditions, paired
     on the same trials (``probe.outcomes``): does one model succeed where the other does not?"""
-    import numpy as np
-
     spec = probe.report
-    labels = row_labels(rows)
-    groups: dict[tuple, list[ResultRow]] = {}
-    for r in ordered(rows):
-        groups.setdefault((r.img_size, *probe.pair_condition(r)), []).append(r)
-    out = []
-    what = spec.paired[0]
-    for (size, *_), members in sorted(groups.items(), key=lambda kv: kv[0][0]):
-        cache = {row_key(r): probe.outcomes(store, r) for r in members} if len(members) > 1 else {}
-        for i, a in enumerate(members):
-            for b in members[i + 1 :]:
-                units_a, ok_a = cache[row_key(a)]
-                units_b, ok_b = cache[row_key(b)]
-                if not np.array_equal(units_a, units_b):
-                    raise ResultsError(
-                        f"{probe.name} cells of {a.model} and {b.model} at {size}px are not the same views of the "
-                        f"same {spec.units}; cannot pair them"
-                    )
-                only_a = int(np.sum(ok_a & ~ok_b))
-                only_b = int(np.sum(~ok_a & ok_b))
-                value_a, value_b = getattr(a, spec.metric), getattr(b, spec.metric)
-                out.append(
-                    {
-                        "img_size": size,
-                        "probe": a.probe,
-                        "a": labels[row_key(a)],
-                        "b": labels[row_key(b)],
-                        f"n_{spec.units}": int(len(ok_a)),
-                        f"{spec.metric}_a": round_or_none(value_a),
-                        f"{spec.metric}_b": round_or_none(value_b),
-                        "delta": round_or_none(value_a - value_b),
-                        f"only_a_{what}": only_a,
-                        f"only_b_{what}": only_b,
-                        "p_value": round_or_none(mcnemar_exact(only_a, only_b), 6),
-                    }
-                )
-    return out
+    return mcnemar_pairs(
+        rows, lambda r: probe.outcomes(store, r), probe.pair_condition, spec.metric, spec.units, spec.paired[0]
+    )
 
 
 def to_csv(probe: Probe, rows: list[ResultRow]) -> str:

@@ -167,37 +167,54 @@ def _correct_top1(store: RunStore, row: ResultRow):
 def pair_records(store: RunStore, rows: list[ResultRow]) -> list[dict]:
     """Exact McNemar tests between every two models evaluated at the same size under the same conditions,
     paired image by image from the stored predictions."""
+    return mcnemar_pairs(
+        rows,
+        lambda r: _correct_top1(store, r),
+        lambda r: (r.crop_pct, r.crop_mode, r.interpolation, r.dtype, r.dataset_fingerprint, r.limit),
+        "top1",
+        "images",
+        "correct",
+    )
+
+
+def mcnemar_pairs(rows: list[ResultRow], outcomes, condition, metric: str, units: str, what: str) -> list[dict]:
+    """Exact McNemar tests between every two cells at the same size whose ``condition(row)`` is the same, paired
+    trial by trial: ``outcomes(row)`` gives each trial's name (an array, the same for both cells) and whether the
+    cell succeeded on it. Each record holds both cells' ``metric`` column, the ``n_<units>`` trials and the
+    discordant counts ``only_a_<what>`` / ``only_b_<what>``."""
     import numpy as np
 
     labels = row_labels(rows)
     groups: dict[tuple, list[ResultRow]] = {}
     for r in ordered(rows):
-        cond = (r.img_size, r.crop_pct, r.crop_mode, r.interpolation, r.dtype, r.dataset_fingerprint, r.limit)
-        groups.setdefault(cond, []).append(r)
+        groups.setdefault((r.img_size, *condition(r)), []).append(r)
     out = []
     for (size, *_), members in sorted(groups.items(), key=lambda kv: kv[0][0]):
-        cache = {row_key(r): _correct_top1(store, r) for r in members} if len(members) > 1 else {}
+        cache = {row_key(r): outcomes(r) for r in members} if len(members) > 1 else {}
         for i, a in enumerate(members):
             for b in members[i + 1 :]:
-                idx_a, ca = cache[row_key(a)]
-                idx_b, cb = cache[row_key(b)]
-                if not np.array_equal(idx_a, idx_b):
+                trials_a, ok_a = cache[row_key(a)]
+                trials_b, ok_b = cache[row_key(b)]
+                if not np.array_equal(trials_a, trials_b):
                     raise ResultsError(
-                        f"predictions of {a.model} and {b.model} at {size}px cover different images; cannot pair them"
+                        f"the stored cells of {a.model} and {b.model} at {size}px are not the same views of the same "
+                        f"{units}; cannot pair them"
                     )
-                only_a = int(np.sum(ca & ~cb))
-                only_b = int(np.sum(~ca & cb))
+                only_a = int(np.sum(ok_a & ~ok_b))
+                only_b = int(np.sum(~ok_a & ok_b))
+                value_a, value_b = getattr(a, metric), getattr(b, metric)
                 out.append(
                     {
                         "img_size": size,
+                        **({"probe": a.probe} if a.probe else {}),
                         "a": labels[row_key(a)],
                         "b": labels[row_key(b)],
-                        "n_images": int(len(ca)),
-                        "top1_a": round_or_none(a.top1),
-                        "top1_b": round_or_none(b.top1),
-                        "delta": round_or_none(a.top1 - b.top1),
-                        "only_a_correct": only_a,
-                        "only_b_correct": only_b,
+                        f"n_{units}": int(len(ok_a)),
+                        f"{metric}_a": round_or_none(value_a),
+                        f"{metric}_b": round_or_none(value_b),
+                        "delta": round_or_none(value_a - value_b),
+                        f"only_a_{what}": only_a,
+                        f"only_b_{what}": only_b,
                         "p_value": round_or_none(mcnemar_exact(only_a, only_b), 6),
                     }
                 )
