@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_imagefolder
+from tests.conftest import make_image, make_imagefolder
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +43,9 @@ def fresh(tmp_path_factory):
         PYTHONWARNINGS="ignore",
     )
     make_imagefolder(home / "val", (0, 1, 999), per_class=3, size=(100, 80))
+    (home / "photos" / "trip").mkdir(parents=True)  # a researcher's own photos: no classes, no labels
+    for i in range(5):
+        make_image(900 + i, (96, 72)).save(home / "photos" / ("trip" if i % 2 else "") / f"DSC{i:03d}.jpg")
     shipped = resources.files("cpvt_eval.resources") / "demo"
     checkpoints = []
     for name in TOYS:
@@ -85,6 +88,12 @@ def test_every_usage_command_works_on_a_fresh_machine(fresh):
 
     run(fresh, "shift", *toys, "-s", "56", "--data", "val", "--out", "runs/s", "--epochs", "1")
     assert (home / "runs/s/shift.csv").exists()
+
+    run(fresh, "agreement", *toys, "-s", "64", "--data", "photos", "--out", "runs/a")
+    agreed = [json.loads(line) for line in (home / "runs/a/rows.jsonl").read_text().splitlines()]
+    assert sorted((r["model"], r["img_size"]) for r in agreed) == sorted((m, s) for m in TOYS for s in (56, 64))
+    assert all(r["n_images"] == 5 and r["top1"] is None for r in agreed)
+    assert (home / "runs/a/agreement.md").stat().st_size > 0
 
     run(fresh, "report", "runs/r", "--format", "md,csv,tex,json,png", "--pairs")
     for name in ("results.md", "results.csv", "results.tex", "results.json", "top1_vs_resolution.png"):

@@ -5,20 +5,27 @@
 * ``agreement``: agreement with the model's own native-size predictions, labels optional (``cpvt-eval agreement``).
 
 ``get(name, ...)`` makes a probe by name; ``probe_of(row)`` gives the probe a stored row belongs to, and
-``split(rows)`` groups a run directory's rows by probe. Importing this package registers each probe's row type,
-so rows read from a run directory come back typed. A new probe is one module here (a ``Probe`` subclass, its row
-type registered) plus its command in ``cli/``.
+``split(rows)`` groups a run directory's rows by probe. Importing this package imports every module in it, and
+each ``Probe`` subclass registers itself and its row type (``base.PROBE_TYPES``), so rows read from a run directory
+come back typed. A new probe is one module here plus its command in ``cli/``.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from ..results import ResultRow, probe_name
 from .agreement import Agreement
-from .base import Probe, ReportSpec, column, column_names, probe_columns
+from .base import PROBE_TYPES, Probe, ReportSpec, column, column_names, probe_columns
 from .resolution import RESOLUTION, Resolution
 from .shift import Shift
 
-PROBES: dict[str, type[Probe]] = {p.name: p for p in (Resolution, Shift, Agreement)}
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")  # a probe module registers its probe as it is imported
+
+# probe name -> class, the accuracy probe first
+PROBES: dict[str, type[Probe]] = {"resolution": Resolution, **PROBE_TYPES}
 
 __all__ = [
     "PROBES",

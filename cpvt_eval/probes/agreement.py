@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ResultsError
-from ..results import ResultRow, format_ci, register_row_type
+from ..results import ResultRow, format_ci
 from .base import Probe, ReportSpec, column
 
 if TYPE_CHECKING:
@@ -47,9 +47,6 @@ class AgreementRow(ResultRow):
     n_agree: int | None = column()
     top5_overlap: float | None = column("top-5 overlap", ".2f")
     kl_native: float | None = column("KL (nats)", ".4f")
-
-
-register_row_type("agreement", AgreementRow)
 
 
 @dataclass

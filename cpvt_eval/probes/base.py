@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from ..results import ResultRow
+from ..results import ResultRow, register_row_type
 
 if TYPE_CHECKING:
     from ..engine import EvalModel, EvalSettings
@@ -86,12 +86,23 @@ class ReportSpec:
         return {fmt: f"{self.stem}.{fmt}" for fmt in ("md", "csv", "tex", "json")}
 
 
+# probe name -> its class: every ``Probe`` subclass defined in a module of this package, registered as it is defined
+PROBE_TYPES: dict[str, type] = {}
+
+
 class Probe:
     """The defaults of a probe: one pass per size, each model's own eval transform, no stored extras.
 
     Subclasses set ``name`` (the command, and the first part of ``CellId.probe``), ``row_type`` and ``report``,
-    and implement ``views``, ``accumulator``, ``columns`` and ``arrays``.
+    and implement ``accumulator``, ``counts``, ``columns``, ``arrays`` and ``outcomes``. A subclass defined in a
+    module of ``cpvt_eval.probes`` registers itself under its name, its row type with it.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith(__package__ + ".") and cls.name:
+            PROBE_TYPES[cls.name] = cls
+            register_row_type(cls.name, cls.row_type)
 
     name: str = ""
     row_type: type[ResultRow] = ResultRow

@@ -23,7 +23,7 @@ import numpy as np
 from ..config import ShiftProtocol
 from ..errors import CpvtEvalError
 from ..published import published_shift
-from ..results import ResultRow, format_ci, register_row_type
+from ..results import ResultRow, format_ci
 from .base import Probe, ReportSpec, column
 
 if TYPE_CHECKING:
@@ -100,9 +100,6 @@ class ShiftRow(ResultRow):
     shift_seed: int | None = column()
     canvas_size: int | None = column()
     images_in_set: int | None = column()
-
-
-register_row_type("shift", ShiftRow)
 
 
 @dataclass
