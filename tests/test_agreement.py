@@ -292,6 +292,10 @@ def test_cli_on_unlabelled_photos(photos, toy_checkpoints, tmp_path):
     rep = runner.invoke(app, ["report", str(out), "--json"])
     assert rep.exit_code == 0, rep.output
     assert len(json.loads(rep.stdout)["agreement"]["agreement_top1"]) == 4
+    # CI's gate on top-1 has nothing to gate on label-free cells: matched, shown without a top-1, never failed
+    cmp = runner.invoke(app, ["compare", str(out), str(out), "--max-drop", "0"])
+    assert cmp.exit_code == 0, cmp.output
+    assert "| cpvt_toy | 64px | – | – | – |" in cmp.output
 
 
 def test_cli_bad_size_is_one_line(photos, toy_checkpoints, tmp_path):

@@ -274,9 +274,6 @@ class Agreement(Probe):
         order = np.argsort(a["indices"], kind="stable")
         return a["indices"][order].astype(np.int64)[:, None], a["agree"][order].astype(bool)
 
-    def pair_condition(self, row: ResultRow) -> tuple:
-        return (*super().pair_condition(row), row.crop_pct, row.crop_mode, row.label_subset)
-
     def md_extra(self) -> list[tuple[str, str, str]]:
         return [("top-1", "top1", ".2f"), ("images", "n_images", "d")]
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-from ..results import ResultRow, register_row_type
+from ..results import CellId, ResultRow, register_row_type
 
 if TYPE_CHECKING:
     from ..engine import EvalModel, EvalSettings
@@ -175,8 +175,8 @@ class Probe:
         raise NotImplementedError
 
     def pair_condition(self, row: ResultRow) -> tuple:
-        """What two cells must share to be paired (besides the size)."""
-        return (row.probe, row.interpolation, row.dtype, row.dataset_fingerprint, row.limit, row.decode_draft)
+        """What two cells must share to be paired (besides the size): the identity's ``shared`` fields."""
+        return CellId.of(row).shared()
 
     def record_extra(self, row: ResultRow) -> dict:
         """Records of a cell beyond its columns (a published figure, ...)."""

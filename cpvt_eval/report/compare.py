@@ -70,7 +70,7 @@ class CellDiff:
     protocol: str
     baseline: ResultRow
     current: ResultRow
-    top1_delta: float  # current - baseline, points
+    top1_delta: float | None  # current - baseline, points; None for a label-free cell
     speed_ratio: float | None  # current / baseline images/s
     accuracy_failed: bool
     speed_failed: bool
@@ -255,7 +255,9 @@ def compare_runs(
                 f"{_cell_name(b)} was evaluated on different datasets (fingerprint {b.dataset_fingerprint} in the "
                 f"baseline, {c.dataset_fingerprint} now); the runs cannot be compared"
             )
-        delta = 100.0 * c.correct1 / c.n_images - 100.0 * b.correct1 / b.n_images
+        # a label-free cell (agreement on unlabelled images) has no top-1 to gate
+        labelled = b.top1 is not None and c.top1 is not None
+        delta = 100.0 * c.correct1 / c.n_images - 100.0 * b.correct1 / b.n_images if labelled else None
         ratio = None
         if b.images_per_sec and c.images_per_sec:
             ratio = c.images_per_sec / b.images_per_sec
@@ -270,7 +272,7 @@ def compare_runs(
                 current=c,
                 top1_delta=delta,
                 speed_ratio=ratio,
-                accuracy_failed=-delta > max_drop + _EPS,
+                accuracy_failed=delta is not None and -delta > max_drop + _EPS,
                 speed_failed=too_slow and not noise,
                 speed_within_noise=noise,
             )
@@ -286,9 +288,9 @@ def comparison_markdown(result: Comparison) -> str:
         [
             c.model,
             f"{c.img_size}px",
-            f"{c.baseline.top1:.2f}",
-            f"{c.current.top1:.2f}",
-            f"{c.top1_delta:+.2f}",
+            fmt_value(c.baseline.top1, ".2f"),
+            fmt_value(c.current.top1, ".2f"),
+            fmt_value(c.top1_delta, "+.2f"),
             fmt_value(c.baseline.images_per_sec, ",.1f"),
             fmt_value(c.current.images_per_sec, ",.1f"),
             fmt_value(c.speed_ratio, ".3f"),

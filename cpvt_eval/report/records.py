@@ -11,7 +11,7 @@ import math
 from ..errors import ResultsError
 from ..pe_families import family_rank, family_title
 from ..published import published_for
-from ..results import ResultRow, RunStore, id_fields, mcnemar_exact, row_key, wilson_interval
+from ..results import CellId, ResultRow, RunStore, id_fields, mcnemar_exact, row_key, wilson_interval
 from ..results.schema import DATA, PROTOCOL, WEIGHTS
 
 # Fields that may tell two rows of the same model apart in one run directory; the ones that differ go into labels.
@@ -170,7 +170,7 @@ def pair_records(store: RunStore, rows: list[ResultRow]) -> list[dict]:
     return mcnemar_pairs(
         rows,
         lambda r: _correct_top1(store, r),
-        lambda r: (r.crop_pct, r.crop_mode, r.interpolation, r.dtype, r.dataset_fingerprint, r.limit),
+        lambda r: CellId.of(r).shared(),
         "top1",
         "images",
         "correct",

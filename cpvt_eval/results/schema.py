@@ -25,8 +25,10 @@ SCHEMA_VERSION = 3
 WHAT, WEIGHTS, DATA, PROTOCOL = "what", "weights", "data", "protocol"
 
 
-def _id_field(role: str, short: str = "", default=MISSING):
-    return field(default=default, metadata={"role": role, "short": short})
+def _id_field(role: str, short: str = "", default=MISSING, shared: bool = False):
+    """``shared``: two cells are paired (the same images or views under the same conditions) only when they agree
+    on every shared field; the others (the model, its weights, its PE options and arguments) may differ."""
+    return field(default=default, metadata={"role": role, "short": short, "shared": shared})
 
 
 @dataclass(frozen=True)
@@ -40,25 +42,26 @@ class CellId:
     model: str = _id_field(WHAT)
     img_size: int = _id_field(WHAT)
     checkpoint_sha256: str = _id_field(WEIGHTS, "ckpt")
-    dataset_fingerprint: str = _id_field(DATA, "data")
-    limit: int | None = _id_field(DATA, "limit")
-    crop_pct: float = _id_field(PROTOCOL, "crop")
-    interpolation: str = _id_field(PROTOCOL, "interp")
+    dataset_fingerprint: str = _id_field(DATA, "data", shared=True)
+    limit: int | None = _id_field(DATA, "limit", shared=True)
+    crop_pct: float = _id_field(PROTOCOL, "crop", shared=True)
+    interpolation: str = _id_field(PROTOCOL, "interp", shared=True)
     pe_options: str = _id_field(PROTOCOL, "pe")
-    dtype: str = _id_field(PROTOCOL, "dtype")
+    dtype: str = _id_field(PROTOCOL, "dtype", shared=True)
     model_args: str = _id_field(PROTOCOL, "args")
     ema: bool = _id_field(WEIGHTS, "ema", False)
-    decode_draft: bool = _id_field(PROTOCOL, "draft", False)
-    probe: str = _id_field(PROTOCOL, "probe", "")  # a measurement other than the resolution table, with settings
+    decode_draft: bool = _id_field(PROTOCOL, "draft", False, shared=True)
+    # the measurement (``probes``) and its settings, empty for accuracy by size (``resolution``)
+    probe: str = _id_field(PROTOCOL, "probe", "", shared=True)
     # timm's crop modes (center, squash, border) and full (the whole image to size x size); schema 2's "squash" was
     # today's "full" and is migrated on reading (``store.migrate_row``)
-    crop_mode: str = _id_field(PROTOCOL, "crop_mode", "center")
+    crop_mode: str = _id_field(PROTOCOL, "crop_mode", "center", shared=True)
     # the normalisation of the weights evaluated (their own data config), as ``0.485,0.456,0.406``
     mean: str = _id_field(WEIGHTS, "mean", "")
     std: str = _id_field(WEIGHTS, "std", "")
     # the label subset the argmax is restricted to (ImageNet-A/-R's 200 classes): ``imagenet-a``, or a file's
     # name and a hash of its classes
-    label_subset: str = _id_field(PROTOCOL, "subset", "")
+    label_subset: str = _id_field(PROTOCOL, "subset", "", shared=True)
 
     @classmethod
     def of(cls, obj) -> CellId:
@@ -78,6 +81,10 @@ class CellId:
     def match(self, roles: tuple[str, ...] = (WHAT, PROTOCOL)) -> tuple:
         """The values of the fields of ``roles``: ``compare`` matches cells on these and lets weights change."""
         return tuple(str(getattr(self, f.name)) for f in fields(self) if f.metadata["role"] in roles)
+
+    def shared(self) -> tuple:
+        """The values of the ``shared`` fields: what two cells must have in common to be paired."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.metadata["shared"])
 
     def describe(self) -> str:
         return f"{self.model}@{self.img_size}px" + (f" ({self.probe})" if self.probe else "")
