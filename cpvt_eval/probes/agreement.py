@@ -152,6 +152,7 @@ class Agreement(Probe):
     needs_labels = False
     report = ReportSpec(
         title="Agreement with the native size",
+        cells_heading="95% interval, top-5 overlap, KL divergence, top-1 where labelled",
         stem="agreement",
         plot="agreement_vs_resolution.png",
         metric="agreement_top1",
@@ -276,6 +277,9 @@ class Agreement(Probe):
 
     def md_extra(self) -> list[tuple[str, str, str]]:
         return [("top-1", "top1", ".2f"), ("images", "n_images", "d")]
+
+    def caption_detail(self, rows: list[AgreementRow]) -> str:
+        return f"share of images whose top-1 is the native size's; {max(r.n_images for r in rows)} images"
 
     def protocol_lines(self, rows: list[AgreementRow]) -> list[str]:
         def values(name: str) -> str:

@@ -49,7 +49,7 @@ class ReportSpec:
     """How the report pipeline shows a probe whose main figure is a proportion (successes of trials, in percent).
 
     Attributes:
-        title: the report's title.
+        title: the report's title; ``cells_heading``: what the table of cells shows besides the figure.
         stem: the file names: ``<stem>.md``, ``.csv``, ``.tex``, ``.json``.
         plot: the plot's file name.
         metric: the row column of the main figure (percent), and ``metric_title`` its name in headers.
@@ -65,6 +65,7 @@ class ReportSpec:
     """
 
     title: str
+    cells_heading: str
     stem: str
     plot: str
     metric: str
@@ -181,6 +182,11 @@ class Probe:
     def record_extra(self, row: ResultRow) -> dict:
         """Records of a cell beyond its columns (a published figure, ...)."""
         return {}
+
+    def caption_detail(self, rows: list[ResultRow]) -> str:
+        """What the LaTeX caption says of the figure in its parentheses (after the percent sign)."""
+        spec = self.report
+        return f"{max(int(getattr(r, spec.trials)) for r in rows)} {spec.units}"
 
     def md_extra(self) -> list[tuple[str, str, str]]:
         """Markdown columns after the row's own: ``(header, record key, format)``."""

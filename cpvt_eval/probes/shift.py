@@ -205,6 +205,7 @@ class Shift(Probe):
     uses_crop = False  # the canvas is round(size * 256 / 224) by the protocol's definition
     report = ReportSpec(
         title="Consistency under translation",
+        cells_heading="95% interval, each view's top-1, published figure",
         stem="shift",
         plot="consistency_vs_resolution.png",
         metric="consistency",
@@ -327,6 +328,10 @@ class Shift(Probe):
 
     def md_extra(self) -> list[tuple[str, str, str]]:
         return [("published", "published_consistency", ".2f"), ("Δ published", "delta_published", "+.2f")]
+
+    def caption_detail(self, rows: list[ShiftRow]) -> str:
+        modes = ", ".join(dict.fromkeys(r.shift_mode for r in rows))
+        return f"share of view pairs whose top-1 agree; {max(r.n_pairs for r in rows)} pairs, {modes} shifts"
 
     def protocol_lines(self, rows: list[ShiftRow]) -> list[str]:
         def values(get) -> str:

@@ -83,7 +83,9 @@ def to_csv(probe: Probe, rows: list[ResultRow]) -> str:
             df[f.name] = df[f.name].astype("Int64")
     extras = [probe.record_extra(r) for r in ordered_rows]
     for name in dict.fromkeys(k for e in extras for k in e):
-        df[name] = [e.get(name) for e in extras]
+        # the difference to a published figure, named as results.csv names it (top1_vs_published)
+        column_name = f"{probe.report.metric}_vs_published" if name == "delta_published" else name
+        df[column_name] = [e.get(name) for e in extras]
     return df.to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 
@@ -145,7 +147,7 @@ def markdown(
         return fmt_value(r[key], form) if form else str(r[key])
 
     body = [[r["label"], f"{r['img_size']}px"] + [cell(r, how) for _, how in columns] for r in recs]
-    out += [f"## {spec.metric_title} by size: 95% interval and the probe's columns", ""]
+    out += [f"## {spec.metric_title} by size: {spec.cells_heading}", ""]
     out += [md_table(["model", "size"] + [h for h, _ in columns], body, align_right_from=3), ""]
     if spec.published_note:
         out += [spec.published_note, ""]
@@ -177,12 +179,11 @@ def latex(probe: Probe, rows: list[ResultRow]) -> str:
         return "--" if r is None else f"{r[spec.metric]:.2f} ({fmt_value(r[aside], aside_fmt).replace('–', '--')})"
 
     body = [[tex_escape(lab), tex_escape(pe[lab])] + [cell(lab, s) for s in sizes] for lab in labels]
-    trials = max(int(r[spec.trials]) for r in recs)
     lines += [
         r"\begin{table}[t]",
         r"  \centering",
-        rf"  \caption{{{tex_escape(spec.title)}: {tex_escape(spec.metric_title.lower())} (\%, {trials} "
-        rf"{tex_escape(spec.units)}) by input size; in parentheses {aside_text}.}}",
+        rf"  \caption{{{tex_escape(spec.title)}: {tex_escape(spec.metric_title.lower())} (\%, "
+        rf"{tex_escape(probe.caption_detail(rows))}) by input size; in parentheses {aside_text}.}}",
         rf"  \label{{tab:{spec.tex_label}}}",
         *tex_tabular(["Model", "PE"] + [f"{s}px" for s in sizes], body, 2),
         r"\end{table}",
