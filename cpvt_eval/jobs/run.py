@@ -170,21 +170,8 @@ class _Job:
         if (store.opened_version or store.schema_version()) >= SCHEMA_VERSION:
             return
         planned = {ident.key() for ident in ids.values()}
-
-        def same_cell(i) -> tuple:
-            return (
-                i.model,
-                i.img_size,
-                i.checkpoint_sha256,
-                i.crop_pct,
-                i.interpolation,
-                i.crop_mode,
-                i.dtype,
-                i.probe,
-            )
-
-        same = {same_cell(i) for i in ids.values()}
-        old = [r for r in store.rows(strict=False) if row_key(r) not in planned and same_cell(r) in same]
+        same = {ident.stable() for ident in ids.values()}
+        old = [r for r in store.rows(strict=False) if row_key(r) not in planned and CellId.of(r).stable() in same]
         if old:
             store.set_aside(old, store.SUPERSEDED)
             listed = ", ".join(f"{r.model}@{r.img_size}px" for r in old)

@@ -25,10 +25,12 @@ SCHEMA_VERSION = 3
 WHAT, WEIGHTS, DATA, PROTOCOL = "what", "weights", "data", "protocol"
 
 
-def _id_field(role: str, short: str = "", default=MISSING, shared: bool = False):
+def _id_field(role: str, short: str = "", default=MISSING, shared: bool = False, stable: bool = False):
     """``shared``: two cells are paired (the same images or views under the same conditions) only when they agree
-    on every shared field; the others (the model, its weights, its PE options and arguments) may differ."""
-    return field(default=default, metadata={"role": role, "short": short, "shared": shared})
+    on every shared field; the others (the model, its weights, its PE options and arguments) may differ.
+    ``stable``: the field has meant the same in every schema version, so a row an earlier version wrote is the same
+    cell as a planned one when they agree on the stable fields (its key may differ: ``CellId.stable``)."""
+    return field(default=default, metadata={"role": role, "short": short, "shared": shared, "stable": stable})
 
 
 @dataclass(frozen=True)
@@ -39,23 +41,23 @@ class CellId:
     before the field existed stay the same.
     """
 
-    model: str = _id_field(WHAT)
-    img_size: int = _id_field(WHAT)
-    checkpoint_sha256: str = _id_field(WEIGHTS, "ckpt")
+    model: str = _id_field(WHAT, stable=True)
+    img_size: int = _id_field(WHAT, stable=True)
+    checkpoint_sha256: str = _id_field(WEIGHTS, "ckpt", stable=True)
     dataset_fingerprint: str = _id_field(DATA, "data", shared=True)
     limit: int | None = _id_field(DATA, "limit", shared=True)
-    crop_pct: float = _id_field(PROTOCOL, "crop", shared=True)
-    interpolation: str = _id_field(PROTOCOL, "interp", shared=True)
+    crop_pct: float = _id_field(PROTOCOL, "crop", shared=True, stable=True)
+    interpolation: str = _id_field(PROTOCOL, "interp", shared=True, stable=True)
     pe_options: str = _id_field(PROTOCOL, "pe")
-    dtype: str = _id_field(PROTOCOL, "dtype", shared=True)
+    dtype: str = _id_field(PROTOCOL, "dtype", shared=True, stable=True)
     model_args: str = _id_field(PROTOCOL, "args")
     ema: bool = _id_field(WEIGHTS, "ema", False)
     decode_draft: bool = _id_field(PROTOCOL, "draft", False, shared=True)
     # the measurement (``probes``) and its settings, empty for accuracy by size (``resolution``)
-    probe: str = _id_field(PROTOCOL, "probe", "", shared=True)
+    probe: str = _id_field(PROTOCOL, "probe", "", shared=True, stable=True)
     # timm's crop modes (center, squash, border) and full (the whole image to size x size); schema 2's "squash" was
     # today's "full" and is migrated on reading (``store.migrate_row``)
-    crop_mode: str = _id_field(PROTOCOL, "crop_mode", "center", shared=True)
+    crop_mode: str = _id_field(PROTOCOL, "crop_mode", "center", shared=True, stable=True)
     # the normalisation of the weights evaluated (their own data config), as ``0.485,0.456,0.406``
     mean: str = _id_field(WEIGHTS, "mean", "")
     std: str = _id_field(WEIGHTS, "std", "")
@@ -85,6 +87,10 @@ class CellId:
     def shared(self) -> tuple:
         """The values of the ``shared`` fields: what two cells must have in common to be paired."""
         return tuple(getattr(self, f.name) for f in fields(self) if f.metadata["shared"])
+
+    def stable(self) -> tuple:
+        """The values of the ``stable`` fields: what a row of an earlier schema shares with the same cell now."""
+        return tuple(getattr(self, f.name) for f in fields(self) if f.metadata["stable"])
 
     def describe(self) -> str:
         return f"{self.model}@{self.img_size}px" + (f" ({self.probe})" if self.probe else "")
