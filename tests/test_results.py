@@ -286,6 +286,31 @@ def test_rerun_skips_finished_cells_and_says_so(tmp_path, imagefolder, deit_ckpt
     assert [r["cells_skipped"] for r in runs] == [0, 2, 0]
 
 
+def test_a_cell_an_earlier_version_stored_under_another_key_is_superseded_once(tmp_path, imagefolder, deit_ckpts):
+    """A row of an earlier schema whose key has changed (here: written before the weights' mean/std were part of the
+    identity) is the same cell when the identity's stable fields agree: the rerun computes it under today's key and
+    moves the old row to rows.superseded.jsonl, so that the reports list the cell once. A row of another cell
+    (another size) is left where it is."""
+    cfg = replace(base_cfg(imagefolder, tmp_path / "run", deit_ckpts[0], sizes=(56, 64)), report_formats=FAST)
+    first = run_resolution(cfg)
+    store = first.store
+    lines = [json.loads(line) for line in store.rows_path.read_text().splitlines()]
+    for d in lines:
+        d["mean"] = d["std"] = ""  # as a version before the data config was recorded wrote them
+    store.rows_path.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    info = json.loads((store.root / store.RUN).read_text())
+    (store.root / store.RUN).write_text(json.dumps({**info, "schema_version": 2}))
+
+    said: list[str] = []
+    second = run_resolution(replace(cfg, sizes=(56,)), Hooks(notify=said.append))
+    assert [(r.model, r.img_size) for r in second.rows] == [("deit_toy", 56)]
+    assert any("1 cell(s) written by an earlier version (deit_toy@56px)" in m for m in said), said
+    superseded = [json.loads(line) for line in (store.root / store.SUPERSEDED).read_text().splitlines()]
+    assert [(d["img_size"], d["mean"]) for d in superseded] == [(56, "")]
+    kept = sorted((r.img_size, r.mean) for r in store.rows())
+    assert kept == [(56, "0.485,0.456,0.406"), (64, "")]
+
+
 @pytest.mark.parametrize(
     "field", ["checkpoint", "size", "crop_pct", "interpolation", "pe", "dtype", "dataset", "limit", "model_args"]
 )
