@@ -116,6 +116,12 @@ def test_agreement_equals_two_independent_forward_passes(photos, toy_checkpoints
     assert row.agreement_ci95 == f"{lo:.2f}-{hi:.2f}"
     assert row.top5_overlap == pytest.approx(100 * overlap.mean() / 5, abs=1e-4)
     assert row.kl_native == pytest.approx(kl.mean(), rel=1e-4, abs=1e-6)
+    # the means' 95% intervals, normal approximation (a KL or a top-5 share is no proportion of trials)
+    half = 1.959963984540054 * (100 * overlap / 5).std(ddof=1) / np.sqrt(len(overlap))
+    assert row.top5_overlap_ci95 == f"{100 * overlap.mean() / 5 - half:.2f}-{100 * overlap.mean() / 5 + half:.2f}"
+    lo, hi = (float(v) for v in row.kl_native_ci95.split("-"))
+    half = 1.959963984540054 * kl.std(ddof=1) / np.sqrt(len(kl))
+    assert lo == pytest.approx(max(0.0, kl.mean() - half), abs=2e-4) and hi == pytest.approx(kl.mean() + half, abs=2e-4)
     assert row.reference_size == 56
     # unlabelled images: no accuracy is claimed
     assert (row.top1, row.top5, row.layout) == (None, None, "images")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ResultsError
-from ..results import ResultRow, format_ci
+from ..results import ResultRow, format_ci, mean_interval
 from .base import Probe, ReportSpec, column
 
 if TYPE_CHECKING:
@@ -46,7 +46,9 @@ class AgreementRow(ResultRow):
     agreement_ci95: str = column(default="")
     n_agree: int | None = column()
     top5_overlap: float | None = column("top-5 overlap", ".2f")
+    top5_overlap_ci95: str = column(default="")  # normal approximation of the mean (not a proportion of trials)
     kl_native: float | None = column("KL (nats)", ".4f")
+    kl_native_ci95: str = column(default="")
 
 
 @dataclass
@@ -233,13 +235,19 @@ class Agreement(Probe):
     def columns(self, cell: AgreementCell, row: ResultRow, n_images: int) -> dict:
         n = len(cell.indices)
         agree = int(cell.agree.sum())
+        share = (100.0 * cell.overlap.double() / cell.topk.shape[1]).tolist()
+        kl = cell.kl.double().tolist()
+        share_lo, share_hi = mean_interval(share)
+        kl_lo, kl_hi = mean_interval(kl)
         out = dict(
             reference_size=cell.reference_size,
             agreement_top1=round(100.0 * agree / n, 4),
             agreement_ci95=format_ci(agree, n),
             n_agree=agree,
-            top5_overlap=round(100.0 * float(cell.overlap.double().mean()) / cell.topk.shape[1], 4),
-            kl_native=round(float(cell.kl.double().mean()), 6),
+            top5_overlap=round(sum(share) / n, 4),
+            top5_overlap_ci95=f"{share_lo:.2f}-{share_hi:.2f}",
+            kl_native=round(sum(kl) / n, 6),
+            kl_native_ci95=f"{max(0.0, kl_lo):.4f}-{kl_hi:.4f}",
         )
         if not bool((cell.labels >= 0).all()):  # no labels: no accuracy
             out.update(top1=None, top5=None, top1_ci95="")

@@ -15,7 +15,7 @@ from .schema import (
     row_key,
     row_type_of,
 )
-from .stats import format_ci, mcnemar_exact, wilson_interval
+from .stats import format_ci, mcnemar_exact, mean_interval, wilson_interval
 from .store import RunStore, atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "format_ci",
     "id_fields",
     "mcnemar_exact",
+    "mean_interval",
     "pe_options_label",
     "probe_name",
     "register_row_type",

@@ -16,6 +16,20 @@ def wilson_interval(correct: int, n: int, z: float = 1.959963984540054) -> tuple
     return (100 * max(0.0, centre - half), 100 * min(1.0, centre + half))
 
 
+def mean_interval(values, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Normal-approximation 95% interval of the mean of ``values`` (sample standard deviation); a mean of per-image
+    figures that are not successes and failures (a KL divergence, a share of the top-5) has no Wilson interval."""
+    n = len(values)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    mean = math.fsum(values) / n
+    if n == 1:
+        return (mean, mean)
+    var = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    half = z * math.sqrt(var / n)
+    return (mean - half, mean + half)
+
+
 def format_ci(correct: int, n: int) -> str:
     lo, hi = wilson_interval(correct, n)
     return f"{lo:.2f}-{hi:.2f}"
