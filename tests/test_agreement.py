@@ -270,6 +270,21 @@ def test_a_probe_column_declared_once_reaches_csv_markdown_and_json(photos, toy_
         register_row_type("flips", AgreementRow)
 
 
+def test_rows_of_a_probe_this_version_does_not_know_stay_out_of_every_table(photos, toy_checkpoints, tmp_path):
+    out = tmp_path / "run"
+    run_agreement(config(photos, toy_checkpoints, out, sizes=(64,), models=("deit_toy",)))
+    before = (out / "agreement.csv").read_text()
+    d = json.loads((out / "rows.jsonl").read_text().splitlines()[-1])
+    later = {**d, "probe": "later:x", "img_size": 72, "a_later_column": 1.5}  # written by a later version
+    with open(out / "rows.jsonl", "a") as f:
+        f.write(json.dumps(later) + "\n")
+    assert split(RunStore(out).rows())["later"][0].extra["a_later_column"] == 1.5
+    result = runner.invoke(app, ["report", str(out), "--format", "md,csv,json"])
+    assert result.exit_code == 0, result.output
+    assert (out / "agreement.csv").read_text() == before
+    assert not (out / "results.csv").exists()  # not taken for a cell of accuracy by size
+
+
 # -- the command ------------------------------------------------------------------------------------------------------
 
 

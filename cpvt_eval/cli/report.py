@@ -65,7 +65,7 @@ def report_cmd(
             rows = by_probe.pop("resolution")
             doc = report.json_report(rows, report.pair_records(store, rows) if pairs else None, provenance)
             for name, probe_rows in by_probe.items():
-                if probe_rows:
+                if probe_rows and name in PROBES:
                     probe = PROBES[name]()
                     pair_list = report.probe_report.pair_records(probe, store, probe_rows)
                     doc[name] = report.probe_report.json_doc(probe, probe_rows, pair_list, provenance)

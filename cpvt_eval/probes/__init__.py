@@ -4,7 +4,7 @@
 * ``shift``: consistency of the top-1 under translation (``cpvt-eval shift``);
 * ``agreement``: agreement with the model's own native-size predictions, labels optional (``cpvt-eval agreement``).
 
-``get(name, ...)`` makes a probe by name; ``probe_of(row)`` gives the probe a stored row belongs to, and
+``PROBES`` maps each probe's name to its class; ``probe_of(row)`` gives the probe a stored row belongs to, and
 ``split(rows)`` groups a run directory's rows by probe. Importing this package imports every module in it, and
 each ``Probe`` subclass registers itself and its row type (``base.PROBE_TYPES``), so rows read from a run directory
 come back typed. A new probe is one module here plus its command in ``cli/``.
@@ -37,16 +37,10 @@ __all__ = [
     "Shift",
     "column",
     "column_names",
-    "get",
     "probe_columns",
     "probe_of",
     "split",
 ]
-
-
-def get(name: str, *args, **kwargs) -> Probe:
-    """The probe called ``name``, made with its settings (``get("shift", ShiftProtocol(epochs=1))``)."""
-    return PROBES[name](*args, **kwargs)
 
 
 def probe_of(row: ResultRow) -> type[Probe]:
@@ -55,8 +49,9 @@ def probe_of(row: ResultRow) -> type[Probe]:
 
 
 def split(rows: list[ResultRow]) -> dict[str, list[ResultRow]]:
-    """Rows grouped by probe name, each group in stored order; every probe has a (possibly empty) group."""
+    """Rows grouped by probe name, each group in stored order; every probe has a (possibly empty) group, and a row
+    of a probe this version does not know (written by a later one) has a group of its own name, never another's."""
     out: dict[str, list[ResultRow]] = {name: [] for name in PROBES}
     for r in rows:
-        out[probe_of(r).name].append(r)
+        out.setdefault(probe_name(r.probe), []).append(r)
     return out

@@ -38,7 +38,7 @@ def render(
     provenance = runs[-1] if runs else None
     written: list[Path] = []
     for name, probe_rows in by_probe.items():
-        if probe_rows:
+        if probe_rows and name in PROBES:  # a probe of a later version is left to that version's reports
             written += probe_report.render(PROBES[name](), store, probe_rows, formats, out, provenance)
     if not rows and any(by_probe.values()):
         return written
