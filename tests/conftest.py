@@ -60,6 +60,23 @@ def toy_checkpoints(tmp_path):
     return out
 
 
+def toy_run_config(data, toy_checkpoints, out, models=("cpvt_toy", "deit_toy"), sizes=(56,), batch_size=5, **kw):
+    """A ``RunConfig`` of the toy models with their ``toy_checkpoints`` (1000 classes), one process, no workers."""
+    from cpvt_eval.config import RunConfig
+
+    return RunConfig(
+        models=tuple(models),
+        sizes=tuple(sizes),
+        data=data,
+        out=out,
+        checkpoints={m: str(toy_checkpoints[m][1]) for m in models},
+        model_args={m: {"num_classes": 1000} for m in models},
+        workers=0,
+        batch_size=batch_size,
+        **kw,
+    )
+
+
 def cell_predictions(run_dir, model: str, size: int) -> dict:
     """The stored per-image ``indices``, ``labels`` and ``top5`` of one cell of a run directory, as tensors."""
     from cpvt_eval.results import RunStore

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from conftest import make_image
+from conftest import make_image, toy_run_config
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -51,17 +51,7 @@ def photos(tmp_path):
 
 
 def config(data, toy_checkpoints, out, sizes=(56, 64), models=MODELS, **kw) -> RunConfig:
-    return RunConfig(
-        models=tuple(models),
-        sizes=tuple(sizes),
-        data=data,
-        out=out,
-        checkpoints={m: str(toy_checkpoints[m][1]) for m in models},
-        model_args={m: {"num_classes": 1000} for m in models},
-        workers=0,
-        batch_size=kw.pop("batch_size", 4),
-        **kw,
-    )
+    return toy_run_config(data, toy_checkpoints, out, models, sizes, **{"batch_size": 4, **kw})
 
 
 def agreement_rows(out) -> list:

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import toy_run_config
 from torch import nn
 from typer.testing import CliRunner
 
@@ -43,18 +44,7 @@ def shift_test_mean_colour(pretrained=False, **kwargs):
     return MeanColour(**kwargs)
 
 
-def toy_config(imagefolder, toy_checkpoints, out, models=("cpvt_toy", "deit_toy"), sizes=(56,), **kw) -> RunConfig:
-    return RunConfig(
-        models=tuple(models),
-        sizes=tuple(sizes),
-        data=imagefolder,
-        out=out,
-        checkpoints={m: str(toy_checkpoints[m][1]) for m in models},
-        model_args={m: {"num_classes": 1000} for m in models},
-        workers=0,
-        batch_size=kw.pop("batch_size", 5),
-        **kw,
-    )
+toy_config = toy_run_config
 
 
 def shift_rows(out) -> list:
