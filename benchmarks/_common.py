@@ -64,3 +64,18 @@ def median(values) -> float:
 
 def spread(values) -> str:
     return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def sweep(models, image_set, sizes, settings, probe=None) -> list:
+    """Every (model, size) cell of ``probe`` (accuracy by default), size by size, as the job's passes make them:
+    one pass per size feeds every model; finished ``Cell``s (``counts``, ``arrays``)."""
+    from cpvt_eval.engine import Work, run_pass
+    from cpvt_eval.probes import make
+
+    probe = probe or make("resolution")
+    cells = []
+    for size in sizes:
+        work = [Work(probe, m, probe.accumulator(m, size, image_set, settings)) for m in models]
+        infos = run_pass(work, image_set, size, settings)
+        cells += [w.accumulator.finish(info) for w, info in zip(work, infos, strict=True)]
+    return cells

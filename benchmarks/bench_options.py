@@ -9,7 +9,7 @@ with attention, ``count_flops``) and that as a share of the measured dense-matmu
 (``matmul_peak_gflops``). The first round of a compiled option compiles: warm-up forwards are untimed.
 
 Part 2 (pipeline): images/s of the whole evaluation pipeline (JPEG decode + resize + crop + model, the engine's
-``evaluate_size`` on a generated folder of ImageNet-like 500x375 JPEGs) next to the model alone at the same
+one pass of the accuracy probe on a generated folder of ImageNet-like 500x375 JPEGs) next to the model alone at the same
 batch, interleaved, at each size.
 
 Models are built with random weights (speed does not depend on them). Everything is printed as Markdown.
@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import make_jpeg_imagefolder  # noqa: E402
+from _common import (
+    make_jpeg_imagefolder,  # noqa: E402
+    sweep,  # noqa: E402
+)
 
 import cpvt_eval  # noqa: E402
 from cpvt_eval.config import PEOptions  # noqa: E402
@@ -40,7 +43,6 @@ from cpvt_eval.data import default_workers, open_dataset  # noqa: E402
 from cpvt_eval.engine import EvalModel, EvalSettings  # noqa: E402
 from cpvt_eval.models.posenc import adapt_to_size  # noqa: E402
 from cpvt_eval.models.registry import resolve  # noqa: E402
-from cpvt_eval.probes.resolution import evaluate_size  # noqa: E402
 from cpvt_eval.runtime import device_name, sync  # noqa: E402
 from cpvt_eval.throughput import (  # noqa: E402
     TimingPlan,
@@ -162,7 +164,7 @@ def pipeline_part(args) -> None:
         model_forward()  # warm-up of the model alone; the pipeline's own first batch warms it too
 
         def whole_pass(size=size):
-            evaluate_size([model], image_set, size, settings)
+            sweep([model], image_set, [size], settings)
 
         plan = TimingPlan(warmup=0, rounds=args.pipeline_rounds)
         t_pipe, t_model = interleaved_rounds([whole_pass, model_forward], plan, lambda: sync(CPU))

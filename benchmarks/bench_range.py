@@ -18,10 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cpvt_eval  # noqa: E402
+from benchmarks._common import sweep  # noqa: E402
 from cpvt_eval.data import open_dataset  # noqa: E402
 from cpvt_eval.engine import EvalSettings  # noqa: E402
 from cpvt_eval.jobs.assemble import build_model  # noqa: E402
-from cpvt_eval.probes.resolution import sweep  # noqa: E402
 from tests.conftest import make_imagefolder  # noqa: E402
 
 FOUR = (56, 96, 112, 128)  # the toys' 224/384/448/512
@@ -47,7 +47,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for key, sizes in ((4, FOUR), (10, TEN)):
                 t0 = time.perf_counter()
-                list(sweep(models, image_set, sizes, settings))
+                sweep(models, image_set, sizes, settings)
                 times[key].append(time.perf_counter() - t0)
     ratios = [b / a for a, b in zip(times[4], times[10], strict=True)]
     print("4 sizes (s):", [round(x, 2) for x in times[4]], " 10 sizes (s):", [round(x, 2) for x in times[10]])

@@ -2,7 +2,7 @@
 
 The naive loop evaluates each (model, size) cell with its own dataloader pass, with the transform of timm's
 validate.py (PIL decode, Resize + CenterCrop + ToTensor + Normalize in the workers, float batches, ``no_grad``):
-the same JPEGs are decoded and resized M x S times. The shared sweep (``cpvt_eval.engine.sweep``) makes one pass
+the same JPEGs are decoded and resized M x S times. The shared sweep (``cpvt_eval.engine.run_pass``) makes one pass
 per size that feeds every model (uint8 batches, normalised after the copy). Both see the same images, sizes,
 batch size and workers; both build their models once (timm's validate.py would also rebuild the model and
 start a process per cell, which is not charged to the naive loop here). Runs alternate (naive, shared, shared,
@@ -40,14 +40,19 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import dataset_stats, make_jpeg_imagefolder, median, spread  # noqa: E402
+from _common import (  # noqa: E402
+    dataset_stats,
+    make_jpeg_imagefolder,
+    median,
+    spread,
+    sweep,  # noqa: E402
+)
 
 import cpvt_eval  # noqa: E402, F401
 from cpvt_eval.data import open_dataset  # noqa: E402
 from cpvt_eval.engine import EvalModel, EvalSettings  # noqa: E402
 from cpvt_eval.models.posenc import adapt_to_size  # noqa: E402
 from cpvt_eval.models.registry import resolve  # noqa: E402
-from cpvt_eval.probes.resolution import sweep  # noqa: E402
 from cpvt_eval.throughput import measure_throughput  # noqa: E402
 
 MODELS = ("cpvt_toy", "deit_toy", "cpvt_toy_gap")
@@ -107,7 +112,10 @@ def naive(models, image_set, sizes, batch, workers) -> dict:
 
 def shared(models, image_set, sizes, batch, workers) -> dict:
     settings = EvalSettings(device=torch.device("cpu"), batch_size=batch, workers=workers)
-    return {(c.model, c.size): c.topk[:, 0].long() for c in sweep(models, image_set, sizes, settings)}
+    return {
+        (c.model, c.size): torch.from_numpy(c.arrays["top5"][:, 0].astype("int64"))
+        for c in sweep(models, image_set, sizes, settings)
+    }
 
 
 def timed(fn, *args):
@@ -181,7 +189,7 @@ def child(args) -> None:
     """Run the shared sweep once on ``--limit`` images and print peak RSS (this process, and its workers)."""
     image_set = open_dataset(args.data, args.limit)
     settings = EvalSettings(device=torch.device("cpu"), batch_size=args.batch_size, workers=args.workers)
-    n = sum(c.n for c in sweep(build_models(), image_set, SIZES, settings))
+    n = sum(c.counts[2] for c in sweep(build_models(), image_set, SIZES, settings))
     main_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     workers_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(

@@ -6,8 +6,10 @@ Public API::
     model = cpvt_eval.create_model("cpvt_ti")
     import cpvt_eval.models; timm.create_model("cpvt_ti")  # importing cpvt_eval.models registers them with timm
     cpvt_eval.list_models()
-    outcome = cpvt_eval.evaluate(cpvt_eval.RunConfig(models=("cpvt_ti",), sizes=(224, 384), data=..., out=...,
-                                                     checkpoints={"cpvt_ti": "cpvt_ti.pth"}))
+    cfg = cpvt_eval.RunConfig(models=("cpvt_ti",), sizes=(224, 384), data=..., out=..., checkpoints={...})
+    outcome = cpvt_eval.evaluate(cfg)  # accuracy by size: results.*
+    outcome = cpvt_eval.run_probe(cfg, "shift", epochs=5)  # any registered probe by name, with its settings
+    outcome = cpvt_eval.run_probes(cfg, ["resolution", "agreement"])  # several, sharing each size's pass
     cpvt_eval.measure_throughput(model, 224, torch.device("cpu"))
 
 The names are imported on first use, so that ``import cpvt_eval`` (and ``cpvt-eval --help``) stays light: torch,
@@ -30,11 +32,10 @@ _LAZY = {
     "ModelSpec": ("models.registry", "ModelSpec"),
     "resolve": ("models.registry", "resolve"),
     "build_model": ("jobs.assemble", "build_model"),
-    "evaluate": ("jobs.run", "run_resolution"),
-    "ShiftProtocol": ("config", "ShiftProtocol"),
-    "measure_shift": ("jobs.run", "run_shift"),
-    "measure_agreement": ("jobs.run", "run_agreement"),
+    "evaluate": ("jobs.run", "evaluate"),
     "run_probe": ("jobs.run", "run_probe"),
+    "run_probes": ("jobs.run", "run_probes"),
+    "PROBES": ("probes", "PROBES"),
     "count_flops": ("throughput", "count_flops"),
     "measure_throughput": ("throughput", "measure_throughput"),
 }

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import CpvtEvalError, ModelError
+from .errors import ModelError
 
 REPORT_FORMATS = ("md", "csv", "tex", "json", "png")
 APE_INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "area")
@@ -39,10 +39,6 @@ class Hooks:
     progress: Progress = field(default_factory=Progress)
     log: Callable[[str], None] = say_nothing
     notify: Callable[[str], None] = say_nothing
-
-    @classmethod
-    def silent(cls) -> Hooks:
-        return cls()
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,9 @@ class ThroughputConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that defines a ``resolution`` run.
+    """What every probe's run shares: the models, the sizes, the data, the eval transform, where the run is
+    written. Each probe's own settings (throughput and ReaL for ``resolution``, the translation protocol for
+    ``shift``) are the probe's (``probes``).
 
     Attributes:
         models: model names or aliases, in table order.
@@ -123,7 +121,6 @@ class RunConfig:
         classes: file of WordNet ids: evaluate only these classes.
         class_names: class folder names in label order, for an ImageFolder that is not ImageNet (the offline
             demo); None means the canonical ImageNet-1k WordNet ids.
-        real_labels: add ImageNet-ReaL top-1; ``"timm"`` for the copy timm ships, else a path.
         label_subset: restrict the argmax to a label subset: ``imagenet-a``, ``imagenet-r`` (timm's index files) or
             a file of class indices / WordNet ids.
         test_set: the name of the test set the data is, for the reports (else detected from the layout).
@@ -132,6 +129,8 @@ class RunConfig:
         on_bad_image: ``stop`` before any cell at the first bad file, or ``skip`` and record it.
         decode_draft: let PIL decode JPEGs at a reduced DCT scale (faster, changes pixels; recorded).
         force: recompute cells already finished in the run directory.
+        timing: time the models after each size's pass where a probe asks for it (``Probe.timing``); False never
+            does (a quick run).
         report_formats: the reports rendered at the end (Markdown and CSV are also rewritten after every cell).
         argv: the command line, for provenance.
     """
@@ -152,12 +151,10 @@ class RunConfig:
     dtype: str = "fp32"
     pe: PEOptions = PEOptions()
     ema: bool | None = None
-    throughput: ThroughputConfig = ThroughputConfig()
     layout: str = "auto"
     labels: Path | None = None
     classes: Path | None = None
     class_names: tuple[str, ...] | None = None
-    real_labels: str | None = None
     label_subset: str | None = None
     test_set: str | None = None
     label_key: str | None = None
@@ -165,60 +162,6 @@ class RunConfig:
     on_bad_image: str = "stop"
     decode_draft: bool = False
     force: bool = False
+    timing: bool = True
     report_formats: tuple[str, ...] = REPORT_FORMATS
     argv: tuple[str, ...] = ()
-
-
-SHIFT_MODES = ("random", "circular")
-
-
-@dataclass(frozen=True)
-class ShiftProtocol:
-    """The translation probe (Zhang, "Making Convolutional Networks Shift-Invariant Again", ICML 2019), at each size.
-
-    At size ``s`` the image's shorter side goes to ``round(s * 256 / 224)`` and that square is centre-cropped (the
-    canvas); each pair is two ``s`` x ``s`` views of it at offsets drawn uniformly from ``[0, max_shift)`` per axis.
-
-    Attributes:
-        mode: ``random``: the views are crops of the canvas at the offsets (Zhang's protocol); ``circular``: the
-            centre crop rolled by the offsets (``torch.roll``), so no pixel enters or leaves the view.
-        max_shift: offsets are drawn from ``[0, max_shift)``; None: the canvas minus the size (32 at 224). 0 and 1
-            mean no shift at all.
-        epochs: passes over the data, each with new offsets (the reference evaluation uses 5).
-        seed: offsets depend on (seed, epoch, image index) only, never on the batch or the workers.
-    """
-
-    mode: str = "random"
-    max_shift: int | None = None
-    epochs: int = 5
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.mode not in SHIFT_MODES:
-            raise CpvtEvalError(f"--mode must be one of {', '.join(SHIFT_MODES)}, got {self.mode!r}")
-        if self.max_shift is not None and self.max_shift < 0:
-            raise CpvtEvalError(f"--max-shift must be 0 or more pixels, got {self.max_shift}")
-        if self.epochs < 1:
-            raise CpvtEvalError(f"--epochs must be 1 or more, got {self.epochs}")
-
-    @staticmethod
-    def canvas_size(size: int) -> int:
-        """The square the views are taken from: ``round(size * 256 / 224)`` (256 at 224, as in Zhang's code)."""
-        return round(size * 256 / 224)
-
-    def max_shift_at(self, size: int) -> int:
-        """The offset bound at ``size``; a random crop must stay inside the canvas."""
-        room = self.canvas_size(size) - size
-        if self.max_shift is None:
-            return room
-        if self.mode == "random" and self.max_shift > room + 1:
-            raise CpvtEvalError(
-                f"--max-shift {self.max_shift} does not fit at {size}px: the canvas is {self.canvas_size(size)}px, "
-                f"so random crops allow offsets below {room + 1} (use --mode circular for larger shifts)"
-            )
-        return self.max_shift
-
-    def probe(self) -> str:
-        """The probe as a cell identity records it (``CellId.probe``); ``max=auto`` is the canvas minus the size."""
-        bound = "auto" if self.max_shift is None else str(self.max_shift)
-        return f"shift:{self.mode},max={bound},epochs={self.epochs},seed={self.seed}"

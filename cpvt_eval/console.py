@@ -1,4 +1,4 @@
-"""The only module that imports rich: progress bars, tables and messages, all on stderr except data tables.
+"""The only module that imports rich: progress bars and messages on stderr, result tables on stdout.
 
 File names and messages are data: they are printed without markup interpretation (a folder named ``[bold]`` is
 shown as it is), and bytes of a name that are not UTF-8 are shown as ``\\xNN`` (``errors.shown``).
@@ -130,29 +130,14 @@ def _models_by_sizes(rows, title: str, cell_text) -> Table:
     return table
 
 
-def _result_cell(r) -> str:
-    text = f"{r.top1:.2f} ({r.top5:.2f})"
-    if r.images_per_sec:
-        text += f"\n{r.images_per_sec:,.1f}/s"
-    return text
-
-
-def results_table(rows) -> Table:
-    """Models x sizes: top-1 (top-5) and images/s in each cell."""
-    return _models_by_sizes(rows, "top-1 % (top-5 %) · images/s", _result_cell)
-
-
-def print_results(rows) -> None:
-    err.print(results_table(rows))
-
-
-def probe_table(rows, title: str, cell_text) -> Table:
-    """Models x sizes of a probe other than accuracy (shift, agreement): ``cell_text(row)`` is the probe's cell."""
+def models_by_sizes(rows, title: str, cell_text) -> Table:
+    """The console table of a probe's rows: models x sizes, ``cell_text(row)`` in each cell."""
     return _models_by_sizes(rows, title, cell_text)
 
 
-def print_probe_results(rows, title: str, cell_text) -> None:
-    err.print(probe_table(rows, title, cell_text))
+def print_table(rows, title: str, cell_text) -> None:
+    """A probe's models x sizes table on stdout: the result a command exists to print."""
+    out.print(models_by_sizes(rows, title, cell_text))
 
 
 def _paper_cell(top1, confidence, crop_pct) -> str:

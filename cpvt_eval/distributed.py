@@ -24,15 +24,14 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.distributed as dist
 
 from .data import ImageSet
-from .engine import EvalModel
+from .engine import EvalModel, PassInfo
 from .errors import EXIT_CHECK_FAILED, CheckpointError, CpvtEvalError, DataError
-from .probes.resolution import CellOutput
 
 # Exit code of an unexpected exception on a rank: what Python itself returns for an uncaught exception.
 EXIT_CRASH = EXIT_CHECK_FAILED
@@ -53,14 +52,6 @@ class RankFailedError(DistributedError):
 def launched() -> bool:
     """True inside a process started by torchrun (or another launcher that sets the same variables)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def env_rank() -> int:
-    """This process's global rank (0 when not launched by torchrun)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
 
 
 def _env_int(name: str, default: int | None = None) -> int:
@@ -134,37 +125,40 @@ def shard_image_set(image_set: ImageSet, world_size: int, rank: int, batch_size:
     return Shard(image_set=part, start=start, stop=stop, total=len(image_set))
 
 
-def cell_payload(cell: CellOutput, shard: Shard) -> dict:
-    """What a rank sends for one cell: every field of the cell, its per-image predictions under global indices."""
-    payload = {f.name: getattr(cell, f.name) for f in fields(CellOutput)}
-    payload["indices"] = cell.indices + shard.start
-    return payload
+def cell_payload(cell: tuple, records: dict, info: PassInfo, shard: Shard) -> dict:
+    """What a rank sends for one cell: which cell, how the model ran, and its per-image records with the images
+    under their global positions."""
+    return {
+        "cell": cell,
+        "info": asdict(info),
+        "records": {**records, "indices": records["indices"] + shard.start},
+    }
 
 
-_COMBINE = {"sum": sum, "max": max, "min": min}
+# How the ranks' ``PassInfo`` of one cell combine; every other field is the same on every rank. The ranks start a pass
+# together, so the slowest rank's time is the wall time of the data-parallel pass.
+_COMBINE = {"duration_s": max, "batch_size": min, "oom_retries": sum, "nonfinite": sum}
 
 
-def merge_cells(parts: list[dict], n_total: int) -> CellOutput:
-    """Join the ranks' payloads of one cell (in rank order) into the cell of the whole dataset.
-
-    Each field is combined as its ``merge`` metadata in ``CellOutput`` says, so a new field cannot be left out.
+def merge_cells(parts: list[dict], n_total: int) -> tuple[dict, PassInfo]:
+    """Join the ranks' payloads of one cell (in rank order) into the records and ``PassInfo`` of the whole dataset:
+    every per-image record concatenated and put back in dataset order.
 
     Raises:
         DistributedError: the ranks sent different cells, or an image is missing or was evaluated twice.
     """
     first = parts[0]
+    name = f"{first['info']['model']} at {first['info']['size']}px"
     for rank, p in enumerate(parts):
-        if (p["model"], p["size"]) != (first["model"], first["size"]):
+        if p["cell"] != first["cell"]:
             raise DistributedError(
-                f"rank {rank} sent {p['model']} at {p['size']}px while rank 0 sent {first['model']} at "
-                f"{first['size']}px: the ranks disagree on the cells to evaluate"
+                f"rank {rank} sent {p['info']['model']} at {p['info']['size']}px while rank 0 sent {name}: the "
+                "ranks disagree on the cells to evaluate"
             )
-    indices = torch.cat([p["indices"] for p in parts])
+    indices = torch.cat([p["records"]["indices"] for p in parts])
     counts = torch.bincount(indices, minlength=n_total) if indices.numel() else torch.zeros(n_total, dtype=torch.long)
     if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= n_total):
-        raise DistributedError(
-            f"gathered predictions of {first['model']} at {first['size']}px hold an index outside 0..{n_total - 1}"
-        )
+        raise DistributedError(f"gathered predictions of {name} hold an index outside 0..{n_total - 1}")
     missing = (counts == 0).nonzero().flatten()
     twice = (counts > 1).nonzero().flatten()
     if missing.numel() or twice.numel():
@@ -173,21 +167,14 @@ def merge_cells(parts: list[dict], n_total: int) -> CellOutput:
             what.append(f"{missing.numel()} image(s) missing (first: index {int(missing[0])})")
         if twice.numel():
             what.append(f"{twice.numel()} image(s) evaluated more than once (first: index {int(twice[0])})")
-        raise DistributedError(
-            f"gathered predictions of {first['model']} at {first['size']}px are incomplete: {'; '.join(what)}"
-        )
+        raise DistributedError(f"gathered predictions of {name} are incomplete: {'; '.join(what)}")
     order = torch.argsort(indices)
-    merged = {}
-    for f in fields(CellOutput):
-        how = f.metadata["merge"]
-        values = [p[f.name] for p in parts]
-        if how == "same":
-            merged[f.name] = values[0]
-        elif how == "samples":
-            merged[f.name] = torch.cat(values)[order]
-        else:
-            merged[f.name] = _COMBINE[how](values)
-    return CellOutput(**merged)
+    records = {key: torch.cat([p["records"][key] for p in parts])[order] for key in first["records"]}
+    info = {
+        key: _COMBINE[key]([p["info"][key] for p in parts]) if key in _COMBINE else value
+        for key, value in first["info"].items()
+    }
+    return records, PassInfo(**info)
 
 
 def check_same_inputs(parts: list[dict]) -> list[dict]:
@@ -375,32 +362,26 @@ class DistContext:
             return value
         return self._round(None, lambda _parts: value)
 
-    def agreed_todo(
-        self, todo: Callable[[EvalModel, int], bool] | None, models: list[EvalModel], sizes: Iterable[int]
-    ) -> Callable[[EvalModel, int], bool] | None:
-        """``todo`` as rank 0 answers it, for every rank: only rank 0 may read the run directory (the others may
-        not see it at all), and every rank must evaluate the same cells."""
-        if todo is None or not self.enabled:
-            return todo
-        cells = {(m.name, s) for m in models for s in sizes if todo(m, s)} if self.is_main else None
-        agreed = self.agree(sorted(cells) if cells is not None else None)
-        wanted = {tuple(c) for c in agreed}
-        return lambda m, s: (m.name, s) in wanted
-
-    def gather_cells(self, cells: Iterable[CellOutput], shard: Shard) -> Iterator[CellOutput]:
-        """The cells of the whole dataset, on rank 0; the other ranks evaluate their shards and yield nothing.
+    def gather_cells(self, done: Iterable[tuple[tuple, object, PassInfo]], shard: Shard) -> Iterator[tuple]:
+        """The finished pass's cells ``(cell, work, info)`` over the whole dataset, on rank 0: each rank's
+        per-image records (``work.accumulator.records``) are gathered and merged into rank 0's accumulator; the
+        other ranks evaluate their shards and yield nothing.
 
         The caller's work on a yielded cell (writing it, timing the model) happens while the other ranks wait,
         so a timing is never disturbed by another rank's data pass.
         """
-        local = iter(cells)
+        local = iter(done)
         if not self.enabled:
             yield from local
             return
         while True:
-            cell = next(local, None)
-            item = ("done", None) if cell is None else ("ok", cell_payload(cell, shard))
-            parts = self._gather(item)
+            item = next(local, None)
+            if item is None:
+                payload = ("done", None)
+            else:
+                cell, work, info = item
+                payload = ("ok", cell_payload(cell, work.accumulator.records, info, shard))
+            parts = self._gather(payload)
             if not self.is_main:
                 if self._decide()[0] == "done":
                     return
@@ -415,8 +396,10 @@ class DistContext:
             if "done" in kinds:
                 exc = DistributedError("the ranks disagree on the cells to evaluate (some ranks finished early)")
                 self._decide(_error_item(self.rank, exc), own=exc)
-            merged = merge_cells([p[1] for p in parts], shard.total)
-            yield merged
+            records, info = merge_cells([p[1] for p in parts], shard.total)
+            work.accumulator.records.clear()
+            work.accumulator.records.update(records)
+            yield cell, work, info
             self._decide(("ok", None))
 
     @contextmanager

@@ -1,9 +1,10 @@
-"""The evaluation loop every probe shares (``run_pass``, ``sweep``): the models of a run, their settings and the
-forward runner. Returns the probes' cells; never prints.
+"""The evaluation loop every probe shares (``run_pass``): the models of a run, their settings and the forward
+runner. Feeds the probes' accumulators; never prints.
 
-For each size there is one pass over the dataset per probe, and every model of the run sees each batch of that
-pass: an image is decoded, resized and cropped once per size whatever the number of models. What a pass computes
-is the probe's (``cpvt_eval.probes``): accuracy, consistency under translation, agreement with the native size.
+A pass is one size: every model of the run sees each batch of it, and every probe that reads the same images
+(accuracy, agreement, calibration) reads the same forward: an image is decoded, resized and cropped once per size
+whatever the number of models and probes, and each model runs once per view. What a pass computes is the probes'
+(``cpvt_eval.probes``).
 Batches travel as uint8 and are normalised on the device with each model's own mean/std. On CUDA the loader pins
 memory and the copies are non-blocking; an autocast dtype (bf16/fp16) is optional and recorded.
 
@@ -14,8 +15,7 @@ later batch of the pass into chunks of the smaller size; the batch it finally ra
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -116,6 +116,34 @@ class EvalSettings:
         ]
 
 
+class Outputs:
+    """A model's outputs on one view of a batch, shared by every probe of the pass: float32 logits (the label
+    subset's classes only, when there is one) and what probes derive from them, each computed once."""
+
+    def __init__(self, logits: torch.Tensor, classes: torch.Tensor | None = None):
+        self.logits = logits
+        self.classes = classes
+        self._top: dict[int, torch.Tensor] = {}
+        self._log_probs: torch.Tensor | None = None
+
+    def canonical(self, positions: torch.Tensor) -> torch.Tensor:
+        """Positions among the logits as the model's canonical class indices."""
+        return self.classes[positions] if self.classes is not None else positions
+
+    def top(self, k: int) -> torch.Tensor:
+        """Top-``k`` class indices of every image, best first. With a label subset the ranking is among its classes
+        only, and the indices are still the model's (canonical ImageNet-1k) ones."""
+        if k not in self._top:
+            self._top[k] = self.canonical(self.logits.topk(k, dim=1).indices)
+        return self._top[k]
+
+    def log_probs(self) -> torch.Tensor:
+        """The log-softmax over the logits' classes (float32)."""
+        if self._log_probs is None:
+            self._log_probs = torch.log_softmax(self.logits, dim=1)
+        return self._log_probs
+
+
 class ChunkedForward:
     """Run a model on a batch in chunks of at most ``chunk`` images; on OOM halve ``chunk`` and redo the batch.
 
@@ -141,23 +169,22 @@ class ChunkedForward:
         self.retries = 0
         self.nonfinite = 0
 
-    def _run(self, x: torch.Tensor, keep: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """``keep(logits)`` of every chunk of ``x``, concatenated; logits in float32, restricted to ``classes``.
-        Images with non-finite logits are counted in ``nonfinite`` (their ranking means nothing)."""
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of every image of ``x`` (the label subset's classes only, when there is one). Images with
+        non-finite logits are counted in ``nonfinite`` (their ranking means nothing)."""
         while True:
             try:
                 kept = []
-                bad = 0
                 for start in range(0, x.shape[0], self.chunk):
                     with autocast_context(self.device, self.dtype):
                         logits = self.module(x[start : start + self.chunk])
                     logits = logits.float()
                     if self.classes is not None:
                         logits = logits.index_select(1, self.classes)
-                    bad += int((~torch.isfinite(logits)).any(dim=1).sum())
-                    kept.append(keep(logits))
-                self.nonfinite += bad
-                return torch.cat(kept) if len(kept) > 1 else kept[0]
+                    kept.append(logits)
+                out = torch.cat(kept) if len(kept) > 1 else kept[0]
+                self.nonfinite += int((~torch.isfinite(out)).any(dim=1).sum())
+                return out
             except torch.OutOfMemoryError:
                 # Handled after the except block: the traceback's frames hold the failed attempt's activations,
                 # and they are only freed once the block is left.
@@ -171,18 +198,8 @@ class ChunkedForward:
             self.chunk = max(1, min(self.chunk, x.shape[0]) // 2)
             self.retries += 1
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 logits of every image of ``x`` (the label subset's classes only, when there is one)."""
-        return self._run(x, lambda logits: logits)
-
-    def canonical(self, top: torch.Tensor) -> torch.Tensor:
-        """Positions among the logits (of ``logits``) as the model's canonical class indices."""
-        return self.classes[top] if self.classes is not None else top
-
-    def topk(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Top-``k`` class indices of every image of ``x``, best first. With ``classes`` (a label subset) the
-        ranking is among those classes only, and the indices are still the model's (canonical ImageNet-1k) ones."""
-        return self._run(x, lambda logits: self.canonical(logits.topk(k, dim=1).indices))
+    def __call__(self, x: torch.Tensor) -> Outputs:
+        return Outputs(self.logits(x), self.classes)
 
 
 def clean_worker_error(e: Exception) -> Exception:
@@ -233,38 +250,50 @@ class PassInfo:
     nonfinite: int
 
 
+@dataclass
+class Work:
+    """One cell of a pass: the accumulator a probe keeps for one model."""
+
+    probe: object
+    model: EvalModel
+    accumulator: object
+
+
 def run_pass(
-    probe,
-    models: list[EvalModel],
+    work: list[Work],
     image_set: ImageSet,
     size: int,
     settings: EvalSettings,
     progress: Progress | None = None,
-) -> list:
-    """Every model at ``size`` in one pass over ``image_set`` for ``probe``; one cell (the probe's) per model.
+) -> list[PassInfo]:
+    """Feed every accumulator of ``work`` one pass over ``image_set`` at ``size``; returns how each model ran (one
+    ``PassInfo`` per item of ``work``, in its order).
 
     The skeleton every probe shares: the module and PE policy of each model at this size, one loader whose images
-    are decoded once for all models, normalisation on the device with each model's own mean/std, the batch halving
-    on out-of-memory, interrupts checked per batch, progress. The probe says which transform decodes the images
-    (``probe.transform``), which views of a batch the models see (``probe.views``) and what is computed from
-    them (``probe.accumulator``: ``update`` per view, ``finish`` into the cell). Models whose transforms differ
-    (each its weights' own crop or interpolation, ``border`` fills) are evaluated in one pass per transform.
+    are decoded once for every model and probe, normalisation on the device with each model's own mean/std, one
+    forward per model and view whose outputs every probe of the pass reads (``Outputs``), the batch halving on
+    out-of-memory, interrupts checked per batch, progress. The probes of one pass decode and view the images alike
+    (``Probe.shares_passes``, or one probe alone): its first probe says how (``transform``, ``views``). Models
+    whose transforms differ (each its weights' own crop or interpolation, ``border`` fills) are evaluated in one
+    pass per transform.
     """
-    groups: dict[tuple, list[EvalModel]] = {}
-    for m in models:
-        t = probe.transform(m, size, settings)
-        groups.setdefault((t.size, t.crop_pct, t.interpolation, t.crop_mode, t.fill), []).append(m)
+    groups: dict[tuple, list[int]] = {}
+    for i, w in enumerate(work):
+        t = w.probe.transform(w.model, size, settings)
+        groups.setdefault((t.size, t.crop_pct, t.interpolation, t.crop_mode, t.fill), []).append(i)
     if len(groups) > 1:
-        done = {}
-        for group in groups.values():
-            for m, cell in zip(group, run_pass(probe, group, image_set, size, settings, progress), strict=True):
-                done[m.name] = cell
-        return [done[m.name] for m in models]
+        infos: dict[int, PassInfo] = {}
+        for members in groups.values():
+            part = run_pass([work[i] for i in members], image_set, size, settings, progress)
+            infos.update(zip(members, part, strict=True))
+        return [infos[i] for i in range(len(work))]
     progress = progress or Progress()
+    models = list({w.model.name: w.model for w in work}.values())
+    by_model = {m.name: [w.accumulator for w in work if w.model.name == m.name] for m in models}
+    probe = work[0].probe
     # One module per model for this size: the model itself, or one timm built at this size (dropped after the pass).
     sized = [m.sizer.module_at(size, settings.pe) for m in models]
     modules = [module for module, _ in sized]
-    policies = [policy for _, policy in sized]
     rebuilt = any(module is not m.module for module, m in zip(modules, models, strict=True))
     transform = probe.transform(models[0], size, settings)
     loader = make_loader(
@@ -274,11 +303,12 @@ def run_pass(
         pin_memory=settings.device.type == "cuda",
     )
     n_total = len(image_set)
-    accumulators = [probe.accumulator(m, size, n_total, settings) for m in models]
     runners = settings.runners(modules, models)
     non_blocking = settings.device.type == "cuda"
     seen = 0
-    progress.start(probe.pass_label(size, models), n_total)
+    names = ", ".join(m.name for m in models)
+    probes = "+".join(dict.fromkeys(w.probe.name for w in work if w.probe.name != "resolution"))
+    progress.start(f"{size}px {probes} · {names}" if probes else f"{size}px · {names}", n_total)
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
@@ -289,11 +319,13 @@ def run_pass(
                 batch = Batch(target, target.to(settings.device, non_blocking=non_blocking), idx, slice(seen, seen + b))
                 for view in probe.views(images, batch, size):
                     normalized: dict[tuple, torch.Tensor] = {}
-                    for acc, runner, m in zip(accumulators, runners, models, strict=True):
+                    for runner, m in zip(runners, models, strict=True):
                         key = (m.mean, m.std)
                         if key not in normalized:
                             normalized[key] = normalize_batch(view.images, m.mean, m.std)
-                        acc.update(batch, view, normalized[key], runner)
+                        out = runner(normalized[key])
+                        for acc in by_model[m.name]:
+                            acc.update(batch, view, out)
                 seen += b
                 progress.advance(b)
     except CpvtEvalError as e:
@@ -301,41 +333,24 @@ def run_pass(
     finally:
         progress.finish()
     duration = time.perf_counter() - t0
-    grids = [grid_of(module) for module in modules]
+    grids = {m.name: grid_of(module) for m, module in zip(models, modules, strict=True)}
+    info_of = {}
+    for (_, policy), m, runner in zip(sized, models, runners, strict=True):
+        grid = grids[m.name]
+        info_of[m.name] = PassInfo(
+            model=m.name,
+            size=size,
+            pe_policy=policy,
+            grid=f"{grid[0]}x{grid[1]}" if grid else "",
+            resize_size=transform.resize_size,
+            duration_s=duration,
+            batch_size=runner.chunk,
+            oom_retries=runner.retries,
+            nonfinite=runner.nonfinite,
+        )
     del sized, modules
     if rebuilt:
         release_cached_memory(settings.device)
     if seen != n_total:
         raise DataError(f"the data pass at {size}px saw {seen} of {n_total} images")
-    cells = []
-    for j, m in enumerate(models):
-        grid = grids[j]
-        info = PassInfo(
-            model=m.name,
-            size=size,
-            pe_policy=policies[j],
-            grid=f"{grid[0]}x{grid[1]}" if grid else "",
-            resize_size=transform.resize_size,
-            duration_s=duration,
-            batch_size=runners[j].chunk,
-            oom_retries=runners[j].retries,
-            nonfinite=runners[j].nonfinite,
-        )
-        cells.append(accumulators[j].finish(info))
-    return cells
-
-
-def sweep(
-    probe,
-    models: list[EvalModel],
-    image_set: ImageSet,
-    sizes: Iterable[int],
-    settings: EvalSettings,
-    progress: Progress | None = None,
-    todo: Callable[[EvalModel, int], bool] | None = None,
-) -> Iterator:
-    """Yield every (model, size) cell of ``probe``, pass by pass (``probe.plan``: size by size, unless the probe
-    orders them otherwise); ``todo`` can skip cells already finished."""
-    for size, active in probe.plan(models, sizes, todo):
-        if active:
-            yield from run_pass(probe, active, image_set, size, settings, progress)
+    return [replace(info_of[w.model.name]) for w in work]

@@ -100,3 +100,26 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def sweep_cells(models, image_set, sizes, settings, probe=None, todo=None, reference=None):
+    """Every (model, size) cell of ``probe`` (accuracy by default), size by size, straight from the engine's pass:
+    finished ``probes.base.Cell``s; ``todo(model, size)`` can leave cells out."""
+    from cpvt_eval.engine import Work, run_pass
+    from cpvt_eval.probes import make
+
+    probe = probe or make("resolution")
+    cells = []
+    for size in sizes:
+        active = [m for m in models if todo is None or todo(m, size)]
+        if not active:
+            continue
+        work = [Work(probe, m, probe.accumulator(m, size, image_set, settings, reference)) for m in active]
+        infos = run_pass(work, image_set, size, settings)
+        cells += [w.accumulator.finish(info) for w, info in zip(work, infos, strict=True)]
+    return cells
+
+
+def top5(cell) -> torch.Tensor:
+    """A finished cell's stored top-k classes (``top5``), as int64."""
+    return torch.from_numpy(cell.arrays["top5"].astype("int64"))

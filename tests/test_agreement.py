@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 from cpvt_eval.cli import app
 from cpvt_eval.config import Hooks, RunConfig
 from cpvt_eval.data import EvalTransform, normalize_batch
-from cpvt_eval.jobs.run import run_agreement, run_probe
+from cpvt_eval.jobs.run import run_probe
 from cpvt_eval.models.posenc import adapt_to_size
-from cpvt_eval.probes import PROBES, Agreement, column, split
-from cpvt_eval.probes.agreement import AgreementRow
-from cpvt_eval.report import probe_report
+from cpvt_eval.probes import PROBES, column, split
+from cpvt_eval.probes.agreement import Agreement, AgreementCounter, AgreementRow
+from cpvt_eval.report import pipeline as probe_report
 from cpvt_eval.results import RunStore, mcnemar_exact, register_row_type, wilson_interval
 from cpvt_eval.results import schema as schema_module
 
@@ -34,6 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 MODELS = ("cpvt_toy", "deit_toy")
 VOLATILE = {"started_at", "duration_s", "aggregate_images_per_sec"}
+
+
+def run_agreement(cfg, hooks=None):
+    return run_probe(cfg, Agreement(), hooks)
 
 
 @pytest.fixture
@@ -167,15 +171,15 @@ def test_the_native_reference_is_computed_once_and_read_back_on_resume(photos, t
     ]
 
     passes = []
-    from cpvt_eval import engine
+    from cpvt_eval.jobs import run as job
 
-    real_pass = engine.run_pass
+    real_pass = job.run_pass
 
-    def counting(probe, models, image_set, size, *args, **kwargs):
-        passes.append((size, [m.name for m in models]))
-        return real_pass(probe, models, image_set, size, *args, **kwargs)
+    def counting(work, image_set, size, *args, **kwargs):
+        passes.append((size, [w.model.name for w in work]))
+        return real_pass(work, image_set, size, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "run_pass", counting)
+    monkeypatch.setattr(job, "run_pass", counting)
     notes = []
     second = run_agreement(cfg, Hooks(notify=notes.append))
     # the native size is not computed again: its softmax is read back from the stored cell
@@ -223,23 +227,23 @@ class FlipRow(AgreementRow):
     flips: int | None = column("flips", "d")  # the one declaration of the new column
 
 
+class FlipCounter(AgreementCounter):
+    def columns(self):
+        out = super().columns()
+        return {**out, "flips": len(self.records["agree"]) - out["n_agree"]}
+
+
 class Flips(Agreement):
     """The agreement probe with one more column: the images whose top-1 left the native one."""
 
     name = "flips"
     row_type = FlipRow
+    report = replace(Agreement.report, stem="flips", plot=replace(Agreement.report.plot, file="flips.png"))
 
-    def identity(self) -> str:
-        return "flips:ref=native"
-
-    def columns(self, cell, row, n_images):
-        return {**super().columns(cell, row, n_images), "flips": len(cell.indices) - int(cell.agree.sum())}
-
-    @property
-    def report(self):
-        from dataclasses import replace
-
-        return replace(Agreement.report, stem="flips", plot="flips.png")
+    def accumulator(self, *args, **kwargs):
+        acc = super().accumulator(*args, **kwargs)
+        acc.__class__ = FlipCounter
+        return acc
 
 
 def test_a_probe_column_declared_once_reaches_csv_markdown_and_json(photos, toy_checkpoints, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from conftest import make_imagefolder
 from typer.testing import CliRunner
 
 from cpvt_eval.cli import app
-from cpvt_eval.cli.app import expand_models, parse_models, parse_sizes
+from cpvt_eval.cli.parsing import expand_models, parse_models, parse_sizes
 from cpvt_eval.errors import CpvtEvalError
 
 FAST = ["--no-throughput", "--workers", "0", "--batch-size", "6", "--model-arg", "num_classes=1000", "--device", "cpu"]
@@ -200,7 +200,7 @@ def test_glob_and_range_run_then_rerun_skips_finished_cells(data, ckpt_args, tmp
 
 
 def test_default_run_directory_of_many_models_stays_a_valid_name():
-    from cpvt_eval.cli.app import default_out
+    from cpvt_eval.cli.parsing import default_out
 
     assert default_out(("cpvt_toy", "deit_toy")).name == "cpvt_toy+deit_toy"
     many = expand_models(("deit*",))

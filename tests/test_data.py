@@ -15,7 +15,7 @@ from PIL import Image, ImageFile
 from typer.testing import CliRunner
 
 from cpvt_eval.cli import app, fill_optional_values
-from cpvt_eval.config import RunConfig, ThroughputConfig
+from cpvt_eval.config import RunConfig
 from cpvt_eval.data import (
     EvalDataset,
     EvalTransform,
@@ -29,12 +29,13 @@ from cpvt_eval.data import (
     load_real_labels,
     load_rgb,
     open_dataset,
+    real_hits,
     real_score,
     stratified_subset,
     synset_to_index,
 )
 from cpvt_eval.errors import DataError
-from cpvt_eval.jobs.run import run_resolution
+from cpvt_eval.jobs.run import evaluate as run_resolution
 from tests.conftest import make_image
 
 # Two validation images of classes 0, 2, 10 and 999 (their numbers looked up in the shipped list). Classes 2 and
@@ -449,7 +450,7 @@ def test_skip_policy_records_every_skipped_file(tmp_path, toy_checkpoints):
         model_args={"cpvt_toy": {"num_classes": 1000}},
         batch_size=4,
         workers=0,
-        throughput=ThroughputConfig(enabled=False),
+        timing=False,
         on_bad_image="skip",
         decode_draft=True,
     )
@@ -513,7 +514,7 @@ def test_real_labels_match_timm_on_the_full_list(real):
         logits[torch.arange(len(batch)), batch] = 1.0
         reference.add_result(logits)
     image_set = ImageSet(None, [Sample(n, 0) for n in names], "flat", imagenet_synsets())
-    score = real_score(real.for_image_set(image_set), torch.arange(50_000), preds)
+    score = real_score(real_hits(real.for_image_set(image_set), torch.arange(50_000), preds))
     assert score.n + score.excluded == 50_000 and score.excluded == sum(1 for x in real.labels if not x)
     assert score.top1 == pytest.approx(reference.get_accuracy(1), abs=1e-9)
 
@@ -530,7 +531,7 @@ def test_real_matching_on_a_shuffled_subset(real):
     image_set = ImageSet(None, samples, "imagefolder", imagenet_synsets())
     preds = torch.tensor([rng.choice(reference.get(s.name) or [0]) if i % 3 else 5 for i, s in enumerate(samples)])
     order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(1))  # predictions in any order
-    score = real_score(real.for_image_set(image_set), order, preds[order])
+    score = real_score(real_hits(real.for_image_set(image_set), order, preds[order]))
     expected_n = sum(1 for s in samples if reference.get(s.name))
     expected_correct = sum(
         1 for s, p in zip(samples, preds.tolist(), strict=True) if p in (reference.get(s.name) or [])
@@ -580,11 +581,10 @@ def test_same_results_in_every_layout(tmp_path, layouts, toy_checkpoints, real):
             model_args={"cpvt_toy": {"num_classes": 1000}},
             batch_size=3,
             workers=0,
-            throughput=ThroughputConfig(enabled=False),
+            timing=False,
             labels=labels,
-            real_labels="timm",
         )
-        outcome = run_resolution(cfg)
+        outcome = run_resolution(cfg, real_labels="timm")
         (row,) = outcome.rows
         image_set = open_dataset(root, labels=labels)
         preds = cell_predictions(tmp_path / kind, "cpvt_toy", 56)

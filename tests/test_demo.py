@@ -111,7 +111,12 @@ def test_demo_command_end_to_end(tmp_path):
     args += ["--workers", "0", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
+    everything = json.loads(result.stdout)  # every registered probe's rows, each naming its probe
+    from cpvt_eval.probes import PROBES
+    from cpvt_eval.results import probe_name
+
+    assert {probe_name(r["probe"]) for r in everything} == set(PROBES)
+    rows = [r for r in everything if r["probe"] == ""]  # accuracy by size
     assert {(r["model"], r["img_size"]) for r in rows} == {(m, s) for m in DEFAULT_MODELS for s in (56, 112)}
     by = {(r["model"], r["img_size"]): r for r in rows}
     assert by[("deit_toy", 56)]["grid"] == "14x14" and by[("deit_toy", 112)]["grid"] == "28x28"
@@ -183,8 +188,8 @@ def _row(model: str, pe: str, size: int, top1: float) -> ResultRow:
     return ResultRow(
         model=model, pe=pe, checkpoint="", checkpoint_sha256="", img_size=size, grid="", resize_size=0,
         crop_pct=0.875, interpolation="bicubic", pe_policy="", dtype="fp32", device="cpu", n_images=100,
-        n_skipped=0, correct1=int(top1), correct5=100, top1=top1, top5=100.0, top1_ci95="", images_per_sec=None,
-        throughput_batch=None, gflops_per_image=None, params=0, dataset="", dataset_fingerprint="", partial=True,
+        n_skipped=0, correct1=int(top1), correct5=100, top1=top1, top5=100.0, top1_ci95="",
+        params=0, dataset="", dataset_fingerprint="", partial=True,
         limit=None, model_args="", versions="", started_at="", duration_s=0.0,
     )  # fmt: skip
 
@@ -215,7 +220,7 @@ def test_demo_all_includes_the_ablations(tmp_path):
     args += ["--workers", "0", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.stdout)
+    rows = [r for r in json.loads(result.stdout) if r["probe"] == ""]
     assert [r["model"] for r in rows] == list(DEMO_MODELS)
     pe = {r["model"]: r["pe"] for r in rows}
     assert pe["deit_toy"] == "ape-learned" and pe["deit_toy_nope"] == "none"

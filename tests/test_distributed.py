@@ -31,7 +31,6 @@ from cpvt_eval.distributed import (
     shard_image_set,
 )
 from cpvt_eval.errors import CheckpointError, DataError
-from cpvt_eval.probes.resolution import CellOutput
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = (0, 1, 2, 3, 4, 5, 6, 7, 8, 999)
@@ -63,55 +62,53 @@ def test_shard_image_set_keeps_global_positions(tmp_path):
     assert all(sh.total == 10 for sh in shards)
 
 
-def _part(model, size, indices, labels, top5, correct1, correct5, duration=1.0) -> dict:
-    return {
+def _part(model, size, indices, labels, top5, duration=1.0) -> dict:
+    info = {
         "model": model,
         "size": size,
         "pe_policy": "peg-native",
         "grid": "8x8",
         "resize_size": 36,
-        "correct1": correct1,
-        "correct5": correct5,
-        "n": len(indices),
         "duration_s": duration,
-        "indices": torch.tensor(indices, dtype=torch.long),
-        "labels": torch.tensor(labels, dtype=torch.long),
-        "topk": torch.tensor(top5, dtype=torch.int16).reshape(len(indices), -1 if top5 else 2),
         "batch_size": 2,
         "oom_retries": 0,
         "nonfinite": 0,
     }
+    records = {
+        "indices": torch.tensor(indices, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "top5": torch.tensor(top5, dtype=torch.int16).reshape(len(indices), -1 if top5 else 2),
+    }
+    return {"cell": ("resolution", model, size), "info": info, "records": records}
 
 
-def test_merge_orders_by_index_and_sums_counts():
+def test_merge_orders_by_index_and_takes_the_slowest_rank():
     parts = [
-        _part("m", 32, [0, 1], [5, 6], [[5, 1], [0, 6]], 1, 2, duration=2.0),
-        _part("m", 32, [2], [7], [[7, 3]], 1, 1, duration=3.0),
-        _part("m", 32, [], [], [], 0, 0, duration=0.1),  # an empty shard (fewer batches than ranks)
+        _part("m", 32, [0, 1], [5, 6], [[5, 1], [0, 6]], duration=2.0),
+        _part("m", 32, [2], [7], [[7, 3]], duration=3.0),
+        _part("m", 32, [], [], [], duration=0.1),  # an empty shard (fewer batches than ranks)
     ]
-    cell = merge_cells(parts, 3)
-    assert isinstance(cell, CellOutput)
-    assert (cell.correct1, cell.correct5, cell.n) == (2, 3, 3)
-    assert cell.indices.tolist() == [0, 1, 2]
-    assert cell.labels.tolist() == [5, 6, 7]
-    assert cell.topk.tolist() == [[5, 1], [0, 6], [7, 3]]
-    assert cell.duration_s == 3.0  # the slowest rank sets the wall time of the pass
+    records, info = merge_cells(parts, 3)
+    assert records["indices"].tolist() == [0, 1, 2]
+    assert records["labels"].tolist() == [5, 6, 7]
+    assert records["top5"].tolist() == [[5, 1], [0, 6], [7, 3]]
+    assert info.duration_s == 3.0  # the slowest rank sets the wall time of the pass
 
 
 def test_merge_refuses_a_missing_image():
-    parts = [_part("m", 32, [0, 1], [0, 0], [[0], [0]], 2, 2), _part("m", 32, [3], [0], [[0]], 1, 1)]
+    parts = [_part("m", 32, [0, 1], [0, 0], [[0], [0]]), _part("m", 32, [3], [0], [[0]])]
     with pytest.raises(DistributedError, match=r"incomplete: 1 image\(s\) missing \(first: index 2\)"):
         merge_cells(parts, 4)
 
 
 def test_merge_refuses_an_image_seen_twice():
-    parts = [_part("m", 32, [0, 1], [0, 0], [[0], [0]], 2, 2), _part("m", 32, [1, 2], [0, 0], [[0], [0]], 2, 2)]
+    parts = [_part("m", 32, [0, 1], [0, 0], [[0], [0]]), _part("m", 32, [1, 2], [0, 0], [[0], [0]])]
     with pytest.raises(DistributedError, match=r"more than once \(first: index 1\)"):
         merge_cells(parts, 3)
 
 
 def test_merge_refuses_cells_that_differ():
-    parts = [_part("a", 32, [0], [0], [[0]], 1, 1), _part("b", 32, [1], [0], [[0]], 1, 1)]
+    parts = [_part("a", 32, [0], [0], [[0]]), _part("b", 32, [1], [0], [[0]])]
     with pytest.raises(DistributedError, match="rank 1 sent b at 32px while rank 0 sent a"):
         merge_cells(parts, 2)
 
@@ -176,7 +173,7 @@ def test_library_call_opens_its_own_local_session(job, tmp_path, monkeypatch):
         limit=12,
         batch_size=BATCH,
         workers=0,
-        throughput=cpvt_eval.ThroughputConfig(enabled=False),
+        timing=False,
     )
     outcome = cpvt_eval.evaluate(cfg)
     assert outcome.store is not None and len(outcome.rows) == 1
@@ -225,8 +222,8 @@ try:
     with distributed.session("cpu") as ctx:
         models = [SimpleNamespace(name="a"), SimpleNamespace(name="b")]
         # Every rank answers differently; rank 0's answer must hold on every rank.
-        todo = ctx.agreed_todo(lambda m, s: (m.name == "a") == (rank == 0) and s == 32, models, [32, 40])
-        record["todo"] = sorted([m.name, s] for m in models for s in (32, 40) if todo(m, s))
+        mine = sorted((m.name, s) for m in models for s in (32, 40) if (m.name == "a") == (rank == 0) and s == 32)
+        record["todo"] = sorted(list(c) for c in ctx.agree(mine))
         record["agree"] = ctx.agree(f"rank {rank}")
         if rank == 1:
             raise RuntimeError("boom")

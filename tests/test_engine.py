@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import sweep_cells, top5
 from PIL import Image
 from torchvision import transforms
 
@@ -13,7 +14,6 @@ from cpvt_eval.engine import ChunkedForward, EvalSettings
 from cpvt_eval.errors import CpvtEvalError
 from cpvt_eval.jobs.assemble import build_model
 from cpvt_eval.models.posenc import adapt_to_size
-from cpvt_eval.probes.resolution import evaluate_size, sweep
 
 SIZES = (56, 64)
 BATCH = 5  # 12 images: batches of 5, 5, 2, so a short last batch is covered too
@@ -63,20 +63,24 @@ def reference_cell(module, image_set, size, batch=BATCH):
     return pred, int(hits[:, 0].sum()), int(hits.any(dim=1).sum())
 
 
+def evaluate_size(models, image_set, size, settings):
+    return sweep_cells(models, image_set, [size], settings)
+
+
 def test_shared_sweep_equals_each_cell_alone_and_the_reference_path(image_set, toy_models):
-    cells = {(c.model, c.size): c for c in sweep(toy_models(), image_set, SIZES, settings())}
+    cells = {(c.model, c.size): c for c in sweep_cells(toy_models(), image_set, SIZES, settings())}
     assert len(cells) == 2 * len(SIZES)
     for model in toy_models():
         for size in SIZES:
             shared = cells[(model.name, size)]
             alone = evaluate_size([model], image_set, size, settings())[0]
-            assert torch.equal(shared.topk, alone.topk)
-            assert (shared.correct1, shared.correct5, shared.n) == (alone.correct1, alone.correct5, alone.n)
-            assert torch.equal(shared.indices, torch.arange(len(image_set)))
+            assert torch.equal(top5(shared), top5(alone))
+            assert shared.counts == alone.counts
+            assert (shared.arrays["indices"] == list(range(len(image_set)))).all()
             pred, c1, c5 = reference_cell(model.module, image_set, size)
-            assert torch.equal(shared.topk.long(), pred), f"{model.name} @ {size}"
-            assert (shared.correct1, shared.correct5) == (c1, c5)
-            assert torch.equal(shared.labels, torch.tensor([s.label for s in image_set.samples]))
+            assert torch.equal(top5(shared), pred), f"{model.name} @ {size}"
+            assert shared.counts == (c1, c5, len(image_set))
+            assert shared.arrays["labels"].tolist() == [s.label for s in image_set.samples]
 
 
 def test_each_image_is_decoded_once_per_size_whatever_the_number_of_models(image_set, toy_models, monkeypatch):
@@ -89,7 +93,7 @@ def test_each_image_is_decoded_once_per_size_whatever_the_number_of_models(image
 
     monkeypatch.setattr(data_mod, "load_sample", counting)
     models = toy_models()
-    cells = list(sweep(models, image_set, SIZES, settings()))
+    cells = sweep_cells(models, image_set, SIZES, settings())
     assert len(cells) == len(models) * len(SIZES)
     assert len(calls) == len(image_set) * len(SIZES)
 
@@ -103,7 +107,7 @@ def test_batches_travel_as_uint8(image_set):
 def test_todo_skips_finished_cells(image_set, toy_models):
     models = toy_models()
     done = {(models[0].name, 56)}
-    cells = list(sweep(models, image_set, SIZES, settings(), todo=lambda m, s: (m.name, s) not in done))
+    cells = sweep_cells(models, image_set, SIZES, settings(), todo=lambda m, s: (m.name, s) not in done)
     assert {(c.model, c.size) for c in cells} == {(m.name, s) for m in models for s in SIZES} - done
 
 
@@ -113,7 +117,7 @@ def test_autocast_dtype_reaches_the_model(image_set, toy_models):
     model.module.head.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
     cell = evaluate_size([model], image_set, 56, settings(dtype="bf16"))[0]
     assert seen and all(d == torch.bfloat16 for d in seen)
-    assert cell.n == len(image_set)
+    assert cell.counts[2] == len(image_set)
 
 
 class OOMAbove:
@@ -136,13 +140,13 @@ def test_oom_halves_that_models_batch_and_keeps_its_predictions(image_set, toy_m
     models[0].module.forward = fake
     cells = {c.model: c for c in evaluate_size(models, image_set, 56, settings(batch=8))}
     hit, other = cells[models[0].name], cells[models[1].name]
-    assert (hit.batch_size, hit.oom_retries) == (2, 2)  # 8 -> 4 -> 2
-    assert (other.batch_size, other.oom_retries) == (8, 0)  # the other model keeps the shared batch
+    assert (hit.info.batch_size, hit.info.oom_retries) == (2, 2)  # 8 -> 4 -> 2
+    assert (other.info.batch_size, other.info.oom_retries) == (8, 0)  # the other model keeps the shared batch
     assert max(s for s in fake.sizes[3:]) <= 2  # after the halving every later batch runs in chunks of 2
     for key in cells:
-        assert cells[key].n == plain[key].n == len(image_set)
-        assert (cells[key].correct1, cells[key].correct5) == (plain[key].correct1, plain[key].correct5)
-        assert torch.equal(cells[key].topk[:, 0], plain[key].topk[:, 0])
+        assert cells[key].counts == plain[key].counts
+        assert cells[key].counts[2] == len(image_set)
+        assert torch.equal(top5(cells[key])[:, 0], top5(plain[key])[:, 0])
 
 
 def test_oom_at_batch_one_is_a_one_line_error(image_set, toy_models):
@@ -157,7 +161,8 @@ def test_chunked_forward_splits_and_concatenates_in_order():
     x = torch.randn(7, 4)
     runner = ChunkedForward(module, 3, torch.device("cpu"), "fp32")
     with torch.inference_mode():
-        assert torch.equal(runner.topk(x, 5), module(x).topk(5, dim=1).indices)
+        assert torch.equal(runner(x).top(5), module(x).topk(5, dim=1).indices)
+        assert torch.allclose(runner(x).logits, module(x), atol=1e-6)  # chunks of 3: the same up to rounding
 
 
 def test_counts_are_pinned_by_labels_at_known_ranks(image_set, toy_models):
@@ -168,8 +173,8 @@ def test_counts_are_pinned_by_labels_at_known_ranks(image_set, toy_models):
     model = toy_models()[0]
     size = SIZES[0]
     first = evaluate_size([model], image_set, size, settings())[0]
-    assert first.topk.shape == (len(image_set), 5)
-    ranked = {int(i): first.topk[j].long().tolist() for j, i in enumerate(first.indices)}
+    assert first.arrays["top5"].shape == (len(image_set), 5)
+    ranked = {int(i): top5(first)[j].tolist() for j, i in enumerate(first.arrays["indices"])}
     samples = []
     for i, s in enumerate(image_set.samples):
         rank = i % 6  # 0..4: that rank of the top 5; 5: a class outside it
@@ -178,4 +183,4 @@ def test_counts_are_pinned_by_labels_at_known_ranks(image_set, toy_models):
         samples.append(dataclasses.replace(s, label=label))
     pinned = dataclasses.replace(image_set, samples=samples)
     cell = evaluate_size([model], pinned, size, settings())[0]
-    assert (cell.correct1, cell.correct5, cell.n) == (2, 10, 12)
+    assert cell.counts == (2, 10, 12)

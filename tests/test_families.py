@@ -14,7 +14,7 @@ import json
 import pytest
 import timm
 import torch
-from conftest import cell_predictions
+from conftest import cell_predictions, sweep_cells, top5
 from timm.layers import resample_abs_pos_embed as timm_resample_abs_pos_embed
 from torchvision import transforms
 from typer.testing import CliRunner
@@ -27,7 +27,6 @@ from cpvt_eval.errors import ModelError
 from cpvt_eval.jobs.assemble import build_model, pe_label, pe_options_of
 from cpvt_eval.models.posenc import InPlace
 from cpvt_eval.models.timm_policies import Rebuilt
-from cpvt_eval.probes.resolution import sweep
 
 runner = CliRunner()
 TINY_VIT = dict(embed_dim=32, depth=1, num_heads=2, num_classes=10)
@@ -129,7 +128,7 @@ def reference_top5(model: torch.nn.Module, image_set, size: int) -> torch.Tensor
 def tool_cells(name, path, kwargs, image_set, sizes, pe=PEOptions()):
     m = build_model(name, str(path), kwargs)
     settings = EvalSettings(device=torch.device("cpu"), batch_size=len(image_set), workers=0, pe=pe)
-    return m, {cell.size: cell for cell in sweep([m], image_set, sizes, settings)}
+    return m, {cell.size: cell for cell in sweep_cells([m], image_set, sizes, settings)}
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -141,17 +140,17 @@ def test_predictions_equal_timm_built_at_each_size(family, images, tmp_path, one
     assert pe_label(m) == kind
     for size in (224, second):
         cell = cells[size]
-        assert cell.pe_policy == policy  # pinned: the label every row of this family records
+        assert cell.info.pe_policy == policy  # pinned: the label every row of this family records
         reference = timm_at_size(native, name, kwargs, size)
         expected = reference_top5(reference, images, size)
-        assert torch.equal(cell.topk.long(), expected), f"{family} at {size}px"
+        assert torch.equal(top5(cell), expected), f"{family} at {size}px"
         # and the logits themselves, bit for bit (top-5 of ten classes could hide a small difference)
         module, _ = m.sizer.module_at(size)
         x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(size))
         with torch.no_grad():
             assert torch.equal(module(x), reference(x)), f"{family} at {size}px"
         grid = size // (14 if "patch14" in name else 4 if "swin" in name else 16)
-        assert cell.grid == f"{grid}x{grid}"
+        assert cell.info.grid == f"{grid}x{grid}"
 
 
 @pytest.mark.parametrize("family", ["rope-mixed+ape", "cait", "deit3"])
@@ -160,9 +159,9 @@ def test_antialias_gives_timms_own_resample(family, images, tmp_path, one_thread
     name, kwargs, second, _, policy, _ = FAMILIES[family]
     native = _native(name, kwargs, tmp_path / "native.pth", seed=1)
     _, cells = tool_cells(name, tmp_path / "native.pth", kwargs, images, (second,), PEOptions(antialias=True))
-    assert cells[second].pe_policy == policy + "-aa"
+    assert cells[second].info.pe_policy == policy + "-aa"
     expected = reference_top5(timm_at_size(native, name, kwargs, second, antialias=True), images, second)
-    assert torch.equal(cells[second].topk.long(), expected)
+    assert torch.equal(top5(cells[second]), expected)
 
 
 def test_antialias_changes_the_ape_so_the_default_is_not_timms(tmp_path):
@@ -178,10 +177,10 @@ def test_swin_window_scaled_with_resampled_bias_tables(images, tmp_path, one_thr
     name, kwargs, *_ = FAMILIES["swin"]
     native = _native(name, kwargs, tmp_path / "native.pth")
     m, cells = tool_cells(name, tmp_path / "native.pth", kwargs, images, (224, 384), PEOptions(window="scale"))
-    assert cells[384].pe_policy == cells[224].pe_policy == "window-scaled+relbias-resampled"
+    assert cells[384].info.pe_policy == cells[224].info.pe_policy == "window-scaled+relbias-resampled"
     reference = timm_at_size(native, name, kwargs, 384, window_size=12)  # 7 * 384 / 224
     assert reference.layers[0].blocks[0].attn.relative_position_bias_table.shape[0] == 23 * 23
-    assert torch.equal(cells[384].topk.long(), reference_top5(reference, images, 384))
+    assert torch.equal(top5(cells[384]), reference_top5(reference, images, 384))
     assert pe_options_of(m, PEOptions(window="scale")) == "window=scale"
     assert pe_options_of(m, PEOptions()) == ""
 
@@ -204,7 +203,7 @@ def test_per_size_module_is_built_from_the_native_weights_and_dropped(images, tm
     at_384, _ = m.sizer.module_at(384)
     assert at_384 is not m.module and at_384.patch_embed.img_size == (384, 384)
     settings = EvalSettings(device=torch.device("cpu"), batch_size=6, workers=0)
-    list(sweep([m], images, (384, 224), settings))
+    sweep_cells([m], images, (384, 224), settings)
     after = m.module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the native module never changes
     assert m.module.patch_embed.img_size == (224, 224)

@@ -526,13 +526,13 @@ def test_all_nan_weights_are_an_error(data, toy_checkpoints, tmp_path):
 def test_some_nonfinite_logits_are_counted_and_flagged(data, toy_checkpoints, tmp_path, monkeypatch):
     from cpvt_eval import engine
 
-    real = engine.ChunkedForward.topk
+    real = engine.ChunkedForward.logits
 
-    def topk(self, x, k):
+    def logits(self, x):
         self.module.head.bias.data[0] = float("inf") if self.nonfinite == 0 else 0.0  # the first batch only
-        return real(self, x, k)
+        return real(self, x)
 
-    monkeypatch.setattr(engine.ChunkedForward, "topk", topk)
+    monkeypatch.setattr(engine.ChunkedForward, "logits", logits)
     result = run(data, tmp_path / "out", toy_checkpoints["cpvt_toy"][1], "--batch-size", "3")
     assert result.exit_code == 0, result.output
     (row,) = rows_of(tmp_path / "out")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import cpvt_eval
 from cpvt_eval.cli import app
 from cpvt_eval.distributed import Shard, cell_payload, merge_cells
-from cpvt_eval.probes.resolution import CellOutput
+from cpvt_eval.engine import PassInfo
 from cpvt_eval.report import records
 from cpvt_eval.report.compare import compare_runs
 from cpvt_eval.results import KEY_FIELDS, CellId, ResultRow, id_fields
@@ -39,7 +39,7 @@ def test_help_imports_neither_torch_timm_nor_pandas():
         "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['--help']); main(['resolution', '--help'])"
     )
-    assert "cpvt_eval.cli.resolution" in mods  # the commands were registered
+    assert "cpvt_eval.probes.resolution" in mods  # the probes' commands were registered
     assert not {"torch", "timm", "pandas"} & mods
 
 
@@ -86,7 +86,7 @@ def test_the_app_module_imports_no_command_module():
             imported.add(node.module or "")
             imported.update(a.name for a in node.names if node.level == 1 and not node.module)
     assert not {m.rsplit(".", 1)[-1] for m in imported if m} & commands
-    assert "resolution" in commands and "models" in commands
+    assert "measure" in commands and "models" in commands
 
 
 def test_every_identity_field_is_a_row_column_and_has_a_role():
@@ -114,32 +114,24 @@ def test_compare_matches_on_every_protocol_field_of_the_identity():
     assert len(compare_runs([base], [newer]).cells) == 1
 
 
-def test_distributed_payload_carries_every_cell_field():
-    cell = CellOutput(
-        model="m",
-        size=32,
-        pe_policy="peg-native",
-        grid="2x2",
-        resize_size=36,
-        correct1=1,
-        correct5=2,
-        n=2,
-        duration_s=1.5,
-        indices=torch.tensor([0, 1]),
-        labels=torch.tensor([3, 4]),
-        topk=torch.tensor([[3], [1]], dtype=torch.int16),
-        batch_size=16,
-        oom_retries=1,
-        nonfinite=2,
-    )
-    payload = cell_payload(cell, Shard(image_set=None, start=2, stop=4, total=4))
-    assert set(payload) == {f.name for f in dataclasses.fields(CellOutput)}
-    other = dict(payload, indices=torch.tensor([0, 1]), batch_size=8, oom_retries=0, duration_s=2.0)
-    merged = merge_cells([other, payload], 4)
-    other_nonfinite = other["nonfinite"]
-    assert (merged.batch_size, merged.oom_retries, merged.duration_s, merged.n) == (8, 1, 2.0, 4)
-    assert merged.nonfinite == 2 + other_nonfinite
-    assert merged.indices.tolist() == [0, 1, 2, 3]
+def test_distributed_payload_carries_every_record_and_merges_the_pass_info():
+    info = PassInfo("m", 32, "peg-native", "2x2", 36, 1.5, 16, 1, 2)
+    records = {
+        "indices": torch.tensor([0, 1]),
+        "labels": torch.tensor([3, 4]),
+        "top5": torch.tensor([[3], [1]], dtype=torch.int16),
+        "real": torch.tensor([1, -1], dtype=torch.int8),
+    }
+    payload = cell_payload(("resolution", "m", 32), records, info, Shard(image_set=None, start=2, stop=4, total=4))
+    assert set(payload["records"]) == set(records) and payload["records"]["indices"].tolist() == [2, 3]
+    assert set(payload["info"]) == {f.name for f in dataclasses.fields(PassInfo)}
+    first_info = dict(payload["info"], batch_size=8, oom_retries=0, duration_s=2.0, nonfinite=5)
+    other = dict(payload, info=first_info, records={**records, "labels": torch.tensor([7, 8])})
+    merged, merged_info = merge_cells([other, payload], 4)
+    assert (merged_info.batch_size, merged_info.oom_retries, merged_info.duration_s) == (8, 1, 2.0)
+    assert merged_info.nonfinite == 2 + 5
+    assert merged["indices"].tolist() == [0, 1, 2, 3] and merged["labels"].tolist() == [7, 8, 3, 4]
+    assert merged["real"].tolist() == [1, -1, 1, -1]
 
 
 def test_piped_tables_keep_every_number(monkeypatch):

@@ -13,9 +13,13 @@ from typer.testing import CliRunner
 
 from cpvt_eval import report
 from cpvt_eval.cli import app
-from cpvt_eval.results import ResultRow, RunStore, format_ci, mcnemar_exact, wilson_interval
+from cpvt_eval.probes import make
+from cpvt_eval.probes.resolution import ResolutionRow
+from cpvt_eval.report import pipeline
+from cpvt_eval.results import RunStore, format_ci, mcnemar_exact, wilson_interval
 
 GOLDEN = Path(__file__).parent / "golden"
+PLOT_TOP1 = "top1_vs_resolution.png"
 N = 400
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -54,7 +58,7 @@ def synthetic_run(root: Path, with_throughput: bool = True) -> RunStore:
             f"{size:016d}"[-16:], model, size, {"indices": np.arange(N, dtype=np.int32), "labels": labels, "top5": top5}
         )
         store.append(
-            ResultRow(
+            ResolutionRow(
                 model=model,
                 pe=pe,
                 checkpoint=f"/ckpt/{model}.pth",
@@ -131,7 +135,8 @@ def test_rendering_matches_golden_files(run, name):
 def test_report_numbers_follow_the_formulas(run):
     """The golden files could be regenerated wrongly; these numbers are checked against the formulas."""
     rows = {(r.model, r.img_size): r for r in run.rows()}
-    records = {(r["model"], r["img_size"]): r for r in report.top1_records(run.rows())}
+    probe = make("resolution")
+    records = {(r["model"], r["img_size"]): r for r in pipeline.records(probe, run.rows())}
     cpvt384 = records[("cpvt_ti", 384)]
     lo, hi = wilson_interval(rows[("cpvt_ti", 384)].correct1, N)
     assert (cpvt384["top1_ci95_low"], cpvt384["top1_ci95_high"]) == (round(lo, 4), round(hi, 4))
@@ -140,16 +145,16 @@ def test_report_numbers_follow_the_formulas(run):
     assert cpvt384["delta_published"] == pytest.approx(cpvt384["top1"] - 73.2)
     assert records[("cpvt_ti", 224)]["delta_native"] == 0.0
 
-    pairs = {p["img_size"]: p for p in report.pair_records(run, run.rows())}
+    pairs = {p["img_size"]: p for p in pipeline.pair_records(probe, run, run.rows())}
     a, b = correct_mask("cpvt_ti", 74), correct_mask("deit_tiny_patch16_224", 69)
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     assert (pairs[384]["only_a_correct"], pairs[384]["only_b_correct"]) == (only_a, only_b)
     assert pairs[384]["p_value"] == round(mcnemar_exact(only_a, only_b), 6)
     assert pairs[384]["delta"] == pytest.approx(100 * (a.sum() - b.sum()) / N)
 
-    md = report.markdown_report(run.rows())
+    md = pipeline.markdown(probe, run.rows())
     assert f"{lo:.2f}–{hi:.2f}" in md
-    tex = report.latex_report(run.rows())
+    tex = pipeline.latex(probe, run.rows())
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
     assert r"deit\_tiny\_patch16\_224" in tex
 
@@ -166,17 +171,17 @@ def _assert_png(path: Path):
 def test_plots_are_valid_pngs_linked_from_markdown(run):
     written = report.render(run, ("png", "md"))
     names = {p.name for p in written}
-    assert {report.PLOT_TOP1, report.PLOT_THROUGHPUT, "results.md"} <= names
-    _assert_png(run.root / report.PLOT_TOP1)
+    assert {PLOT_TOP1, report.PLOT_THROUGHPUT, "results.md"} <= names
+    _assert_png(run.root / PLOT_TOP1)
     _assert_png(run.root / report.PLOT_THROUGHPUT)
     md = (run.root / "results.md").read_text()
-    assert f"]({report.PLOT_TOP1})" in md and f"]({report.PLOT_THROUGHPUT})" in md
+    assert f"]({PLOT_TOP1})" in md and f"]({report.PLOT_THROUGHPUT})" in md
 
 
 def test_no_throughput_plot_without_timed_cells(tmp_path):
     store = synthetic_run(tmp_path / "run", with_throughput=False)
     report.render(store, ("png", "md"))
-    assert (store.root / report.PLOT_TOP1).is_file()
+    assert (store.root / PLOT_TOP1).is_file()
     assert not (store.root / report.PLOT_THROUGHPUT).exists()
     md = (store.root / "results.md").read_text()
     assert report.PLOT_THROUGHPUT not in md and "## Throughput" not in md
@@ -198,7 +203,7 @@ def test_cli_report_writes_the_chosen_formats(run, tmp_path):
     out = tmp_path / "paper"
     result = CliRunner().invoke(app, ["report", str(run.root), "--format", "tex,png", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(["results.tex", report.PLOT_TOP1, report.PLOT_THROUGHPUT])
+    assert sorted(p.name for p in out.iterdir()) == sorted(["results.tex", PLOT_TOP1, report.PLOT_THROUGHPUT])
 
 
 def test_cli_report_json_mode(run):
@@ -235,7 +240,7 @@ def test_report_rerenders_a_real_run_without_recomputing(tmp_path, imagefolder, 
     args += ["--model-arg", "num_classes=1000", "--out", str(out), "--no-throughput", "-j", "0"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    for name in ("results.md", "results.csv", "results.tex", "results.json", report.PLOT_TOP1):
+    for name in ("results.md", "results.csv", "results.tex", "results.json", PLOT_TOP1):
         assert (out / name).is_file(), name
     before = {n: (out / n).read_text() for n in ("results.csv", "results.tex", "results.md")}
     rows_before = (out / "rows.jsonl").read_bytes()
@@ -253,13 +258,13 @@ def test_csv_carries_the_published_number_and_the_difference():
     import pandas as pd
     from test_results import make_row
 
-    from cpvt_eval.report import published_top1, to_csv
+    from cpvt_eval.published import published_top1
 
     rows = [
         make_row(model="deit_tiny_patch16_224", img_size=384, correct1=700, n_images=1000, top1=70.0),
         make_row(model="cpvt_toy", img_size=56, correct1=1, n_images=10, top1=10.0),
     ]
-    df = pd.read_csv(io.StringIO(to_csv(rows)))
+    df = pd.read_csv(io.StringIO(pipeline.to_csv(make("resolution"), rows)))
     assert published_top1("deit_tiny_patch16_224", 384) == (71.2, "secondary-x3")
     deit = df[df["model"] == "deit_tiny_patch16_224"].iloc[0]
     assert deit["published_top1"] == 71.2 and deit["published_confidence"] == "secondary-x3"

@@ -15,10 +15,11 @@ from typer.testing import CliRunner
 
 import cpvt_eval
 from cpvt_eval.cli import app
-from cpvt_eval.config import Hooks, RunConfig, ThroughputConfig
+from cpvt_eval.config import Hooks, RunConfig
 from cpvt_eval.errors import ResultsError
-from cpvt_eval.jobs.run import run_resolution
+from cpvt_eval.jobs.run import evaluate as run_resolution
 from cpvt_eval.models.posenc import PEOptions
+from cpvt_eval.probes.resolution import ResolutionRow
 from cpvt_eval.results import (
     KEY_FIELDS,
     CellId,
@@ -56,9 +57,6 @@ def make_row(**over) -> ResultRow:
         top1=30.0,
         top5=60.0,
         top1_ci95="",
-        images_per_sec=None,
-        throughput_batch=None,
-        gflops_per_image=None,
         params=1,
         dataset="val",
         dataset_fingerprint="f" * 16,
@@ -72,7 +70,7 @@ def make_row(**over) -> ResultRow:
         native_size=56,
     )
     base.update(over)
-    return ResultRow(**base)
+    return ResolutionRow(**base)
 
 
 # ------------------------------------------------------------------------------------------- reference formulas
@@ -263,7 +261,7 @@ def base_cfg(data: Path, out: Path, ckpt: Path, **over) -> RunConfig:
         batch_size=8,
         workers=0,
         device="cpu",
-        throughput=ThroughputConfig(enabled=False),
+        timing=False,
     )
     return replace(cfg, **over)
 

@@ -12,13 +12,13 @@ from torch import nn
 from typer.testing import CliRunner
 
 from cpvt_eval.cli import app
-from cpvt_eval.config import RunConfig, ShiftProtocol
+from cpvt_eval.config import RunConfig
 from cpvt_eval.errors import CpvtEvalError, ResultsError
-from cpvt_eval.jobs.run import run_shift
+from cpvt_eval.jobs.run import run_probe
 from cpvt_eval.models.spec import DataConfig, entry_point
-from cpvt_eval.probes import Shift, split
-from cpvt_eval.probes.shift import pair_offsets, shifted_views
-from cpvt_eval.report import probe_report
+from cpvt_eval.probes import split
+from cpvt_eval.probes.shift import Shift, ShiftProtocol, pair_offsets, shifted_views
+from cpvt_eval.report import pipeline as probe_report
 from cpvt_eval.results import RunStore, mcnemar_exact
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,6 +45,10 @@ def shift_test_mean_colour(pretrained=False, **kwargs):
 
 
 toy_config = toy_run_config
+
+
+def run_shift(cfg, hooks=None, protocol=None):
+    return run_probe(cfg, Shift(protocol), hooks)
 
 
 def shift_rows(out) -> list:
@@ -88,7 +92,7 @@ def test_protocol_defaults_and_bounds():
     p = ShiftProtocol()
     assert (p.canvas_size(224), p.max_shift_at(224)) == (256, 32)
     assert (p.canvas_size(384), p.max_shift_at(384)) == (439, 55)
-    assert p.probe() == "shift:random,max=auto,epochs=5,seed=0"
+    assert Shift(p).identity() == "shift:random,max=auto,epochs=5,seed=0"  # the keys of every earlier version
     assert ShiftProtocol(max_shift=33).max_shift_at(224) == 33  # offsets 0..32 still fit in the 256 canvas
     with pytest.raises(CpvtEvalError, match="does not fit at 224px"):
         ShiftProtocol(max_shift=34).max_shift_at(224)

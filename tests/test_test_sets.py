@@ -14,9 +14,8 @@ from cpvt_eval.cli import app
 from cpvt_eval.data import imagenet_synsets, load_label_subset, open_dataset
 from cpvt_eval.engine import EvalSettings
 from cpvt_eval.jobs.assemble import build_model
-from cpvt_eval.probes.resolution import evaluate_size
 from cpvt_eval.results import RunStore
-from tests.conftest import cell_predictions, make_imagefolder
+from tests.conftest import cell_predictions, make_imagefolder, sweep_cells, top5
 
 runner = CliRunner()
 SIZE = 56
@@ -46,20 +45,20 @@ def test_the_argmax_is_taken_over_the_subset_only(tmp_path, toy_checkpoints):
     root = make_imagefolder(tmp_path / "val", (0, 1, 2, 999), per_class=3)
     image_set = open_dataset(root)
     model = build_model("deit_toy", str(toy_checkpoints["deit_toy"][1]), {"num_classes": 1000})
-    adapted = evaluate_size([model], image_set, SIZE, EvalSettings(device=torch.device("cpu")))[0]
-    unmasked_top1 = set(adapted.topk[:, 0].long().tolist())
+    (adapted,) = sweep_cells([model], image_set, [SIZE], EvalSettings(device=torch.device("cpu")))
+    unmasked_top1 = set(top5(adapted)[:, 0].tolist())
     labels = {0, 1, 2, 999}
     assert not unmasked_top1 & labels  # random weights: the unmasked argmax misses every label
     subset = sorted(labels | set(range(100, 120)) - unmasked_top1)
     assert not unmasked_top1 & set(subset)
     (tmp_path / "subset.txt").write_text("# my classes\n" + "\n".join(map(str, subset)) + "\n")
 
-    masked = evaluate_size([model], image_set, SIZE, EvalSettings(device=torch.device("cpu"), classes=tuple(subset)))[0]
+    (masked,) = sweep_cells([model], image_set, [SIZE], EvalSettings(device=torch.device("cpu"), classes=tuple(subset)))
     logits = _logits(model.module, image_set)[:, subset]
     expected = torch.tensor(subset)[logits.topk(5, dim=1).indices]
-    assert torch.equal(masked.topk.long(), expected)
-    assert set(masked.topk.flatten().tolist()) <= set(subset)
-    assert masked.correct5 > 0 and adapted.correct1 == 0  # with 24 classes left, labels reach the top 5
+    assert torch.equal(top5(masked), expected)
+    assert set(top5(masked).flatten().tolist()) <= set(subset)
+    assert masked.counts[1] > 0 and adapted.counts[0] == 0  # with 24 classes left, labels reach the top 5
 
     # the command line: the subset is recorded and is part of the cell's identity (masked and unmasked coexist)
     ckpt = ["-c", str(toy_checkpoints["deit_toy"][1]), "--model-arg", "num_classes=1000", "--no-throughput"]
@@ -68,14 +67,14 @@ def test_the_argmax_is_taken_over_the_subset_only(tmp_path, toy_checkpoints):
     result = runner.invoke(app, [*base, *ckpt, "--label-subset", str(tmp_path / "subset.txt"), "--json"])
     assert result.exit_code == 0, result.output
     (row,) = [r for r in json.loads(result.stdout) if r["label_subset"]]
-    assert row["label_subset"].startswith("subset:") and row["correct1"] == masked.correct1
-    assert row["correct5"] == masked.correct5
+    assert row["label_subset"].startswith("subset:") and row["correct1"] == masked.counts[0]
+    assert row["correct5"] == masked.counts[1]
     rows = [json.loads(line) for line in (tmp_path / "run" / "rows.jsonl").read_text().splitlines()]
     assert sorted(r["label_subset"] for r in rows) == ["", row["label_subset"]]
     store = RunStore(tmp_path / "run")
     for r in store.rows():
         top1 = set(store.load_predictions(r)["top5"][:, 0].tolist())
-        assert top1 == (set(masked.topk[:, 0].tolist()) if r.label_subset else unmasked_top1)
+        assert top1 == (set(top5(masked)[:, 0].tolist()) if r.label_subset else unmasked_top1)
 
 
 def test_timms_subsets_and_their_clean_control(tmp_path, toy_checkpoints):

@@ -226,8 +226,8 @@ def test_throughput_command_bad_input_exits_2(extra, message):
 
 
 def test_resolution_rows_carry_the_throughput_figures(imagefolder, toy_checkpoints, tmp_path):
-    from cpvt_eval.config import RunConfig, ThroughputConfig
-    from cpvt_eval.jobs.run import run_resolution
+    from cpvt_eval.config import RunConfig
+    from cpvt_eval.jobs.run import evaluate as run_resolution
     from cpvt_eval.results import RunStore
     from cpvt_eval.throughput import ROW_EXTRA_FIELDS
 
@@ -241,9 +241,8 @@ def test_resolution_rows_carry_the_throughput_figures(imagefolder, toy_checkpoin
         batch_size=4,
         device="cpu",
         workers=0,
-        throughput=ThroughputConfig(batch_size=2, warmup=1, repeats=2),
     )
-    run_resolution(cfg)
+    run_resolution(cfg, throughput_batch=2, throughput_warmup=1, throughput_repeats=2)
     (row,) = RunStore(cfg.out).rows()  # read back from disk: the figures survive the run directory
     assert row.images_per_sec > 0 and row.throughput_batch == 2 and row.dtype == "fp32"
     model = cpvt_eval.create_model("cpvt_toy", num_classes=1000).eval()
@@ -259,7 +258,7 @@ def test_resolution_rows_carry_the_throughput_figures(imagefolder, toy_checkpoin
 def test_resolution_times_the_models_of_a_size_together_within_a_budget(
     imagefolder, toy_checkpoints, tmp_path, monkeypatch
 ):
-    from cpvt_eval.config import RunConfig, ThroughputConfig
+    from cpvt_eval.config import RunConfig
     from cpvt_eval.jobs import run as resolution
     from cpvt_eval.results import RunStore
 
@@ -282,9 +281,9 @@ def test_resolution_times_the_models_of_a_size_together_within_a_budget(
         batch_size=4,
         device="cpu",
         workers=0,
-        throughput=ThroughputConfig(warmup=0, budget_s=0.01),
     )
-    resolution.run_resolution(cfg)
+    timing = dict(throughput_warmup=0, throughput_budget=0.01)
+    resolution.evaluate(cfg, **timing)
     # one interleaved timing per size, of every model due at it, the batch fitted to the budget
     assert calls == [(list(names), 32, True), (list(names), 56, True)]
     rows = RunStore(cfg.out).rows()
@@ -309,7 +308,7 @@ def test_resolution_times_the_models_of_a_size_together_within_a_budget(
     assert "relative to `cpvt_toy`, timed in the same interleaved rounds" in report
     assert "1 (ref.)" in report and "budget 0.01 s per model" in report
     # a rerun of finished cells times nothing
-    resolution.run_resolution(cfg)
+    resolution.evaluate(cfg, **timing)
     assert len(calls) == 2
 
 
@@ -433,7 +432,7 @@ def test_resolution_cli_throughput_options(imagefolder, toy_checkpoints, tmp_pat
 
 
 def test_the_report_marks_ratios_equal_within_noise():
-    from cpvt_eval.report.text import _ratio_cell
+    from cpvt_eval.report.sections import _ratio_cell
 
     base = {"model": "cpvt_ti", "ratio_reference": "deit_ti"}
     assert _ratio_cell({**base, "ratio": 0.98, "ratio_q1": 0.95, "ratio_q3": 1.01}) == "0.980 [0.95–1.01]~"

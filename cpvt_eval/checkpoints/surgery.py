@@ -142,23 +142,26 @@ def extract_state_dict(obj, ema: bool | None = None) -> tuple[dict[str, torch.Te
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a dict of tensors")
     if ema:
-        for key in EMA_KEYS:
-            if isinstance(obj.get(key), dict):
-                sd, inner, _ = extract_state_dict(obj[key], ema=False)
-                return sd, key + (f".{inner}" if inner else ""), True
-        raise CheckpointError(f"--ema asked for EMA weights but the checkpoint has none (keys: {_key_list(obj)})")
+        found = _unwrap(obj, EMA_KEYS, took_ema=True)
+        if found is None:
+            raise CheckpointError(f"--ema asked for EMA weights but the checkpoint has none (keys: {_key_list(obj)})")
+        return found
     if _is_state_dict(obj):
         return obj, "", False
-    for key in WRAPPER_KEYS:
+    found = _unwrap(obj, WRAPPER_KEYS, took_ema=False) or (_unwrap(obj, EMA_KEYS, True) if ema is None else None)
+    if found is None:
+        raise CheckpointError(f"no weights found in checkpoint (top-level keys: {_key_list(obj)})")
+    return found
+
+
+def _unwrap(obj: dict, keys: tuple[str, ...], took_ema: bool) -> tuple[dict, str, bool] | None:
+    """The state dict under the first of ``keys`` that holds a dict (itself unwrapped, never to EMA weights), with
+    the path it was found under; None when no key holds one."""
+    for key in keys:
         if isinstance(obj.get(key), dict):
             sd, inner, _ = extract_state_dict(obj[key], ema=False)
-            return sd, key + (f".{inner}" if inner else ""), False
-    if ema is None:
-        for key in EMA_KEYS:
-            if isinstance(obj.get(key), dict):
-                sd, inner, _ = extract_state_dict(obj[key], ema=False)
-                return sd, key + (f".{inner}" if inner else ""), True
-    raise CheckpointError(f"no weights found in checkpoint (top-level keys: {_key_list(obj)})")
+            return sd, key + (f".{inner}" if inner else ""), took_ema
+    return None
 
 
 def _is_state_dict(obj: dict) -> bool:

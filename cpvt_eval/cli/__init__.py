@@ -10,8 +10,12 @@ from __future__ import annotations
 import sys
 
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE
-from . import agreement, check_data, compare, demo, models, report, resolution, shift, throughput  # noqa: F401 (register commands)
-from .app import app, expand_multi_value, fill_optional_values, guarded
+from . import measure
+from .app import app, guarded
+from .parsing import expand_multi_value, fill_optional_values
+
+measure.register_all()  # a command per registered probe, first among the commands
+from . import check_data, compare, demo, models, report, throughput  # noqa: E402, F401 (register commands)
 
 __all__ = ["app", "expand_multi_value", "fill_optional_values", "guarded", "main"]
 

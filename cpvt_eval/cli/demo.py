@@ -10,7 +10,9 @@ from typing import Annotated, Optional
 import typer
 
 from .. import console
-from .app import MultiValueCommand, app, guarded, parse_models, parse_sizes
+from ..errors import CpvtEvalError
+from .app import app, guarded
+from .parsing import MultiValueCommand, parse_models, parse_sizes
 
 
 @app.command(
@@ -36,23 +38,23 @@ def demo(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
     workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=0, help="[default: cores]")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    throughput: Annotated[bool, typer.Option(help="Measure model-only images/s per cell.")] = True,
-    shift_epochs: Annotated[
-        int,
-        typer.Option(
-            "--shift-epochs", min=0, help="Passes of the translation probe (consistency, shift.md); 0 leaves it out."
-        ),
-    ] = 1,
-    agreement: Annotated[
-        bool, typer.Option(help="Agreement of each size with the native size's predictions (agreement.md).")
+    throughput: Annotated[
+        bool, typer.Option(help="Time the models after each size's pass (images/s, a short timing).")
     ] = True,
+    skip: Annotated[
+        list[str], typer.Option("--skip", help="Probes to leave out (`shift,agreement`); default: every probe runs.")
+    ] = [],  # noqa: B006 (typer reads the default; it is never mutated)
+    set_: Annotated[
+        list[str],
+        typer.Option("--set", help="A probe's setting over its quick one: PROBE:KEY=VALUE (`shift:epochs=2`)."),
+    ] = [],  # noqa: B006
     json_out: Annotated[bool, typer.Option("--json", help="Write the rows as JSON on stdout.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show dataset and checkpoint messages.")] = False,
 ) -> None:
-    """Run the resolution job offline on a procedural dataset with toy DeiT (learned PE) and CPVT (PEG) models.
+    """Measure toy DeiT (learned PE) and CPVT (PEG) models offline with every probe, on a procedural dataset.
 
     The models were trained at 56 px with patch 4 (a 14x14 grid, as patch 16 at 224); 96/112/128 px give the
-    24/28/32 grids of 384/448/512 px. Writes the usual reports plus paper.md (the demo next to the paper).
+    24/28/32 grids of 384/448/512 px. Writes each probe's reports plus paper.md (the demo next to the paper).
     """
     from ..demo.run import DEFAULT_MODELS, DEMO_MODELS, DEMO_SIZES, FINDING, DemoConfig, run_demo
 
@@ -69,25 +71,40 @@ def demo(
             workers=workers,
             device=device,
             throughput=throughput,
-            shift_epochs=shift_epochs,
-            agreement=agreement,
+            skip=tuple(p.strip() for value in skip for p in value.split(",") if p.strip()),
+            settings=parse_probe_settings(set_),
         )
         log = console.info if verbose else (lambda _m: None)
         result = run_demo(cfg, console.BarProgress(), log=log, argv=["cpvt-eval", *sys.argv[1:]])
-        from ..probes import Agreement, Shift, split
+        from ..probes import PROBES
+        from ..results import FIRST_PROBE
 
-        rows = split(result.outcome.store.rows())["resolution"]
         if json_out:
-            print(json.dumps([r.to_dict() for r in rows], indent=2))
-        else:
-            console.print_results(rows)
-            console.info("demo vs paper (top-1 %, change from native size; the paper's size in brackets):")
-            console.info(result.paper_table)
-            console.info(FINDING)
-            root = result.outcome.store.root
-            more = ""
-            for probe, probe_rows in ((Shift(), result.shift_rows), (Agreement(), result.agreement_rows)):
-                if probe_rows:
-                    console.print_probe_results(probe_rows, probe.report.console_title, probe.console_cell)
-                    more += f", {root / probe.report.files()['md']}"
-            console.info(f"results: {root / 'results.csv'}, {root / 'results.md'}, {root / 'paper.md'}{more}")
+            print(json.dumps([r.to_dict() for rows in result.rows.values() for r in rows], indent=2))
+            return
+        root = result.outcome.store.root
+        for name, rows in result.rows.items():
+            if not rows:
+                continue
+            spec = PROBES[name].report
+            console.print_table(rows, spec.metric.console[0] or spec.title, spec.console_cell)
+            if name == FIRST_PROBE:  # the accuracy table, and the paper's beside it
+                console.out.print("demo vs paper (top-1 %, change from native size; the paper's size in brackets):")
+                console.out.print(result.paper_table, markup=False, highlight=False)
+                console.out.print(FINDING, markup=False, highlight=False)
+        files = [root / PROBES[name].report.files()["md"] for name, rows in result.rows.items() if rows]
+        console.info(f"results: {', '.join(str(f) for f in files)}, {root / 'paper.md'}")
+
+
+def parse_probe_settings(values: list[str]) -> dict[str, dict]:
+    """``PROBE:KEY=VALUE`` settings, numbers and booleans as such."""
+    from .parsing import coerce
+
+    out: dict[str, dict] = {}
+    for value in values:
+        probe, sep, rest = value.partition(":")
+        key, eq, raw = rest.partition("=")
+        if not sep or not eq or not probe.strip() or not key.strip():
+            raise CpvtEvalError(f"--set {value}: expected PROBE:KEY=VALUE, e.g. shift:epochs=2")
+        out.setdefault(probe.strip(), {})[key.strip().replace("-", "_")] = coerce(raw.strip())
+    return out

@@ -1,30 +1,27 @@
-"""What the measuring commands share (``resolution``, ``shift``, ``agreement``): their common options, declared
-once, and the one way such a command runs its probe and prints the result.
-
-A command is its own options plus ``**shared``; ``measuring()`` adds the shared options to the signature typer
-reads, so that each flag is defined here only::
-
-    @app.command(cls=MultiValueCommand)
-    @measuring(crop=True)
-    def agreement(sizes: SizesOpt = ["224", "384"], **shared) -> None:
-        measure(Agreement(), sizes=sizes, **shared)
+"""The measuring commands, one per registered probe (``cpvt-eval resolution``, ``shift``, ``agreement``, ...),
+generated here from what each probe declares: its options are the fields of its ``Settings`` (``probes.option``),
+beside the options every measuring command shares (declared once, below), its default sizes and worked example
+come from its ``ReportSpec.usage``, and its help from its docstring. A probe that shares passes takes ``--also``:
+further probes measured on the same run, each image decoded once per size for all that share the pass.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import sys
-from typing import Annotated
+import typing
+from dataclasses import fields
+from typing import Annotated, Optional
 
 import typer
 
 from .. import console, interrupts
 from ..config import Hooks, RunConfig
 from ..errors import CpvtEvalError
-from .app import guarded, parse_crop_pct
+from .app import app, guarded
 from .options import (
+    OUTPUT,
     PROTOCOL,
     AntialiasOpt,
     ApeInterpOpt,
@@ -50,6 +47,7 @@ from .options import (
     OnBadImageOpt,
     OutOpt,
     SincosOpt,
+    SizesOpt,
     SplitOpt,
     TestSetOpt,
     VerboseOpt,
@@ -57,6 +55,7 @@ from .options import (
     WorkersOpt,
     common_run_config,
 )
+from .parsing import OPTIONAL_VALUE_OPTIONS, MultiValueCommand, parse_crop_pct
 
 CropPctOpt = Annotated[
     str,
@@ -74,6 +73,15 @@ CropModeOpt = Annotated[
         "with the mean colour); full: the whole image to size x size, crop_pct unused (the official CvT 384 "
         "evaluation).",
         rich_help_panel=PROTOCOL,
+    ),
+]
+AlsoOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--also",
+        help="Further probes on the same models and sizes (`calibration,agreement`), with their default settings; "
+        "the probes that read the same images share each size's pass.",
+        rich_help_panel=OUTPUT,
     ),
 ]
 
@@ -109,57 +117,95 @@ SHARED = (
     ("on_bad_image", OnBadImageOpt, "stop"),
     ("decode_draft", DecodeDraftOpt, False),
 )
-# the eval transform's crop, for the commands whose measure depends on it (not shift: its canvas is fixed)
+# the eval transform's crop, for the probes that decode with it (not shift: its canvas is fixed)
 CROP = (("crop_pct", CropPctOpt, "0.875"), ("crop_mode", CropModeOpt, "center"))
 
 
-def measuring(crop: bool):
-    """Add the shared options (and, with ``crop``, ``--crop-pct`` and ``--crop-mode``) to a command whose own
-    signature ends in ``**shared``: typer reads the combined ``__signature__``, the command receives them all."""
-
-    def decorate(own):
-        own_params = inspect.signature(own, eval_str=True).parameters.values()
-        mine = [p for p in own_params if p.kind is not p.VAR_KEYWORD]
-        added = [
-            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-            for name, annotation, default in (*(CROP if crop else ()), *SHARED)
-        ]
-        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in mine] + added
-
-        @functools.wraps(own)
-        def command(**options):
-            return own(**options)
-
-        command.__signature__ = inspect.Signature(params)
-        command.__annotations__ = {p.name: p.annotation for p in params}
-        del command.__wrapped__  # typer must read the combined signature, not the command's own
-        return command
-
-    return decorate
-
-
-def measure(probe, **options) -> None:
-    """Build the run's configuration from the typed options, run ``probe``'s job, print its rows."""
-    with guarded():
-        json_out, verbose = options.pop("json_out"), options.pop("verbose")
-        if options["data"] is None:
-            raise CpvtEvalError("no dataset: pass --data DIR or set CPVT_EVAL_DATA")
-        if "crop_pct" in options:
-            options["crop_pct"] = parse_crop_pct(options["crop_pct"])
-        cfg = common_run_config(argv=("cpvt-eval", *sys.argv[1:]), **options)
-        run_and_print(cfg, probe, json_out, verbose)
+def settings_options(probe_cls) -> list[inspect.Parameter]:
+    """The command-line options of a probe's ``Settings``: one per field with a help text, typed as the field."""
+    hints = typing.get_type_hints(probe_cls.Settings)
+    params = []
+    for f in fields(probe_cls.Settings):
+        meta = f.metadata
+        if meta.get("help") is None:
+            continue  # a fixed setting, not an option
+        kind = hints[f.name]
+        if type(None) in typing.get_args(kind):
+            kind = Optional[next(a for a in typing.get_args(kind) if a is not type(None))]
+        decls = [meta["flag"]] if meta.get("flag") else []
+        option = typer.Option(
+            *decls,
+            help=meta["help"],
+            min=meta.get("min"),
+            metavar=meta.get("metavar") or None,
+            rich_help_panel=meta.get("panel") or probe_cls.name.capitalize(),
+        )
+        annotation = Annotated[kind, option]
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=annotation)
+        )
+        if meta.get("alone") is not None:
+            OPTIONAL_VALUE_OPTIONS[meta.get("flag") or "--" + f.name.replace("_", "-")] = meta["alone"]
+    return params
 
 
-def run_and_print(cfg: RunConfig, probe, json_out: bool, verbose: bool) -> None:
-    """Run the probe's job (under torchrun, or alone), then print its rows: a table, or JSON only on stdout."""
+def probe_command(probe_cls) -> None:
+    """Register the command of a probe class on the app: its settings' options, ``--sizes`` with its defaults,
+    ``--also`` when it shares passes, the crop options when it decodes with the eval transform, the shared ones."""
+    usage = probe_cls.report.usage
+    own = settings_options(probe_cls)
+    names = [p.name for p in own]
+    param = inspect.Parameter
+    head = [param("sizes", param.KEYWORD_ONLY, default=[str(s) for s in usage.sizes], annotation=SizesOpt)]
+    from ..probes.base import Probe
+
+    crop = probe_cls.transform is Probe.transform  # it decodes with the eval transform
+    if crop and probe_cls.views is Probe.views:  # it can share a pass with another probe
+        head.append(param("also", param.KEYWORD_ONLY, default=[], annotation=AlsoOpt))
+    added = [
+        param(name, param.KEYWORD_ONLY, default=default, annotation=annotation)
+        for name, annotation, default in (*(CROP if crop else ()), *SHARED)
+    ]
+    params = head + own + added
+
+    def command(**options) -> None:
+        with guarded():
+            from ..probes import make
+
+            settings = {name: options.pop(name) for name in names}
+            also = [p.strip() for value in options.pop("also", []) for p in value.split(",") if p.strip()]
+            probes = [make(probe_cls.name, **settings), *(make(name) for name in dict.fromkeys(also))]
+            measure(probes, **options)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = probe_cls.__doc__
+    command.__name__ = probe_cls.name
+    epilog = f"Example: {usage.example}" if usage.example else None
+    app.command(probe_cls.name, cls=MultiValueCommand, epilog=epilog)(command)
+
+
+def measure(probes: list, **options) -> None:
+    """Build the run's configuration from the typed options, run the probes' job, print their rows."""
+    json_out, verbose = options.pop("json_out"), options.pop("verbose")
+    if options["data"] is None:
+        raise CpvtEvalError("no dataset: pass --data DIR or set CPVT_EVAL_DATA")
+    if "crop_pct" in options:
+        options["crop_pct"] = parse_crop_pct(options["crop_pct"])
+    cfg = common_run_config(argv=("cpvt-eval", *sys.argv[1:]), **options)
+    run_and_print(cfg, probes, json_out, verbose)
+
+
+def run_and_print(cfg: RunConfig, probes: list, json_out: bool, verbose: bool) -> None:
+    """Run the probes' job (under torchrun, or alone), then print their rows: a table each on stdout, or JSON only."""
     from .. import distributed
-    from ..jobs.run import run_probe
+    from ..jobs.run import run_probes
     from ..probes import split
 
     # Machine-readable mode: stdout holds only JSON; messages go to stderr, and only when a person watches it.
     quiet = json_out and not sys.stderr.isatty()
     hooks = Hooks(
-        progress=console.BarProgress(),
+        progress=console.BarProgress(enabled=False if quiet else None),
         notify=(lambda _m: None) if quiet else console.info,
         log=console.info if verbose and not quiet else (lambda _m: None),
     )
@@ -168,17 +214,24 @@ def run_and_print(cfg: RunConfig, probe, json_out: bool, verbose: bool) -> None:
     with distributed.session(cfg.device) as dist, guarded(), interrupts.installed():
         if not dist.is_main:
             console.silence()
-        outcome = run_probe(cfg, probe, hooks, dist)
+        outcome = run_probes(cfg, probes, hooks, dist)
         if outcome.store is None:
             return
-        rows = split(outcome.store.rows())[probe.name]  # a run directory may hold other probes' rows too
+        by_probe = split(outcome.store.rows())  # a run directory may hold other probes' rows too
         root = outcome.store.root
         if json_out:
-            print(json.dumps([r.to_dict() for r in rows], indent=2))
-        elif probe.report is None:
-            console.print_results(rows)
-            console.info(f"results: {root / 'results.csv'}, {root / 'results.md'}")
-        else:
-            console.print_probe_results(rows, probe.report.console_title, probe.console_cell)
-            files = probe.report.files()
+            print(json.dumps([r.to_dict() for p in probes for r in by_probe[p.name]], indent=2))
+            return
+        for p in probes:
+            spec = p.report
+            console.print_table(by_probe[p.name], spec.metric.console[0] or spec.title, spec.console_cell)
+            files = spec.files()
             console.info(f"results: {root / files['csv']}, {root / files['md']}")
+
+
+def register_all() -> None:
+    """A command for every registered probe, in the registry's order."""
+    from ..probes import PROBES
+
+    for probe_cls in PROBES.values():
+        probe_command(probe_cls)

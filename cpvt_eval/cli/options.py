@@ -14,7 +14,7 @@ import typer
 
 from ..config import APE_INTERPOLATIONS, PEOptions, RunConfig
 from ..runtime import check_dtype
-from .app import default_out, expand_models, parse_checkpoints, parse_model_args, parse_models, parse_sizes
+from .parsing import default_out, expand_models, parse_checkpoints, parse_model_args, parse_models, parse_sizes
 
 MODEL, DATA, PROTOCOL, SPEED, OUTPUT = "Model", "Data", "Protocol", "Speed", "Output"
 # typer.Option in each panel of --help

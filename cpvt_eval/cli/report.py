@@ -22,7 +22,7 @@ from .app import app, guarded
 )
 def report_cmd(
     run_dir: Annotated[
-        Path, typer.Argument(help="A run directory written by `cpvt-eval resolution`, `shift` or `agreement`.")
+        Path, typer.Argument(help="A run directory written by a measuring command (`cpvt-eval resolution`, ...).")
     ],
     formats: Annotated[
         str, typer.Option("--format", "-f", help="Comma-separated: md, csv, tex, json, png.")
@@ -33,15 +33,14 @@ def report_cmd(
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Write only the report as JSON on stdout.")] = False,
 ) -> None:
-    """Tables (top-1 by size with 95% intervals, change from native size and from the paper; throughput),
-    LaTeX (booktabs), JSON and plots, rendered from stored results without recomputing anything. Rows of
-    `cpvt-eval shift` go to shift.md/.csv/.tex/.json and consistency_vs_resolution.png, rows of `cpvt-eval
-    agreement` to agreement.* and agreement_vs_resolution.png, each with McNemar tests between models.
+    """Every probe's tables (its figure by size with 95% intervals, change from the native size, ...), LaTeX
+    (booktabs), JSON and plots, rendered from stored results without recomputing anything: results.* for accuracy
+    by size, shift.*, agreement.*, ... for the other probes, each with its paired tests between models.
     """
     from .. import report
     from ..errors import EnvironmentFailure, ResultsError
     from ..probes import PROBES, split
-    from ..results import RunStore
+    from ..results import FIRST_PROBE, RunStore
 
     with guarded():
         chosen = report.parse_formats(formats)
@@ -61,14 +60,19 @@ def report_cmd(
         if json_out:
             runs = store.provenance()
             provenance = runs[-1] if runs else None
-            by_probe = split(store.rows())
-            rows = by_probe.pop("resolution")
-            doc = report.json_report(rows, report.pair_records(store, rows) if pairs else None, provenance)
-            for name, probe_rows in by_probe.items():
-                if probe_rows and name in PROBES:
+            doc = {}
+            for name, probe_rows in split(store.rows()).items():
+                # the first probe's document is the top level (as ``results.json``, empty when it has no rows),
+                # every other probe's under its name
+                if name in PROBES and (probe_rows or name == FIRST_PROBE):
                     probe = PROBES[name]()
-                    pair_list = report.probe_report.pair_records(probe, store, probe_rows)
-                    doc[name] = report.probe_report.json_doc(probe, probe_rows, pair_list, provenance)
+                    asked = probe.report.pairs is not None and (probe.report.pairs.always or pairs)
+                    pair_list = report.pipeline.pair_records(probe, store, probe_rows) if asked else None
+                    part = report.pipeline.json_doc(probe, probe_rows, pair_list, provenance)
+                    if name == FIRST_PROBE:
+                        doc.update(part)
+                    else:
+                        doc[name] = part
             doc["files"] = [str(p) for p in written]
             text = json.dumps(doc, indent=2, ensure_ascii=False)
             try:

@@ -12,8 +12,9 @@ from .. import console
 from ..config import DEFAULT_BUDGET_S, DEFAULT_MIN_ROUNDS
 from ..errors import CpvtEvalError
 from ..runtime import check_dtype
-from .app import MultiValueCommand, app, expand_models, guarded, parse_models, parse_sizes
+from .app import app, guarded
 from .options import MODELS_FILE_HELP, SIZES_HELP
+from .parsing import MultiValueCommand, expand_models, parse_models, parse_sizes
 
 
 @app.command(

@@ -47,7 +47,7 @@ from .labels import (
     val_number,
 )
 from .layouts import detect_layout, open_dataset, scan, select_classes, stratified_subset
-from .real import RealLabels, RealScore, load_real_labels, real_score
+from .real import RealLabels, RealScore, load_real_labels, real_hits, real_score
 from .store_base import StoreSpec
 from .store_patterns import expand_braces
 from .stores import resolve_store
@@ -93,6 +93,7 @@ __all__ = [
     "normalize_batch",
     "open_dataset",
     "read_label_file",
+    "real_hits",
     "real_score",
     "resolve_store",
     "resize_size",

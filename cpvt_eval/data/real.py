@@ -110,20 +110,22 @@ class RealScore:
         return 100.0 * self.correct1 / self.n if self.n else None
 
 
-def real_score(per_sample: list[frozenset[int] | None], indices: torch.Tensor, top1: torch.Tensor) -> RealScore:
-    """ReaL top-1 from per-sample predictions.
+def real_hits(per_sample: list[frozenset[int] | None], indices: torch.Tensor, top1: torch.Tensor) -> torch.Tensor:
+    """Per prediction, whether it is ReaL-correct: 1 yes, 0 no, -1 the image has no ReaL labels (excluded).
 
     Args:
         per_sample: ``RealLabels.for_image_set`` of the evaluated set.
         indices: ``(n,)`` positions in the image set of the predictions.
         top1: ``(n,)`` predicted class of each of them.
     """
-    correct = n = excluded = 0
-    for i, pred in zip(indices.tolist(), top1.tolist(), strict=True):
-        labels = per_sample[i]
-        if labels is None:
-            excluded += 1
-            continue
-        n += 1
-        correct += pred in labels
-    return RealScore(correct, n, excluded)
+    hits = [
+        -1 if (labels := per_sample[i]) is None else int(pred in labels)
+        for i, pred in zip(indices.tolist(), top1.tolist(), strict=True)
+    ]
+    return torch.tensor(hits, dtype=torch.int8)
+
+
+def real_score(hits: torch.Tensor) -> RealScore:
+    """ReaL top-1 of a cell from its per-image ``real_hits``."""
+    n = int((hits >= 0).sum())
+    return RealScore(int((hits == 1).sum()), n, len(hits) - n)

@@ -1,10 +1,10 @@
-"""The offline demo: the ``resolution`` job on the procedural world with the shipped toy checkpoints.
+"""The offline demo: every probe on the procedural world with the shipped toy checkpoints.
 
 It is the ImageNet path in small: the validation split is materialised once as an ImageFolder of JPEGs in the
-user cache, ``jobs.run.run_resolution`` evaluates the toy models at 56/96/112/128 px through the standard eval
-transform, and the run directory gets the same reports as an ImageNet run plus ``paper.md``, the demo's table
-next to the paper's. The same run directory also gets the shift table at the native size (``shift.*``) and the
-agreement of each size with the native size (``agreement.*``).
+user cache, and every registered probe measures the toy models in one run directory, each with its quick settings
+(``Usage.quick``): the probes that read the eval transform's images share one pass per size at 56/96/112/128 px,
+and a probe with views of its own (the translation probe) runs at the native size only. The run directory gets the
+same reports as an ImageNet run plus ``paper.md``, the demo's accuracy table next to the paper's.
 
 Sizes map to the paper's through the token grid: patch 4 at 56 px gives the 14x14 grid of patch 16 at 224, and
 96/112/128 px give the 24/28/32 grids of 384/448/512 px.
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from ..config import Hooks, Progress, RunConfig, ThroughputConfig, say_nothing
-from ..errors import CheckpointError, ModelError
-from ..jobs.run import RunOutcome, run_agreement, run_resolution, run_shift
-from ..probes import split
+from ..config import Hooks, Progress, RunConfig, say_nothing
+from ..errors import CheckpointError, CpvtEvalError, ModelError
+from ..jobs.run import RunOutcome, run_probes
+from ..probes import PROBES, make, split
 from ..published import published_top1, single_reading
-from ..results import ResultRow
+from ..results import FIRST_PROBE, ResultRow
 from .dataset import CLASSES, materialize
 
 NATIVE_SIZE = 56
@@ -66,11 +66,9 @@ class DemoConfig:
         per_class: validation images per class (10 classes).
         seed: the seed of the procedural world (the checkpoints were trained on seed 0's train split).
         cache_dir: where the dataset is materialised (default: ``dataset.cache_root()``).
-        throughput: measure model-only images/s per cell (a short measurement: batch 8, 1 warm-up, 3 runs).
-        shift_epochs: passes of the translation probe (`cpvt-eval shift`, Zhang's protocol) over the same images
-            at the native size; 0 leaves it out.
-        agreement: measure each model's agreement at every size with its own native-size predictions
-            (`cpvt-eval agreement`) on the same images.
+        throughput: time the models after each size's pass where a probe asks (a short timing: ``Usage.quick``).
+        skip: probes left out (default: every registered probe runs).
+        settings: probe name -> settings that override its quick ones (``{"shift": {"epochs": 2}}``).
     """
 
     out: Path
@@ -83,8 +81,8 @@ class DemoConfig:
     workers: int | None = None
     device: str = "auto"
     throughput: bool = True
-    shift_epochs: int = 1
-    agreement: bool = True
+    skip: tuple[str, ...] = ()
+    settings: dict = field(default_factory=dict, hash=False)
     checkpoints: dict = field(default_factory=dict, hash=False)  # model -> path, overrides the shipped files
 
 
@@ -94,8 +92,7 @@ class DemoOutcome:
     data_dir: Path
     data_created: bool
     paper_table: str
-    shift_rows: list = field(default_factory=list)  # consistency under translation, one row per model and size
-    agreement_rows: list = field(default_factory=list)  # agreement with the native size, one row per model and size
+    rows: dict = field(default_factory=dict)  # probe name -> its rows in the run directory
 
 
 def run_demo(
@@ -104,10 +101,18 @@ def run_demo(
     log: Callable[[str], None] = say_nothing,
     argv: list[str] | None = None,
 ) -> DemoOutcome:
-    """Materialise the dataset (once), run the ``resolution`` job on it, and write ``paper.md``."""
+    """Materialise the dataset (once), measure the toys with every registered probe, and write ``paper.md``."""
     unknown = [m for m in cfg.models if m not in PAPER_MODEL]
     if unknown:
         raise ModelError(f"{unknown[0]} is not a demo model; choose from {', '.join(DEMO_MODELS)}")
+    for name in (*cfg.skip, *cfg.settings):
+        if name not in PROBES:
+            raise CpvtEvalError(f"unknown probe {name!r}; choose from {', '.join(PROBES)}")
+    probes = [
+        make(name, **{**dict(cls.report.usage.quick), **cfg.settings.get(name, {})})
+        for name, cls in PROBES.items()
+        if name not in cfg.skip
+    ]
     checkpoints = {m: str(cfg.checkpoints.get(m) or checkpoint_path(m)) for m in cfg.models}
     data_dir, created = materialize(cfg.per_class, cfg.seed, cfg.cache_dir)
     log(f"demo dataset {'written to' if created else 'found in'} {data_dir}")
@@ -121,33 +126,28 @@ def run_demo(
         batch_size=cfg.batch_size,
         workers=cfg.workers,
         device=cfg.device,
-        # a short throughput measurement (batch 8, 1 warm-up, median of 3): the demo's point is accuracy, and its
-        # budget is two minutes on two cores
-        throughput=ThroughputConfig(enabled=cfg.throughput, batch_size=8, warmup=1, repeats=3),
+        timing=cfg.throughput,
         argv=tuple(argv or ()),
     )
     hooks = Hooks(progress=progress or Progress(), log=log)
-    outcome = run_resolution(run_cfg, hooks)
-    if cfg.shift_epochs:
-        # The paper's second claim on the same models and images: consistency under translation (shift.md)
-        from ..config import ShiftProtocol
-
-        # at the native size only: two views per image at every size would double the demo's two-minute budget
-        shift_cfg = replace(run_cfg, sizes=(NATIVE_SIZE,) if NATIVE_SIZE in cfg.sizes else run_cfg.sizes[:1])
-        run_shift(shift_cfg, hooks, ShiftProtocol(epochs=cfg.shift_epochs))
-    if cfg.agreement:
-        # how each toy's decisions move with the size, against its own predictions at the native size
-        run_agreement(replace(run_cfg, throughput=ThroughputConfig(enabled=False)), hooks)
-    by_probe = split(outcome.store.rows())
-    table = paper_table(by_probe["resolution"])
-    outcome.store.write_text("paper.md", table + "\n\n" + FINDING + "\n")
+    # the probes that read the same images share one pass per size; a probe with views of its own (two shifted
+    # views per image and epoch) runs at the native size only, or the demo would outgrow its two minutes
+    sharing = [p for p in probes if p.shares_passes]
+    outcome = run_probes(run_cfg, sharing, hooks) if sharing else None
+    native = (NATIVE_SIZE,) if NATIVE_SIZE in cfg.sizes else run_cfg.sizes[:1]
+    for p in probes:
+        if not p.shares_passes:
+            outcome = run_probes(replace(run_cfg, sizes=native), [p], hooks)
+    by_probe = split(outcome.store.rows()) if outcome is not None else {}
+    table = paper_table(by_probe.get(FIRST_PROBE, []))
+    if outcome is not None and by_probe.get(FIRST_PROBE):
+        outcome.store.write_text("paper.md", table + "\n\n" + FINDING + "\n")
     return DemoOutcome(
         outcome=outcome,
         data_dir=data_dir,
         data_created=created,
         paper_table=table,
-        shift_rows=by_probe["shift"],
-        agreement_rows=by_probe["agreement"],
+        rows={p.name: by_probe.get(p.name, []) for p in probes},
     )
 
 

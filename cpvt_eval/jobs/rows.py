@@ -5,27 +5,33 @@ from __future__ import annotations
 import torch
 
 from ..config import RunConfig
-from ..data import ImageSet, real_score
+from ..data import ImageSet
 from ..distributed import DistContext
 from ..engine import EvalModel
-from ..probes import RESOLUTION, Probe
+from ..probes import Probe
+from ..probes.base import Cell
 from ..results import CellId, ResultRow, format_ci
 from ..runtime import now_iso, versions_string
 from .assemble import model_args_label, pe_label, pe_options_of
 
 __all__ = ["cell_id", "make_row", "now_iso"]
 
+# What a probe that decodes its own way (``shift``: a canvas) records as the crop of its cells: the defaults, so that
+# its keys do not change with the crop options of the probes it runs beside.
+_OWN_DECODE = {"crop_pct": RunConfig.__dataclass_fields__["crop_pct"].default, "crop_mode": "center"}
 
-def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe: Probe = RESOLUTION) -> CellId:
+
+def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe: Probe) -> CellId:
     """The identity of ``m`` at ``size`` under ``cfg`` for ``probe``, known before the cell is computed (so a rerun
     can skip it)."""
+    follows = probe.follows_crop
     return CellId(
         model=m.name,
         img_size=size,
         checkpoint_sha256=m.checkpoint_sha256,
         dataset_fingerprint=image_set.fingerprint,
         limit=image_set.limit,
-        crop_pct=m.crop_pct_for(cfg.crop_pct) if probe.uses_crop else cfg.crop_pct,
+        crop_pct=m.crop_pct_for(cfg.crop_pct) if follows else _OWN_DECODE["crop_pct"],
         interpolation=m.interpolation_for(cfg.interpolation),
         pe_options=pe_options_of(m, cfg.pe),
         dtype=cfg.dtype,
@@ -33,7 +39,7 @@ def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe:
         ema=bool(m.load_report.get("ema")),
         decode_draft=image_set.decode_draft,
         probe=probe.identity(),
-        crop_mode=cfg.crop_mode,
+        crop_mode=cfg.crop_mode if follows else _OWN_DECODE["crop_mode"],
         mean=m.data.mean_text,
         std=m.data.std_text,
         label_subset=image_set.label_subset,
@@ -43,21 +49,18 @@ def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe:
 def make_row(
     probe: Probe,
     m: EvalModel,
-    cell,
+    cell: Cell,
     ident: CellId,
     image_set: ImageSet,
     device: torch.device,
     started_at: str,
-    real: list | None = None,
     dist: DistContext | None = None,
 ) -> ResultRow:
     """The row of a computed cell of ``probe``: its identity's fields, the counts, the conditions, the data columns
-    and the probe's own columns (``probe.columns``), as the probe's row type.
-
-    Speed columns are left empty; the job fills them from its throughput measurement.
-    """
+    and the probe's own columns (``cell.columns``), as the probe's row type. A probe's timing columns are filled by
+    the job from its measurement."""
     info = cell.info
-    correct1, correct5, n = probe.counts(cell)
+    correct1, correct5, n = cell.counts
     row = probe.row_type(
         **{name: getattr(ident, name) for name in ident.__dataclass_fields__},
         pe=pe_label(m),
@@ -70,12 +73,9 @@ def make_row(
         n_skipped=len(image_set.skipped),
         correct1=correct1,
         correct5=correct5,
-        top1=round(100.0 * correct1 / n, 4),
-        top5=round(100.0 * correct5 / n, 4),
-        top1_ci95=format_ci(correct1, n),
-        images_per_sec=None,
-        throughput_batch=None,
-        gflops_per_image=None,
+        top1=round(100.0 * correct1 / n, 4) if cell.labelled else None,
+        top5=round(100.0 * correct5 / n, 4) if cell.labelled else None,
+        top1_ci95=format_ci(correct1, n) if cell.labelled else "",
         params=m.num_params,
         dataset=str(image_set.root),
         partial=not image_set.is_full_imagenet_val,
@@ -90,18 +90,12 @@ def make_row(
         weights_crop_pct=m.data.crop_pct,
         weights_interpolation=m.data.interpolation,
         test_set=image_set.test_set,
+        world_size=dist.world_size if dist is not None else 1,
+        n_nonfinite=info.nonfinite,
     )
     row.extra.update(eval_batch=info.batch_size, eval_oom_retries=info.oom_retries)
-    row.n_nonfinite = info.nonfinite
-    for name, value in probe.columns(cell, row, len(image_set)).items():
+    for name, value in cell.columns.items():
         setattr(row, name, value)
-    if real is not None:
-        score = real_score(real, cell.indices, cell.topk[:, 0])
-        row.real_top1 = None if score.top1 is None else round(score.top1, 4)
-        row.real_n = score.n
-        row.real_excluded = score.excluded
-    world = dist.world_size if dist is not None else 1
-    row.world_size = world
     if info.duration_s > 0:
         # the data-parallel rate of the whole pass: all processes, decode and every model of the pass included
         row.aggregate_images_per_sec = round(n / info.duration_s, 2)

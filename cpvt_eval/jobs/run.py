@@ -1,17 +1,20 @@
-"""The job every probe runs: build the models, open the data, sweep the sizes, store each cell, render the reports.
+"""The job every probe runs: build the models, open the data, plan the passes, store each cell, render the reports.
 
-``run_probe`` never prints: progress, details and notices go through the ``Hooks`` of the caller. What a cell
-measures is the probe's (``cpvt_eval.probes``); the job is the same for all of them:
+``run_probes`` never prints: progress, details and notices go through the ``Hooks`` of the caller. What a cell
+measures is its probe's (``cpvt_eval.probes``); the job is the same for all of them, and for several at once:
 
-* every input is read and checked (sizes, transform, dataset, labels, models at every size) before the run
-  directory is touched;
+* every input is read and checked (sizes, transform, the probes' settings, dataset, labels, models at every size)
+  before the run directory is touched;
+* the probes that read the same images share each size's pass (``Probe.shares_passes``): an image is decoded once
+  per size and each model runs once per batch for all of them; a probe with its own views (``shift``) has passes of
+  its own;
+* a probe with a ``reference`` gets each model's native-size cell first, and its arrays go to the other sizes;
 * runs resume: every cell is committed to the run directory the moment it finishes (its arrays, then its row), and
   a rerun of the same command skips the cells whose identity (``results.CellId``, the probe and its settings
   included) is already stored;
+* the models of a size are timed together after its pass when a probe asks (``Probe.timing``);
 * the reports are rewritten after every cell (Markdown and CSV) and rendered in every format at the end;
-* under torchrun (probes that allow it: ``resolution``) every process evaluates its shard and rank 0 alone writes.
-
-``run_resolution``, ``run_shift`` and ``run_agreement`` are the three probes' jobs under their own names.
+* under torchrun (probes that allow it) every process evaluates its shard and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .. import distributed, interrupts, report
-from ..config import Hooks, RunConfig, ShiftProtocol
-from ..data import EvalTransform, ImageSet, apply_bad_image_policy, default_workers, load_real_labels
+from ..config import Hooks, RunConfig
+from ..data import EvalTransform, ImageSet, apply_bad_image_policy, default_workers
 from ..distributed import DistContext, launched
-from ..engine import EvalModel, EvalSettings, sweep
-from ..errors import CpvtEvalError, ModelError, is_no_space
+from ..engine import EvalModel, EvalSettings, PassInfo, Work, run_pass
+from ..errors import CpvtEvalError, ModelError, ResultsError, is_no_space
 from ..limits import check_transform
-from ..probes import Agreement, Probe, Resolution, Shift
-from ..results import SCHEMA_VERSION, CellId, ResultRow, RunStore, row_key
+from ..probes import Probe, make
+from ..results import FIRST_PROBE, SCHEMA_VERSION, CellId, ResultRow, RunStore, row_key
 from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
 from ..throughput import ThroughputResult, TimingPlan, benchmark_models, row_extra
@@ -38,10 +42,13 @@ from .inputs import open_run_dataset
 from .rows import cell_id, make_row
 from .rundir import config_summary, full_disk_translated, open_run, write_reports
 
-__all__ = ["SEED", "RunOutcome", "run_agreement", "run_probe", "run_resolution", "run_shift"]
+__all__ = ["SEED", "RunOutcome", "evaluate", "run_probe", "run_probes"]
 
 # Evaluation is deterministic; the seed is set anyway (and recorded) so that anything random in a model is repeatable.
 SEED = 0
+
+# A cell of a run: (probe name, model name, size)
+CellKey = tuple[str, str, int]
 
 
 @dataclass
@@ -50,44 +57,52 @@ class RunOutcome:
     rows: list[ResultRow] = field(default_factory=list)
 
 
-def run_resolution(cfg: RunConfig, hooks: Hooks | None = None, dist: DistContext | None = None) -> RunOutcome:
-    """Top-1/top-5 (and model-only images/s) of every model at every size of ``cfg``: ``results.*``."""
-    return run_probe(cfg, Resolution(), hooks, dist)
+def run_probe(
+    cfg: RunConfig, probe: Probe | str, hooks: Hooks | None = None, dist: DistContext | None = None, **settings
+) -> RunOutcome:
+    """Measure every cell of ``probe`` (a ``Probe``, or a registered name and its ``settings``) for the models and
+    sizes of ``cfg`` and write the run directory; see ``run_probes``."""
+    if isinstance(probe, str):
+        probe = make(probe, **settings)
+    elif settings:
+        raise TypeError("settings go with a probe's name; a Probe carries its own")
+    return run_probes(cfg, [probe], hooks, dist)
 
 
-def run_shift(cfg: RunConfig, hooks: Hooks | None = None, protocol: ShiftProtocol | None = None) -> RunOutcome:
-    """Consistency under translation of every model at every size (``protocol``: Zhang's by default): ``shift.*``.
-    ``cfg``'s throughput, crop ratio and ReaL options play no part: the protocol fixes the canvas."""
-    return run_probe(cfg, Shift(protocol), hooks)
+def evaluate(cfg: RunConfig, hooks: Hooks | None = None, **settings) -> RunOutcome:
+    """Accuracy by size, the tool's first probe (``results.*``): ``run_probe(cfg, "resolution", hooks, **settings)``
+    (``throughput=False``, ``real_labels="timm"``, ...)."""
+    return run_probe(cfg, FIRST_PROBE, hooks, **settings)
 
 
-def run_agreement(cfg: RunConfig, hooks: Hooks | None = None) -> RunOutcome:
-    """Agreement of every model at every size with its own native-size predictions: ``agreement.*``."""
-    return run_probe(cfg, Agreement(), hooks)
-
-
-def run_probe(cfg: RunConfig, probe: Probe, hooks: Hooks | None = None, dist: DistContext | None = None) -> RunOutcome:
-    """Measure every cell of ``probe`` for the models and sizes of ``cfg`` and write the run directory.
+def run_probes(
+    cfg: RunConfig, probes: list[Probe | str], hooks: Hooks | None = None, dist: DistContext | None = None
+) -> RunOutcome:
+    """Measure every cell of each of ``probes`` for the models and sizes of ``cfg`` and write the run directory.
 
     Cells already stored under the same identity are skipped unless ``cfg.force``; ``cfg.report_formats`` are
     rendered at the end (Markdown and CSV also after every cell). An interruption (``KeyboardInterrupt``) or a kill
     loses at most the cells in flight. Returns the rows computed by this call (``outcome.store.rows()`` has them
     all).
 
-    Under torchrun every process calls this: each evaluates its shard, rank 0 gathers the predictions and alone
-    reads and writes the run directory, reports progress and logs; the other ranks return an outcome without a
-    store. ``dist`` is the caller's ``distributed.session``; without one the call opens its own.
+    Under torchrun every process calls this: each evaluates its shard, rank 0 gathers the per-image records and
+    alone reads and writes the run directory, reports progress and logs; the other ranks return an outcome without
+    a store. ``dist`` is the caller's ``distributed.session``; without one the call opens its own.
     """
     hooks = hooks or Hooks()
-    if (launched() if dist is None else dist.enabled) and not probe.distributed:
-        raise CpvtEvalError(f"cpvt-eval {probe.name} runs in one process; start it without torchrun")
+    probes = [make(p) if isinstance(p, str) else p for p in probes]
+    if len({p.name for p in probes}) < len(probes):
+        raise CpvtEvalError(f"a probe is named twice: {', '.join(p.name for p in probes)}")
+    alone = [p.name for p in probes if not p.distributed]
+    if alone and (launched() if dist is None else dist.enabled):
+        raise CpvtEvalError(f"cpvt-eval {alone[0]} runs in one process; start it without torchrun")
     if dist is None:
         with distributed.session(cfg.device) as dist:
-            return run_probe(cfg, probe, hooks, dist)
+            return run_probes(cfg, probes, hooks, dist)
     if not dist.is_main:
         hooks = Hooks()
     with dist.shared_failures():
-        job = _prepare(cfg, probe, hooks, dist)
+        job = _prepare(cfg, probes, hooks, dist)
         if not dist.is_main:
             return job.compute(None)
         store = RunStore(cfg.out)
@@ -106,12 +121,12 @@ def run_probe(cfg: RunConfig, probe: Probe, hooks: Hooks | None = None, dist: Di
         return outcome
 
 
-def _prepare(cfg: RunConfig, probe: Probe, hooks: Hooks, dist: DistContext) -> _Job:
-    """Every input read and checked (dataset, labels, models at every size) before the run directory is touched."""
+def _prepare(cfg: RunConfig, probes: list[Probe], hooks: Hooks, dist: DistContext) -> _Job:
+    """Every input read and checked (dataset, labels, the probes' settings, models at every size) before the run
+    directory is touched."""
     if not cfg.sizes:
         raise CpvtEvalError("no size given: use --sizes 224 384 ...")
     check_transform(cfg.crop_pct, cfg.interpolation)
-    probe.check(cfg.sizes)
     device = dist.device if dist.enabled else resolve_device(cfg.device)
     # a bad option fails before any work
     EvalTransform(
@@ -120,14 +135,32 @@ def _prepare(cfg: RunConfig, probe: Probe, hooks: Hooks, dist: DistContext) -> _
         "bicubic" if cfg.interpolation == "weights" else cfg.interpolation,
         cfg.crop_mode,
     )
-    image_set = open_run_dataset(cfg, hooks, require_labels=probe.needs_labels)
+    image_set = open_run_dataset(cfg, hooks, require_labels=any(p.needs_labels for p in probes))
+    for p in probes:
+        p.settings.check(cfg.sizes, image_set)
     workers = default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers
     apply_bad_image_policy(image_set, cfg.on_bad_image, workers, hooks.progress)
-    scores_real = cfg.real_labels and isinstance(probe, Resolution)
-    real = load_real_labels(cfg.real_labels).for_image_set(image_set) if scores_real else None
     models = prepare_models(cfg, device, hooks.log)
     dist.check_inputs(image_set, models)
-    return _Job(cfg, probe, hooks, models, image_set, real, device, workers, dist)
+    return _Job(cfg, probes, hooks, models, image_set, device, workers, dist)
+
+
+def _sizes_of(probe: Probe, m: EvalModel, sizes) -> list[int]:
+    """The sizes ``probe`` evaluates ``m`` at: the run's, and the native size first for a probe with a reference."""
+    return list(dict.fromkeys([m.spec.native_size, *sizes] if probe.reference else sizes))
+
+
+def plan(probes: list[Probe], models: list[EvalModel], sizes, due: set[CellKey]) -> list[tuple[int, list]]:
+    """The passes of the probes that share them: ``(size, [(probe, model), ...])``. The native sizes of the cells
+    a reference depends on come first (so that every other size finds its reference), then the run's sizes in
+    order; at each size every probe's cell that is due joins the one pass."""
+    order = sorted({m.spec.native_size for p in probes if p.reference for m in models})
+    passes = []
+    for size in dict.fromkeys([*order, *sizes]):
+        work = [(p, m) for p in probes for m in models if (p.name, m.name, size) in due]
+        if work:
+            passes.append((size, work))
+    return passes
 
 
 @dataclass
@@ -135,32 +168,32 @@ class _Job:
     """What a run evaluates, once the inputs are known; ``compute`` evaluates the cells not yet stored."""
 
     cfg: RunConfig
-    probe: Probe
+    probes: list[Probe]
     hooks: Hooks
     models: list[EvalModel]
     image_set: ImageSet
-    real: list | None
     device: torch.device
     workers: int
     dist: DistContext
 
-    def _keys(self) -> dict[tuple[str, int], CellId]:
-        by_name = {m.name: m for m in self.models}
+    def _ids(self) -> dict[CellKey, CellId]:
         return {
-            (name, s): cell_id(by_name[name], s, self.cfg, self.image_set, self.probe)
-            for name, s in self.probe.cells(self.models, self.cfg.sizes)
+            (p.name, m.name, s): cell_id(m, s, self.cfg, self.image_set, p)
+            for p in self.probes
+            for m in self.models
+            for s in _sizes_of(p, m, self.cfg.sizes)
         }
 
     def all_finished(self, store: RunStore) -> bool:
         if self.cfg.force:
             return False
-        return {ident.key() for ident in self._keys().values()} <= store.finished_keys()
+        return {ident.key() for ident in self._ids().values()} <= store.finished_keys()
 
     def full_disk_translated(self, store: RunStore | None):
         """``full_disk_translated`` for this run's cells."""
-        return full_disk_translated(store, lambda: self._keys().values())
+        return full_disk_translated(store, lambda: self._ids().values())
 
-    def _tidy(self, store: RunStore, ids: dict[tuple[str, int], CellId]) -> None:
+    def _tidy(self, store: RunStore, ids: dict[CellKey, CellId]) -> None:
         """Before a resumed run: set damaged rows aside, and the rows an earlier version wrote for the cells
         this run computes (their key has changed), so that the reports list each cell once."""
         for n, problem in store.set_aside_damaged():
@@ -180,29 +213,40 @@ class _Job:
                 f"this version's cell identity; the old rows are kept in {store.SUPERSEDED}"
             )
 
+    def _references(self, store: RunStore, done: set[str], keys: dict[CellKey, str]) -> dict[tuple[str, str], dict]:
+        """The arrays of the finished native cells that other sizes of a probe with a reference depend on, read
+        back from the run directory (a resumed run); a cell whose arrays cannot be read is computed again."""
+        refs = {}
+        rows = {row_key(r): r for r in store.rows(strict=False)} if any(p.reference for p in self.probes) else {}
+        for p in self.probes:
+            for m in self.models if p.reference else ():
+                key = keys[(p.name, m.name, m.spec.native_size)]
+                if key not in done or key not in rows:
+                    continue
+                try:
+                    refs[(p.name, m.name)] = by_position(store.load_predictions(rows[key], ("indices",)))
+                except ResultsError:
+                    done.discard(key)  # computed again by the native pass
+        return refs
+
     def compute(self, store: RunStore | None) -> RunOutcome:
         with self.full_disk_translated(store):
             return self._compute(store)
 
     def _compute(self, store: RunStore | None) -> RunOutcome:
-        cfg, hooks, probe, models, image_set, dist = (
-            self.cfg,
-            self.hooks,
-            self.probe,
-            self.models,
-            self.image_set,
-            self.dist,
-        )
+        cfg, hooks, models, image_set, dist = self.cfg, self.hooks, self.models, self.image_set, self.dist
         torch.manual_seed(SEED)
-        ids = self._keys()
+        ids = self._ids()
         keys = {cell: ident.key() for cell, ident in ids.items()}
         if store is not None:
             self._tidy(store, ids)
+        summary = config_summary(cfg)
+        for p in self.probes:
+            summary.update(p.summary())
+        summary["probe"] = ",".join(p.identity() or p.name for p in self.probes)
         # Only rank 0 reads the run directory; the other ranks learn the cells left to do from it.
-        summary = {**config_summary(cfg), **probe.summary(), "probe": probe.identity()}
         done, record = open_run(store, cfg, hooks, models, image_set, keys, self.device, SEED, summary, dist.describe())
-        if store is not None and done:
-            probe.resume(store, store.rows(strict=False), models)
+        refs = self._references(store, done, keys) if store is not None and done else {}
         settings = EvalSettings(
             device=self.device,
             batch_size=cfg.batch_size,
@@ -214,37 +258,21 @@ class _Job:
             crop_mode=cfg.crop_mode,
             classes=image_set.label_subset_classes,
         )
-        by_name = {m.name: m for m in models}
+        due = {cell for cell, key in keys.items() if key not in done}
+        due = set(map(tuple, dist.agree(sorted(due) if dist.is_main else None)))
+        groups = [[p for p in self.probes if p.shares_passes]] + [[p] for p in self.probes if not p.shares_passes]
         outcome = RunOutcome(store=store)
-        started = record["started_at"]
         status = "failed"
         try:
-            sizes = sorted({s for _, s in keys})
-            todo = dist.agreed_todo(lambda m, size: keys.get((m.name, size)) not in done, models, sizes)
             shard = dist.shard(image_set, cfg.batch_size)
-            cells = sweep(probe, models, shard.image_set, cfg.sizes, settings, hooks.progress, todo)
-            timings: dict[int, dict[str, ThroughputResult]] = {}
-            for cell in dist.gather_cells(cells, shard):
-                interrupts.check()
-                m = by_name[cell.model]
-                ident = ids[(m.name, cell.size)]
-                row = make_row(probe, m, cell, ident, image_set, self.device, started, self.real, dist)
-                self._check_finite(row)
-                if isinstance(probe, Resolution) and cfg.throughput.enabled:
-                    if cell.size not in timings:
-                        # The sweep has just finished this size's data pass for every model due at it (they are
-                        # all adapted to the size until the next pass starts): time them together, once.
-                        due = [mm for mm in models if todo is None or todo(mm, cell.size)]
-                        timings[cell.size] = self._time_size(due, cell.size)
-                    self._add_throughput(row, timings[cell.size][m.name])
-                # The arrays first, then the row: the row is the commit, so a stored row always has its arrays.
-                # An interrupt waits for the commit to finish, so a cell is stored whole or not at all.
-                with interrupts.deferred():
-                    row.predictions = store.save_predictions(ident.key(), m.name, cell.size, probe.arrays(cell))
-                    store.append(row)
-                    outcome.rows.append(row)
-                write_reports(store)
-                hooks.log(probe.log_line(row))
+            for group in groups:
+                for size, pairs in plan(group, models, cfg.sizes, due):
+                    work = [
+                        Work(p, m, p.accumulator(m, size, shard.image_set, settings, self._reference(p, m, size, refs)))
+                        for p, m in pairs
+                    ]
+                    infos = run_pass(work, shard.image_set, size, settings, hooks.progress)
+                    self._commit(work, infos, size, shard, ids, store, outcome, refs, record["started_at"])
             interrupts.check()
             status = "completed"
         except KeyboardInterrupt:
@@ -264,6 +292,43 @@ class _Job:
                         write_reports(store)  # so that the Markdown report states the interruption
         return outcome
 
+    @staticmethod
+    def _reference(p: Probe, m: EvalModel, size: int, refs: dict) -> dict | None:
+        if not p.reference or size == m.spec.native_size:
+            return None
+        return refs.get((p.name, m.name))
+
+    def _commit(self, work: list[Work], infos: list[PassInfo], size: int, shard, ids, store, outcome, refs, started):
+        """Finish each cell of a pass (its records gathered from every rank under torchrun), time the models a
+        probe asks to time, and commit each cell: its arrays, then its row."""
+        timings: dict[str, dict[str, ThroughputResult]] = {}
+        finished = (((w.probe.name, w.model.name, size), w, info) for w, info in zip(work, infos, strict=True))
+        for cell_key, w, info in self.dist.gather_cells(finished, shard):
+            interrupts.check()
+            p, m = w.probe, w.model
+            cell = w.accumulator.finish(info)
+            ident = ids[cell_key]
+            row = make_row(p, m, cell, ident, self.image_set, self.device, started, self.dist)
+            self._check_finite(row)
+            timing = p.timing() if self.cfg.timing else None
+            if timing is not None:
+                if p.name not in timings:
+                    # The pass has just finished for every model due at this size (they are all adapted to it until
+                    # the next pass starts): time them together, once.
+                    due = [x.model for x in work if x.probe is p]
+                    timings[p.name] = self._time_size(due, size, timing)
+                self._add_throughput(row, timings[p.name][m.name])
+            # The arrays first, then the row: the row is the commit, so a stored row always has its arrays.
+            # An interrupt waits for the commit to finish, so a cell is stored whole or not at all.
+            with interrupts.deferred():
+                row.predictions = store.save_predictions(ident.key(), m.name, size, cell.arrays)
+                store.append(row)
+                outcome.rows.append(row)
+            if p.reference and size == m.spec.native_size:
+                refs[(p.name, m.name)] = by_position(cell.arrays)
+            write_reports(store)
+            self.hooks.log(p.report.log_line(row))
+
     def _check_finite(self, row: ResultRow) -> None:
         """Non-finite logits make a cell's ranking meaningless: all of them is an error, some are flagged."""
         n, bad = row.n_images, row.n_nonfinite
@@ -279,10 +344,9 @@ class _Job:
                 "logits (counted in n_nonfinite; their predictions mean nothing)"
             )
 
-    def _time_size(self, due: list[EvalModel], size: int) -> dict[str, ThroughputResult]:
+    def _time_size(self, due: list[EvalModel], size: int, tp) -> dict[str, ThroughputResult]:
         """Model-only timing of the models ``due`` at ``size``, in interleaved rounds (rank 0 only under torchrun)."""
-        tp = self.cfg.throughput
-        plan = TimingPlan(warmup=tp.warmup, rounds=tp.repeats, budget_s=tp.budget_s, min_rounds=tp.min_rounds)
+        plan_ = TimingPlan(warmup=tp.warmup, rounds=tp.repeats, budget_s=tp.budget_s, min_rounds=tp.min_rounds)
         how = f"{tp.repeats} rounds" if tp.repeats is not None else f"budget {tp.budget_s:g} s per model"
         self.hooks.log(f"timing {', '.join(m.name for m in due)} @ {size}px, interleaved ({how})")
         results = benchmark_models(
@@ -292,7 +356,7 @@ class _Job:
             self.device,
             tp.batch_size or self.cfg.batch_size,
             self.cfg.dtype,
-            plan,
+            plan_,
             fit_budget=tp.batch_size is None,
         )
         return {r.model: r for r in results}
@@ -303,3 +367,12 @@ class _Job:
         row.gflops_per_image = None if t.gflops_per_image is None else round(t.gflops_per_image, 4)
         row.throughput_scope = "model-only per rank" if self.dist.enabled else "model-only"
         row.extra.update(row_extra(t))
+
+
+def by_position(arrays: dict) -> dict:
+    """A cell's arrays with their rows in image order (``indices``: the image of each row); a pass keeps that order
+    already, so usually nothing is copied."""
+    order = np.argsort(arrays["indices"], kind="stable")
+    if np.array_equal(order, np.arange(len(order))):
+        return arrays
+    return {k: (v[order] if len(v) == len(order) else v) for k, v in arrays.items()}

@@ -58,7 +58,7 @@ def open_run(
     hooks: Hooks,
     models: list[EvalModel],
     image_set: ImageSet,
-    keys: dict[tuple[str, int], str],
+    keys: dict[tuple[str, str, int], str],
     device: torch.device,
     seed: int,
     summary: dict,
@@ -73,7 +73,8 @@ def open_run(
     done = set() if cfg.force or store is None else store.finished_keys() & set(keys.values())
     skipped = [cell for cell, key in keys.items() if key in done]
     if skipped:
-        listed = ", ".join(f"{name}@{size}px" for name, size in skipped)
+        several = len({probe for probe, _, _ in keys}) > 1
+        listed = ", ".join(f"{probe} " * several + f"{name}@{size}px" for probe, name, size in skipped)
         hooks.notify(f"{store.root}: skipping {len(skipped)} finished cell(s) ({listed}); --force recomputes them")
     record = provenance_record(list(cfg.argv), str(device), seed, summary)
     record.update(cells_total=len(keys), cells_skipped=len(skipped), force=cfg.force, distributed=dist_info)
@@ -103,7 +104,7 @@ def config_summary(cfg: RunConfig) -> dict:
     """The run's configuration as provenance records it (paths as strings)."""
     summary = {}
     for name, value in asdict(cfg).items():
-        if name in ("out", "argv", "report_formats", "force", "throughput", "workers"):
+        if name in ("out", "argv", "report_formats", "force", "workers", "timing"):
             continue
         if isinstance(value, Path):
             value = str(value)

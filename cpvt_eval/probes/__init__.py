@@ -1,13 +1,10 @@
 """The measurements the tool makes of models at sizes, one module each, on one interface (``base.Probe``).
 
-* ``resolution``: top-1/top-5 by size (``cpvt-eval resolution``);
-* ``shift``: consistency of the top-1 under translation (``cpvt-eval shift``);
-* ``agreement``: agreement with the model's own native-size predictions, labels optional (``cpvt-eval agreement``).
-
-``PROBES`` maps each probe's name to its class; ``probe_of(row)`` gives the probe a stored row belongs to, and
-``split(rows)`` groups a run directory's rows by probe. Importing this package imports every module in it, and
-each ``Probe`` subclass registers itself and its row type (``base.PROBE_TYPES``), so rows read from a run directory
-come back typed. A new probe is one module here plus its command in ``cli/``.
+Importing this package imports every module in it, and each ``Probe`` subclass registers itself (and its row type)
+as it is defined, so that rows read from a run directory come back typed. Everything else finds the probes here:
+``PROBES`` maps each name to its class, the accuracy probe first; ``probe_of(row)`` gives the probe a stored row
+belongs to, ``split(rows)`` groups a run directory's rows by probe, ``make(name, **settings)`` builds one. A new
+probe is one module in this package, and nothing else.
 """
 
 from __future__ import annotations
@@ -15,37 +12,30 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ..results import ResultRow, probe_name
-from .agreement import Agreement
-from .base import PROBE_TYPES, Probe, ReportSpec, column, column_names, probe_columns
-from .resolution import RESOLUTION, Resolution
-from .shift import Shift
+from ..errors import CpvtEvalError
+from ..results import FIRST_PROBE, ResultRow, probe_name
+from .base import PROBE_TYPES, Probe, column, column_names, probe_columns
+from .presentation import ReportSpec
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")  # a probe module registers its probe as it is imported
 
-# probe name -> class, the accuracy probe first
-PROBES: dict[str, type[Probe]] = {"resolution": Resolution, **PROBE_TYPES}
+# probe name -> class, the accuracy probe (the one whose cells keep the earliest keys) first
+PROBES: dict[str, type[Probe]] = {FIRST_PROBE: PROBE_TYPES[FIRST_PROBE], **PROBE_TYPES}
 
-__all__ = [
-    "PROBES",
-    "RESOLUTION",
-    "Agreement",
-    "Probe",
-    "ReportSpec",
-    "Resolution",
-    "Shift",
-    "column",
-    "column_names",
-    "probe_columns",
-    "probe_of",
-    "split",
-]
+__all__ = ["PROBES", "Probe", "ReportSpec", "column", "column_names", "make", "probe_columns", "probe_of", "split"]
+
+
+def make(name: str, settings=None, **options) -> Probe:
+    """The probe registered as ``name``, with its settings (an instance of its ``Settings``, or its fields)."""
+    if name not in PROBES:
+        raise CpvtEvalError(f"unknown probe {name!r}; choose from {', '.join(PROBES)}")
+    return PROBES[name](settings, **options)
 
 
 def probe_of(row: ResultRow) -> type[Probe]:
     """The probe class a stored row belongs to (by its ``probe`` column)."""
-    return PROBES.get(probe_name(row.probe), Resolution)
+    return PROBES.get(probe_name(row.probe), PROBES[FIRST_PROBE])
 
 
 def split(rows: list[ResultRow]) -> dict[str, list[ResultRow]]:

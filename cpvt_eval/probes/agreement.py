@@ -12,9 +12,9 @@ run, per image:
 * ``overlap``: how many of the reference's top-5 classes are among this size's top-5; ``top5_overlap`` is the
   mean share (percent).
 
-The native size is always a cell of the run (its agreement is 100 by definition) and is computed first: its
-softmax is kept in memory for the other sizes and stored with its cell (``probs``, float32, images x classes), so a
-resumed run reads it back instead of computing it again. Where the images have labels, top-1 and top-5 are
+The native size is always a cell of the run (its agreement is 100 by definition) and is computed first
+(``Probe.reference``): its softmax is stored with its cell (``probs``, float32, images x classes) and read from
+there by the other sizes, in this run or a resumed one. Where the images have labels, top-1 and top-5 are
 reported beside; on an unlabelled folder (``--data`` any folder of images) they are empty.
 """
 
@@ -23,18 +23,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..errors import ResultsError
 from ..results import ResultRow, format_ci, mean_interval
-from .base import Probe, ReportSpec, column
+from .base import Accumulator, Probe, ProbeSettings, column, option
+from .presentation import Cells, Metric, Pairs, Plot, ReportSpec, Tex, Usage, eval_transform_line, fmt_value
 
 if TYPE_CHECKING:
-    import torch
+    from ..data import ImageSet
+    from ..engine import EvalModel, EvalSettings
 
-    from ..engine import EvalModel, EvalSettings, PassInfo
+__all__ = ["Agreement", "AgreementRow"]
 
-__all__ = ["Agreement", "AgreementCell", "AgreementRow"]
+
+@dataclass(frozen=True)
+class AgreementSettings(ProbeSettings):
+    ref: str = option("native", None, identity="ref")  # the reference: each model's own native size
 
 
 @dataclass
@@ -51,196 +54,50 @@ class AgreementRow(ResultRow):
     kl_native_ci95: str = column(default="")
 
 
-@dataclass
-class Reference:
-    """A model's predictions at its native size, by position in the ImageSet: softmax (n, classes) and top-k."""
+class AgreementCounter(Accumulator):
+    """Per-image agreement of one model at one size with its reference (the native cell's softmax and top-k, by
+    image position), or, at the native size, the reference itself (agree, overlap k, KL 0)."""
 
-    size: int
-    probs: torch.Tensor
-    top: torch.Tensor
-
-
-@dataclass
-class AgreementCell:
-    info: PassInfo
-    reference_size: int
-    correct1: int
-    correct5: int
-    indices: torch.Tensor
-    labels: torch.Tensor
-    topk: torch.Tensor  # (n, k) canonical class indices, best first
-    agree: torch.Tensor  # (n,) bool
-    kl: torch.Tensor  # (n,) float32, nats
-    overlap: torch.Tensor  # (n,) int: the reference's top-k classes among this size's top-k
-    probs: torch.Tensor | None  # the native cell's softmax (n, classes); None at other sizes
-
-    @property
-    def model(self) -> str:
-        return self.info.model
-
-    @property
-    def size(self) -> int:
-        return self.info.size
-
-
-class AgreementCounter:
-    """Per-image agreement of one model at one size with its reference (or, at the native size, the reference
-    itself, recorded as it is computed)."""
-
-    def __init__(self, k: int, n: int, num_classes: int, reference: Reference | None, native_size: int, keep):
+    def __init__(self, k: int, n: int, num_classes: int, reference: dict | None, native_size: int):
         import torch
 
-        self.k, self.reference, self.native_size, self.keep = k, reference, native_size, keep
-        dtype = torch.int16 if num_classes <= 32767 else torch.int32
-        self.topk = torch.empty((n, k), dtype=dtype)
-        self.labels = torch.empty(n, dtype=torch.int64)
-        self.indices = torch.empty(n, dtype=torch.int64)
-        self.agree = torch.ones(n, dtype=torch.bool)
-        self.kl = torch.zeros(n, dtype=torch.float32)
-        self.overlap = torch.full((n,), k, dtype=torch.int64)
-        self.probs = None
-        self.correct1 = self.correct5 = 0
+        super().__init__(n, k, num_classes)
+        self.reference, self.native_size = reference, native_size
+        self.records["agree"] = torch.ones(n, dtype=torch.bool)
+        self.records["kl"] = torch.zeros(n, dtype=torch.float32)
+        self.records["overlap"] = torch.full((n,), k, dtype=torch.uint8)
 
-    def update(self, batch, view, x, runner) -> None:
+    def update(self, batch, view, out) -> None:
         import torch
 
-        logits = runner.logits(x)
-        top = runner.canonical(logits.topk(self.k, dim=1).indices)
-        logp = torch.log_softmax(logits, dim=1)
+        top = self.core.record(batch.at, batch, out)
+        logp = out.log_probs()
         at = batch.at
-        if self.reference is None:  # the native size: the reference itself (agree, overlap k, KL 0)
-            if self.probs is None:
-                self.probs = torch.empty((self.topk.shape[0], logits.shape[1]), dtype=torch.float32)
-            self.probs[at] = logp.exp().cpu()
-        else:
-            ref_p = self.reference.probs[batch.indices].to(logp.device)
-            ref_top = self.reference.top[batch.indices].to(top.device)
-            # xlogy: a class the reference gives probability 0 adds 0, as in the definition
-            kl = (torch.special.xlogy(ref_p, ref_p) - ref_p * logp).sum(dim=1)
-            self.kl[at] = kl.clamp_min(0.0).cpu()
-            self.agree[at] = top[:, 0].eq(ref_top[:, 0]).cpu()
-            self.overlap[at] = (top[:, :, None] == ref_top[:, None, :]).any(dim=2).sum(dim=1).cpu()
-        hits = top.eq(batch.target_dev.view(-1, 1))
-        self.correct1 += int(hits[:, 0].sum())
-        self.correct5 += int(hits.any(dim=1).sum())
-        self.topk[at] = top.to("cpu", self.topk.dtype)
-        self.labels[at] = batch.target
-        self.indices[at] = batch.indices
+        if self.reference is None:  # the native size: the reference itself
+            if "probs" not in self.records:
+                n = len(self.records["indices"])
+                self.records["probs"] = torch.empty((n, logp.shape[1]), dtype=torch.float32)
+            self.records["probs"][at] = logp.exp().cpu()
+            return
+        rows = batch.indices.numpy()
+        ref_p = torch.from_numpy(self.reference["probs"][rows]).to(logp.device)
+        ref_top = torch.from_numpy(self.reference["top5"][rows].astype("int64")).to(top.device)
+        # xlogy: a class the reference gives probability 0 adds 0, as in the definition
+        kl = (torch.special.xlogy(ref_p, ref_p) - ref_p * logp).sum(dim=1)
+        self.records["kl"][at] = kl.clamp_min(0.0).cpu()
+        self.records["agree"][at] = top[:, 0].eq(ref_top[:, 0]).cpu()
+        self.records["overlap"][at] = (top[:, :, None] == ref_top[:, None, :]).any(dim=2).sum(dim=1).cpu()
 
-    def finish(self, info: PassInfo) -> AgreementCell:
-        cell = AgreementCell(
-            info=info,
-            reference_size=self.native_size,
-            correct1=self.correct1,
-            correct5=self.correct5,
-            indices=self.indices,
-            labels=self.labels,
-            topk=self.topk,
-            agree=self.agree,
-            kl=self.kl,
-            overlap=self.overlap,
-            probs=self.probs,
-        )
-        if self.reference is None:
-            self.keep(cell)
-        return cell
-
-
-class Agreement(Probe):
-    """Each model's agreement at each size with its own predictions at its native size."""
-
-    name = "agreement"
-    row_type = AgreementRow
-    needs_labels = False
-    report = ReportSpec(
-        title="Agreement with the native size",
-        cells_heading="95% interval, top-5 overlap, KL divergence, top-1 where labelled",
-        stem="agreement",
-        plot="agreement_vs_resolution.png",
-        metric="agreement_top1",
-        metric_title="Agreement",
-        successes="n_agree",
-        trials="n_images",
-        units="images",
-        paired=("agrees", 'exact McNemar test on "agrees with native" on the same images'),
-        paired_reading="A small p says one model keeps its native-size decisions on these images more often than "
-        "the other, beyond chance.",
-        aside=("kl_native", "the mean KL divergence (nats) from the native size's softmax", ".3f"),
-        plot_ylabel="agreement (% of images whose top-1 equals the native size's)",
-        plot_title="Agreement with the native size vs resolution (bars: 95% Wilson interval)",
-        console_title="agreement % with the native size (top-5 overlap % · KL nats)",
-        tex_label="agreement-native",
-    )
-
-    def __init__(self):
-        self.references: dict[str, Reference] = {}
-
-    def identity(self) -> str:
-        return "agreement:ref=native"
-
-    def _sizes_of(self, m: EvalModel, sizes) -> list[int]:
-        return sorted({*sizes, m.spec.native_size})
-
-    def cells(self, models, sizes) -> list[tuple[str, int]]:
-        return [(m.name, s) for m in models for s in self._sizes_of(m, sizes)]
-
-    def plan(self, models, sizes, todo=None):
-        """The native sizes first (the references every other size needs), then the run's sizes in order."""
-
-        def due(m, s) -> bool:
-            return todo is None or todo(m, s)
-
-        natives: dict[int, list] = {}
-        for m in models:
-            others = any(due(m, s) for s in self._sizes_of(m, sizes) if s != m.spec.native_size)
-            if due(m, m.spec.native_size) or (others and m.name not in self.references):
-                natives.setdefault(m.spec.native_size, []).append(m)
-        for size, group in sorted(natives.items()):
-            yield size, group
-        for size in sorted({s for m in models for s in self._sizes_of(m, sizes)}):
-            yield size, [m for m in models if size in sizes and size != m.spec.native_size and due(m, size)]
-
-    def resume(self, store, rows: list[ResultRow], models: list[EvalModel]) -> None:
-        """Read back the references of the models whose native cell is stored (a resumed run)."""
-        import torch
-
-        native = {m.name: m.spec.native_size for m in models}
-        for row in rows:
-            if row.probe != self.identity() or native.get(row.model) != row.img_size or row.model in self.references:
-                continue
-            try:
-                a = store.load_predictions(row, ("indices", "top5", "probs"))
-            except ResultsError:
-                continue  # computed again by the native pass
-            order = np.argsort(a["indices"], kind="stable")
-            self.references[row.model] = Reference(
-                row.img_size, torch.from_numpy(a["probs"][order]), torch.from_numpy(a["top5"][order].astype(np.int64))
-            )
-
-    def accumulator(self, m: EvalModel, size: int, n: int, settings: EvalSettings) -> AgreementCounter:
-        native = m.spec.native_size
-        reference = None if size == native else self.references.get(m.name)
-        if size != native and reference is None:
-            raise ResultsError(f"{m.name}: no native-size ({native}px) reference to compare {size}px with")
-        return AgreementCounter(settings.k_for(m), n, m.num_classes, reference, native, self._keep)
-
-    def _keep(self, cell: AgreementCell) -> None:
-        """Keep a native cell's predictions as its model's reference for the other sizes of the run."""
-        order = cell.indices.argsort()
-        self.references[cell.model] = Reference(cell.size, cell.probs[order], cell.topk[order].long())
-
-    def counts(self, cell: AgreementCell) -> tuple[int, int, int]:
-        return cell.correct1, cell.correct5, len(cell.indices)
-
-    def columns(self, cell: AgreementCell, row: ResultRow, n_images: int) -> dict:
-        n = len(cell.indices)
-        agree = int(cell.agree.sum())
-        share = (100.0 * cell.overlap.double() / cell.topk.shape[1]).tolist()
-        kl = cell.kl.double().tolist()
+    def columns(self) -> dict:
+        agree_t, overlap, kl_t = self.records["agree"], self.records["overlap"], self.records["kl"]
+        n = len(agree_t)
+        agree = int(agree_t.sum())
+        share = (100.0 * overlap.double() / self.core.k).tolist()
+        kl = kl_t.double().tolist()
         share_lo, share_hi = mean_interval(share)
         kl_lo, kl_hi = mean_interval(kl)
-        out = dict(
-            reference_size=cell.reference_size,
+        return dict(
+            reference_size=self.native_size,
             agreement_top1=round(100.0 * agree / n, 4),
             agreement_ci95=format_ci(agree, n),
             n_agree=agree,
@@ -249,58 +106,93 @@ class Agreement(Probe):
             kl_native=round(sum(kl) / n, 6),
             kl_native_ci95=f"{max(0.0, kl_lo):.4f}-{kl_hi:.4f}",
         )
-        if not bool((cell.labels >= 0).all()):  # no labels: no accuracy
-            out.update(top1=None, top5=None, top1_ci95="")
-        return out
 
-    def arrays(self, cell: AgreementCell) -> dict:
-        """Per-image predictions and agreement: index, label, top-5, agrees, KL, top-5 overlap; at the native size
-        also the softmax (the reference a resumed run reads back)."""
-        top5 = cell.topk.numpy()
-        out = {
-            "indices": cell.indices.numpy().astype(np.int32),
-            "labels": cell.labels.numpy().astype(np.int32),
-            "top5": top5 if top5.dtype == np.int16 else top5.astype(np.int32),
-            "agree": cell.agree.numpy().astype(np.uint8),
-            "kl": cell.kl.numpy().astype(np.float32),
-            "overlap": cell.overlap.numpy().astype(np.uint8),
-        }
-        if cell.probs is not None:
-            out["probs"] = cell.probs.numpy().astype(np.float32)
-        return out
 
-    def log_line(self, row: AgreementRow) -> str:
-        top1 = f", top-1 {row.top1:.2f}%" if row.top1 is not None else ""
-        return (
-            f"{row.model} @ {row.img_size}px: agreement with {row.reference_size}px {row.agreement_top1:.2f}%, "
-            f"top-5 overlap {row.top5_overlap:.2f}%, KL {row.kl_native:.4f}{top1} ({row.n_images} images)"
-        )
+def _conditions(rows: list[AgreementRow]) -> list[str]:
+    refs = ", ".join(dict.fromkeys(f"{r.model}: {r.reference_size}px" for r in rows))
+    return [
+        eval_transform_line(rows),
+        f"- reference: each model's own predictions at its native size ({refs}), under the same transform",
+        "- agreement: % of images whose top-1 equals the reference's; top-5 overlap: mean % of the reference's "
+        "top-5 classes among the size's top-5; KL: mean KL(native || size) of the softmax, in nats",
+    ]
 
-    # -- reports ---------------------------------------------------------------------------------------------------
+
+class Agreement(Probe):
+    """How often each model's top-1 at each size equals its own top-1 at its native size, on any images.
+
+    The reference is the model's prediction at its training size (always computed, once per model, first). Per size:
+    agreement (% of images whose top-1 is the native one, Wilson interval), top-5 overlap with the native top-5, and
+    the mean KL divergence from the native softmax; where the images have labels, top-1 and top-5 beside. --data may
+    be any folder of images without labels. Writes rows.jsonl, per-image agreement, provenance.json and
+    agreement.md/.csv/.tex/.json and agreement_vs_resolution.png (exact McNemar tests between models on "agrees with
+    native") to the run directory; rerunning resumes, Ctrl-C stops with exit code 130 and keeps finished cells.
+    """
+
+    name = "agreement"
+    Settings = AgreementSettings
+    needs_labels = False
+    reference = True
+    row_type = AgreementRow
+    report = ReportSpec(
+        title="Agreement with the native size",
+        stem="agreement",
+        metric=Metric(
+            "agreement_top1",
+            "Agreement",
+            successes="n_agree",
+            trials="n_images",
+            console=(
+                "agreement % with the native size (top-5 overlap % · KL nats)",
+                lambda r: f"{r.agreement_top1:.2f}\n({r.top5_overlap:.1f} · {r.kl_native:.3f})",
+            ),
+        ),
+        cells=Cells(
+            heading="95% interval, top-5 overlap, KL divergence, top-1 where labelled",
+            extra=(("top-1", "top1", ".2f"), ("images", "n_images", "d")),
+        ),
+        pairs=Pairs(
+            "agrees",
+            "agrees",
+            "images",
+            'exact McNemar test on "agrees with native" on the same images',
+            "A small p says one model keeps its native-size decisions on these images more often than the other, "
+            "beyond chance.",
+        ),
+        plot=Plot(
+            "agreement_vs_resolution.png",
+            "agreement (% of images whose top-1 equals the native size's)",
+            "Agreement with the native size vs resolution (bars: 95% Wilson interval)",
+        ),
+        tex=Tex(
+            "agreement-native",
+            lambda rows, records: (
+                "Agreement with the native size: agreement (%, share of images whose top-1 is the "
+                f"native size's; {max(r.n_images for r in rows)} images) by input size; in parentheses the mean KL "
+                "divergence (nats) from the native size's softmax."
+            ),
+            lambda r: f" ({fmt_value(r['kl_native'], '.3f')})",
+        ),
+        conditions=_conditions,
+        usage=Usage(
+            example="cpvt-eval agreement -m cpvt_ti -m deit_ti --sizes 224:512:32 --data ~/photos/field-survey "
+            "--checkpoint cpvt_ti=cpvt_ti.pth --out runs/agreement   (any folder of images, nested or flat: no "
+            "labels needed; on ImageNet val, top-1 is reported beside)"
+        ),
+    )
+
+    def accumulator(
+        self, m: EvalModel, size: int, image_set: ImageSet, settings: EvalSettings, reference: dict | None = None
+    ) -> AgreementCounter:
+        native = m.spec.native_size
+        if size != native and reference is None:
+            raise ResultsError(f"{m.name}: no native-size ({native}px) reference to compare {size}px with")
+        ref = None if size == native else reference
+        return AgreementCounter(settings.k_for(m), len(image_set), m.num_classes, ref, native)
 
     def outcomes(self, store, row: AgreementRow):
+        import numpy as np
+
         a = store.load_predictions(row, ("indices", "agree"))
         order = np.argsort(a["indices"], kind="stable")
         return a["indices"][order].astype(np.int64)[:, None], a["agree"][order].astype(bool)
-
-    def md_extra(self) -> list[tuple[str, str, str]]:
-        return [("top-1", "top1", ".2f"), ("images", "n_images", "d")]
-
-    def caption_detail(self, rows: list[AgreementRow]) -> str:
-        return f"share of images whose top-1 is the native size's; {max(r.n_images for r in rows)} images"
-
-    def protocol_lines(self, rows: list[AgreementRow]) -> list[str]:
-        def values(name: str) -> str:
-            return ", ".join(f"`{v}`" for v in dict.fromkeys(str(getattr(r, name)) for r in rows))
-
-        refs = ", ".join(dict.fromkeys(f"{r.model}: {r.reference_size}px" for r in rows))
-        return [
-            f"- eval transform: shorter side to floor(size / crop_pct), centre crop; crop_pct {values('crop_pct')}, "
-            f"interpolation {values('interpolation')}, crop mode {values('crop_mode')}",
-            f"- reference: each model's own predictions at its native size ({refs}), under the same transform",
-            "- agreement: % of images whose top-1 equals the reference's; top-5 overlap: mean % of the reference's "
-            "top-5 classes among the size's top-5; KL: mean KL(native || size) of the softmax, in nats",
-        ]
-
-    def console_cell(self, row: AgreementRow) -> str:
-        return f"{row.agreement_top1:.2f}\n({row.top5_overlap:.1f} · {row.kl_native:.3f})"

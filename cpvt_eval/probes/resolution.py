@@ -1,173 +1,284 @@
-"""Accuracy by size (``cpvt-eval resolution``): top-1 and top-5 of each model at each size, per image.
+"""Accuracy by size (``cpvt-eval resolution``): top-1 and top-5 of each model at each size, per image, with the
+model-only images/s of each cell and, on ImageNet val, the ImageNet-ReaL top-1.
 
-The probe the tool started with: its cells are ``CellOutput`` (integer counts and per-image top-5), its rows are
-plain ``ResultRow`` (``CellId.probe`` empty, so its keys are those of every earlier version), and its reports are
-``results.*`` (``report.text``). Under torchrun each process evaluates its shard and the cells merge field by field
-as ``CellOutput`` says.
+The probe the tool started with: its cells keep the keys of every earlier version (``CellId.probe`` empty) and its
+reports are ``results.*``. Under torchrun each process evaluates its shard and the per-image records merge image
+by image.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .base import Probe
+from ..config import DEFAULT_BUDGET_S, ThroughputConfig
+from ..published import published_for
+from ..results import ResultRow
+from .base import Accumulator, Probe, ProbeSettings, column, option
+from .presentation import (
+    Cells,
+    Metric,
+    Pairs,
+    Pivot,
+    Plot,
+    ReportSpec,
+    Tex,
+    Usage,
+    change_from_native,
+    eval_transform_line,
+    fmt_value,
+)
 
 if TYPE_CHECKING:
-    import torch
-
-    from ..config import Progress
     from ..data import ImageSet
-    from ..engine import EvalModel, EvalSettings, PassInfo
+    from ..engine import EvalModel, EvalSettings
 
-__all__ = ["CellOutput", "Resolution", "evaluate_size", "sweep"]
+__all__ = ["Resolution", "ResolutionRow", "ResolutionSettings"]
+
+TITLE = "Resolution generalization without fine-tuning"
 
 
-def _merged(how: str, default=dataclasses.MISSING):
-    """A ``CellOutput`` field and how the shards of a torchrun job combine it (see ``distributed.merge_cells``):
-    ``same`` (every rank has the same value), ``sum``, ``max``, ``min``, or ``samples`` (per-image tensors,
-    concatenated and put back in dataset order)."""
-    return field(default=default, metadata={"merge": how})
+@dataclass(frozen=True)
+class ResolutionSettings(ProbeSettings):
+    """The model-only timing after each size's data pass, and ImageNet-ReaL.
+
+    The models of a size are timed together in interleaved rounds (one forward each per round) right after that
+    size's pass: ``throughput_budget`` seconds of timed forwards per model, never fewer than 3 rounds, or exactly
+    ``throughput_repeats`` rounds; the timing batch is ``throughput_batch``, else the evaluation batch halved until
+    3 forwards of the slowest model fit the budget.
+    """
+
+    throughput: bool = option(
+        True,
+        "Measure model-only images/s per cell: the models of a size are timed together, in interleaved rounds, "
+        "after the size's data pass.",
+        flag="--throughput/--no-throughput",
+        panel="Speed",
+    )
+    throughput_batch: int | None = option(
+        None,
+        "Batch of the timing runs (default: --batch-size, halved until the minimum rounds fit the budget).",
+        min=1,
+        panel="Speed",
+    )
+    throughput_repeats: int | None = option(
+        None, "Force this many timed rounds (default: the budget decides).", min=1, panel="Speed"
+    )
+    throughput_budget: float = option(
+        DEFAULT_BUDGET_S,
+        "Seconds of timed forwards per model and size; at least 3 rounds run whatever the budget.",
+        min=0.01,
+        panel="Speed",
+    )
+    throughput_warmup: int = option(1, None)  # untimed forwards per model before the rounds
+    real_labels: str | None = option(
+        None,
+        "Add ImageNet-ReaL top-1 (alone: the labels timm ships).",
+        flag="--real-labels",
+        metavar="[FILE]",
+        panel="Data",
+        alone="timm",
+    )
+
+    def check(self, sizes, image_set: ImageSet) -> None:
+        if self.real_labels:
+            real_for(self.real_labels, image_set)
+
+    def timing(self) -> ThroughputConfig | None:
+        if not self.throughput:
+            return None
+        return ThroughputConfig(
+            batch_size=self.throughput_batch,
+            warmup=self.throughput_warmup,
+            repeats=self.throughput_repeats,
+            budget_s=self.throughput_budget,
+        )
+
+
+_REAL: dict[tuple[str, int], list] = {}
+
+
+def real_for(path: str, image_set: ImageSet) -> list:
+    """The ReaL label set of each image of ``image_set`` (None: it has none), read once per file and set."""
+    from ..data import load_real_labels
+
+    key = (path, id(image_set))
+    if key not in _REAL:
+        _REAL.clear()  # one set at a time: a run evaluates one
+        _REAL[key] = load_real_labels(path).for_image_set(image_set)
+    return _REAL[key]
 
 
 @dataclass
-class CellOutput:
-    """The outcome of one (model, size) cell: integer counts and per-sample predictions."""
+class ResolutionRow(ResultRow):
+    """An accuracy cell's row: the model-only speed of the cell (``images_per_sec``: the model alone on one device,
+    ``throughput_scope`` says so; its rounds and spread in ``extra``) and ImageNet-ReaL top-1."""
 
-    model: str = _merged("same")
-    size: int = _merged("same")
-    pe_policy: str = _merged("same")
-    grid: str = _merged("same")
-    resize_size: int = _merged("same")
-    correct1: int = _merged("sum")
-    correct5: int = _merged("sum")
-    n: int = _merged("sum")
-    # The ranks start a pass together, so the slowest rank's time is the wall time of the data-parallel pass.
-    duration_s: float = _merged("max")
-    indices: torch.Tensor = _merged("samples")  # (n,) positions in the ImageSet
-    labels: torch.Tensor = _merged("samples")  # (n,)
-    topk: torch.Tensor = _merged("samples")  # (n, k) predicted class indices, best first (k = min(5, classes))
-    batch_size: int = _merged("min", 0)  # the batch the model finally ran at (smaller after an OOM)
-    oom_retries: int = _merged("sum", 0)
-    nonfinite: int = _merged("sum", 0)  # images whose logits hold a NaN or an infinity (broken weights, fp16 overflow)
-
-    @property
-    def info(self) -> PassInfo:
-        """How the model ran, as every probe's cell says it."""
-        from ..engine import PassInfo
-
-        return PassInfo(
-            self.model,
-            self.size,
-            self.pe_policy,
-            self.grid,
-            self.resize_size,
-            self.duration_s,
-            self.batch_size,
-            self.oom_retries,
-            self.nonfinite,
-        )
-
-    @property
-    def top1_pct(self) -> float:
-        return 100.0 * self.correct1 / self.n if self.n else float("nan")
-
-    @property
-    def top5_pct(self) -> float:
-        return 100.0 * self.correct5 / self.n if self.n else float("nan")
+    images_per_sec: float | None = column()
+    throughput_batch: int | None = column()
+    gflops_per_image: float | None = column()
+    throughput_scope: str = column(default="")
+    real_top1: float | None = column()
+    real_n: int | None = column()  # images with ReaL labels (the denominator of real_top1)
+    real_excluded: int | None = column()  # images without ReaL labels, left out of real_top1
 
 
-class Accuracy:
-    """Top-1/top-5 hits and the per-image top-k of one model over a pass."""
+class Accuracy(Accumulator):
+    """Top-1/top-5 and the per-image top-k of one model over a pass; with ReaL labels, each image's ReaL hit."""
 
-    def __init__(self, k: int, n: int):
+    def __init__(self, n: int, k: int, num_classes: int, real: list | None):
         import torch
 
-        self.k = k
-        self.topk = torch.empty((n, k), dtype=torch.int16)
-        self.labels = torch.empty(n, dtype=torch.int64)
-        self.indices = torch.empty(n, dtype=torch.int64)
-        self.correct1 = self.correct5 = self.n = 0
+        super().__init__(n, k, num_classes)
+        self.real = real
+        if real is not None:
+            self.records["real"] = torch.full((n,), -1, dtype=torch.int8)  # -1: no ReaL label
 
-    def update(self, batch, view, x, runner) -> None:
-        pred = runner.topk(x, self.k)
-        hits = pred.eq(batch.target_dev.view(-1, 1))
-        self.correct1 += int(hits[:, 0].sum())
-        self.correct5 += int(hits.any(dim=1).sum())
-        self.topk[batch.at] = pred.to("cpu", self.topk.dtype)
-        self.labels[batch.at] = batch.target
-        self.indices[batch.at] = batch.indices
-        self.n += batch.size
+    def update(self, batch, view, out) -> None:
+        pred = self.core.record(batch.at, batch, out)
+        if self.real is not None:
+            from ..data import real_hits
 
-    def finish(self, info: PassInfo) -> CellOutput:
-        return CellOutput(
-            model=info.model,
-            size=info.size,
-            pe_policy=info.pe_policy,
-            grid=info.grid,
-            resize_size=info.resize_size,
-            correct1=self.correct1,
-            correct5=self.correct5,
-            n=self.n,
-            duration_s=info.duration_s,
-            indices=self.indices,
-            labels=self.labels,
-            topk=self.topk,
-            batch_size=info.batch_size,
-            oom_retries=info.oom_retries,
-            nonfinite=info.nonfinite,
-        )
+            self.records["real"][batch.at] = real_hits(self.real, batch.indices, pred[:, 0].cpu())
+
+    def columns(self) -> dict:
+        if self.real is None:
+            return {}
+        from ..data import real_score
+
+        score = real_score(self.records["real"])
+        top1 = None if score.top1 is None else round(score.top1, 4)
+        return dict(real_top1=top1, real_n=score.n, real_excluded=score.excluded)
+
+    def stored(self) -> dict:
+        return {name: self.records[name] for name in ("indices", "labels", "top5")}
+
+
+def _published(row: ResultRow) -> dict:
+    """The paper's top-1 of the cell, its confidence grade, our difference to it and the paper's crop ratio."""
+    pub = published_for(row.model).get(row.img_size)
+    return {
+        "published_top1": None if pub is None else pub.top1,
+        "published_confidence": None if pub is None else pub.confidence,
+        "delta_published": None if pub is None or row.top1 is None else round(row.top1 - pub.top1, 4),
+        "published_crop_pct": None if pub is None else pub.crop_pct,
+    }
+
+
+def _paper(record: dict) -> str:
+    text = fmt_value(record["published_top1"], ".1f")
+    crop = record["published_crop_pct"]
+    return text + (f" (crop {float(crop)})" if crop is not None else "")
+
+
+def _note(records: list[dict], rows: list[ResultRow]) -> list[str]:
+    lines = [
+        "Δ native: points from the same model at its training size. Δ paper: points from the published top-1; "
+        "confidence `primary` is the paper's own table, `secondary-xN` N transcriptions that agree; `secondary`, "
+        "`quoted` and `approximate` rest on a single reading.",
+        "",
+    ]
+    crops = sorted({r["published_crop_pct"] for r in records if r["published_crop_pct"] is not None})
+    if crops:
+        run_crops = ", ".join(dict.fromkeys(str(r.crop_pct) for r in rows))
+        lines += [
+            f"Paper figures marked (crop {', '.join(str(float(c)) for c in crops)}) were measured at that crop "
+            f"ratio; this table's images were cropped at {run_crops} (`--crop-pct`).",
+            "",
+        ]
+    return lines
+
+
+def _console(row: ResolutionRow) -> str:
+    text = f"{fmt_value(row.top1, '.2f')} ({fmt_value(row.top5, '.2f')})"
+    return text + (f"\n{row.images_per_sec:,.1f}/s" if row.images_per_sec else "")
+
+
+def _real_note(rows: list[ResolutionRow]) -> str:
+    first = rows[0]
+    return f"Images without a ReaL label are left out: {first.real_excluded} of {first.n_images}."
 
 
 class Resolution(Probe):
-    """Top-1/top-5 of each model at each size under the eval transform (the paper's experiment)."""
+    """Top-1/top-5 and images/s of each model at each size, without fine-tuning.
+
+    Writes rows.jsonl, per-image predictions, provenance.json and the reports (results.md/.csv/.tex/.json, plots)
+    to the run directory. Each cell is stored the moment it finishes: rerunning the same command resumes and skips
+    finished cells; Ctrl-C stops with exit code 130 and keeps them.
+    """
 
     name = "resolution"
+    Settings = ResolutionSettings
     distributed = True
+    row_type = ResolutionRow
+    report = ReportSpec(
+        title=TITLE,
+        stem="results",
+        metric=Metric(
+            "top1",
+            "Top-1 accuracy",
+            short="Top-1",
+            successes="correct1",
+            trials="n_images",
+            console=("top-1 % (top-5 %) · images/s", _console),
+        ),
+        cells=Cells(
+            heading="95% interval, change from native size and from the paper",
+            extra=(
+                ("Δ native", "delta_native", change_from_native),
+                ("paper", "published_top1", _paper),
+                ("Δ paper", "delta_published", "+.2f"),
+                ("confidence", "published_confidence", ""),
+                ("images", "n_images", "d"),
+            ),
+            note=_note,
+            by_family=True,
+        ),
+        pairs=Pairs(
+            "correct",
+            "right",
+            "images",
+            "exact McNemar test on the same images",
+            "A small p says the two models' difference on these images is unlikely to be chance.",
+            always=False,
+        ),
+        plot=Plot(
+            "top1_vs_resolution.png",
+            "top-1 accuracy (%)",
+            "Top-1 vs resolution (no fine-tuning; bars: 95% Wilson interval)",
+            published="published_top1",
+            best=True,
+        ),
+        tex=Tex(
+            "resolution-top1",
+            lambda rows, records: (
+                f"{TITLE}: top-1 accuracy (%) by input size on "
+                f"{max(r['n_images'] for r in records)} images; in parentheses the change in points from the model's "
+                "training size."
+            ),
+            lambda r: (
+                f" ({r['delta_native']:+.2f})"
+                if r["delta_native"] is not None and r["img_size"] != r["native_size"]
+                else ""
+            ),
+        ),
+        records=_published,
+        conditions=lambda rows: [eval_transform_line(rows)],
+        sections=("best_size", "throughput", Pivot("ImageNet-ReaL top-1 (%)", "real_top1", _real_note)),
+        schema="cpvt-eval/report-1",
+        usage=Usage(
+            # a short timing in a quick run: its point is accuracy
+            quick=(("throughput_batch", 8), ("throughput_repeats", 3)),
+            example="cpvt-eval resolution --model cpvt_ti --model deit_ti --sizes 224 384 448 512 "
+            "--data /datasets/imagenet/val --checkpoint cpvt_ti=cpvt_ti.pth --out runs/tiny",
+        ),
+    )
 
-    def identity(self) -> str:
-        return ""  # the cells of the first probe keep the keys they always had
+    def accumulator(
+        self, m: EvalModel, size: int, image_set: ImageSet, settings: EvalSettings, reference=None
+    ) -> Accuracy:
+        real = real_for(self.settings.real_labels, image_set) if self.settings.real_labels else None
+        return Accuracy(len(image_set), settings.k_for(m), m.num_classes, real)
 
-    def pass_label(self, size: int, models: list[EvalModel]) -> str:
-        return f"{size}px · {', '.join(m.name for m in models)}"
-
-    def accumulator(self, m: EvalModel, size: int, n: int, settings: EvalSettings) -> Accuracy:
-        return Accuracy(settings.k_for(m), n)
-
-    def counts(self, cell: CellOutput) -> tuple[int, int, int]:
-        return cell.correct1, cell.correct5, cell.n
-
-    def arrays(self, cell: CellOutput) -> dict:
-        """Per-image predictions in compact numpy form: sample index and label (int32), top-5 class indices."""
-        import numpy as np
-
-        top5 = cell.topk.numpy()
-        return {
-            "indices": cell.indices.numpy().astype(np.int32),
-            "labels": cell.labels.numpy().astype(np.int32),
-            "top5": top5 if top5.dtype == np.int16 else top5.astype(np.int32),
-        }
-
-
-RESOLUTION = Resolution()
-
-
-def evaluate_size(
-    models: list[EvalModel],
-    image_set: ImageSet,
-    size: int,
-    settings: EvalSettings,
-    progress: Progress | None = None,
-) -> list[CellOutput]:
-    """Every model's accuracy at ``size`` in one pass over ``image_set``; one ``CellOutput`` per model."""
-    from ..engine import run_pass
-
-    return run_pass(RESOLUTION, models, image_set, size, settings, progress)
-
-
-def sweep(models, image_set, sizes, settings, progress=None, todo=None):
-    """Yield every (model, size) ``CellOutput``, size by size; ``todo(model, size)`` can skip finished cells."""
-    from ..engine import sweep as run_sweep
-
-    return run_sweep(RESOLUTION, models, image_set, sizes, settings, progress, todo)
+    def timing(self) -> ThroughputConfig | None:
+        return self.settings.timing()

@@ -16,7 +16,7 @@ from ..results import SCHEMA_VERSION, ResultRow, RunStore, id_fields
 from ..results.schema import PROTOCOL, WHAT
 from ..results.store import migrate_row, row_problem
 from .records import ordered, round_or_none
-from .text import fmt_value, md_table
+from .tables import fmt_value, md_table
 
 # Cells of two runs are the same cell when the identity's model, size and protocol agree; the weights may change
 # (that is what CI checks), and the data must be the same (checked separately, with its own message).
@@ -91,8 +91,8 @@ class CellDiff:
             "top1_baseline": self.baseline.top1,
             "top1_current": self.current.top1,
             "top1_delta": round_or_none(self.top1_delta),
-            "images_per_sec_baseline": self.baseline.images_per_sec,
-            "images_per_sec_current": self.current.images_per_sec,
+            "images_per_sec_baseline": images_per_sec(self.baseline),
+            "images_per_sec_current": images_per_sec(self.current),
             "speed_ratio": round_or_none(self.speed_ratio),
             "checkpoint_changed": self.baseline.checkpoint_sha256 != self.current.checkpoint_sha256,
             "accuracy_failed": self.accuracy_failed,
@@ -140,10 +140,15 @@ class Comparison:
 _EPS = 1e-9
 
 
+def images_per_sec(r: ResultRow) -> float | None:
+    """The model-only images/s of a cell, where its probe times the models (None elsewhere)."""
+    return getattr(r, "images_per_sec", None)
+
+
 def images_per_sec_iqr(r: ResultRow) -> tuple[float, float] | None:
     """``(low, high)`` images/s of the middle half of a row's timed rounds; None for rows without the quartiles."""
     q1, q3 = r.extra.get("throughput_ms_per_batch_q1"), r.extra.get("throughput_ms_per_batch_q3")
-    if not (q1 and q3 and r.throughput_batch):
+    if not (q1 and q3 and getattr(r, "throughput_batch", None)):
         return None
     return 1000.0 * r.throughput_batch / q3, 1000.0 * r.throughput_batch / q1
 
@@ -259,8 +264,8 @@ def compare_runs(
         labelled = b.top1 is not None and c.top1 is not None
         delta = 100.0 * c.correct1 / c.n_images - 100.0 * b.correct1 / b.n_images if labelled else None
         ratio = None
-        if b.images_per_sec and c.images_per_sec:
-            ratio = c.images_per_sec / b.images_per_sec
+        if images_per_sec(b) and images_per_sec(c):
+            ratio = images_per_sec(c) / images_per_sec(b)
         too_slow = max_slowdown is not None and ratio is not None and ratio < 1.0 - max_slowdown - _EPS
         noise = too_slow and within_noise(b, c)
         result.cells.append(
@@ -291,8 +296,8 @@ def comparison_markdown(result: Comparison) -> str:
             fmt_value(c.baseline.top1, ".2f"),
             fmt_value(c.current.top1, ".2f"),
             fmt_value(c.top1_delta, "+.2f"),
-            fmt_value(c.baseline.images_per_sec, ",.1f"),
-            fmt_value(c.current.images_per_sec, ",.1f"),
+            fmt_value(images_per_sec(c.baseline), ",.1f"),
+            fmt_value(images_per_sec(c.current), ",.1f"),
             fmt_value(c.speed_ratio, ".3f"),
             c.status + (" (new checkpoint)" if c.baseline.checkpoint_sha256 != c.current.checkpoint_sha256 else ""),
         ]

@@ -1,31 +1,12 @@
-"""Plots of the stored rows (PNG bytes): top-1 and throughput against resolution."""
+"""Plots of the stored rows (PNG bytes): a figure with its intervals against resolution, and throughput."""
 
 from __future__ import annotations
 
-import io
-
+from ..figures import new_figure, png_bytes
 from ..results import ResultRow
-from .records import best_size_records, throughput_records, top1_records
+from .records import throughput_records
 
-PLOT_TOP1 = "top1_vs_resolution.png"
 PLOT_THROUGHPUT = "throughput_vs_resolution.png"
-
-
-def _figure():
-    # The object API with an Agg canvas: no pyplot global state, no display needed.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
 
 
 def interval_plot(
@@ -40,7 +21,7 @@ def interval_plot(
     ``published`` figures as markers of the same colour; ``best`` (label -> size) marks each curve's best size."""
     from matplotlib.lines import Line2D
 
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     any_published = False
     for i, label in enumerate(dict.fromkeys(r["label"] for r in records)):
@@ -72,20 +53,7 @@ def interval_plot(
     ax.set_xticks(sorted({r["img_size"] for r in records}))
     ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
-    return _png(fig)
-
-
-def plot_top1(rows: list[ResultRow]) -> bytes:
-    """Top-1 vs resolution: one line per model (with its 95% interval), the published points as markers."""
-    records = top1_records(rows)
-    return interval_plot(
-        records,
-        "top1",
-        "published_top1",
-        "top-1 accuracy (%)",
-        "Top-1 vs resolution (no fine-tuning; bars: 95% Wilson interval)",
-        {b["label"]: b["best_size"] for b in best_size_records(records)},
-    )
+    return png_bytes(fig)
 
 
 def plot_throughput(rows: list[ResultRow]) -> bytes | None:
@@ -95,7 +63,7 @@ def plot_throughput(rows: list[ResultRow]) -> bytes | None:
     tp = throughput_records(rows)
     if not tp:
         return None
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for i, label in enumerate(dict.fromkeys(r["label"] for r in tp)):
         mine = [r for r in tp if r["label"] == label]
@@ -111,4 +79,4 @@ def plot_throughput(rows: list[ResultRow]) -> bytes | None:
     ax.set_title("Throughput vs resolution", fontsize="medium")
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3, which="both")
-    return _png(fig)
+    return png_bytes(fig)

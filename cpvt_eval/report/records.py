@@ -9,9 +9,8 @@ from __future__ import annotations
 import math
 
 from ..errors import ResultsError
-from ..pe_families import family_rank, family_title
-from ..published import published_for
-from ..results import CellId, ResultRow, RunStore, id_fields, mcnemar_exact, row_key, wilson_interval
+from ..pe_families import family_rank
+from ..results import ResultRow, id_fields, mcnemar_exact, row_key
 from ..results.schema import DATA, PROTOCOL, WEIGHTS
 
 # Fields that may tell two rows of the same model apart in one run directory; the ones that differ go into labels.
@@ -54,66 +53,30 @@ def round_or_none(value: float | None, digits: int = 4) -> float | None:
     return round(float(value), digits)
 
 
-def top1_records(rows: list[ResultRow]) -> list[dict]:
-    """One record per cell: top-1 with its Wilson 95% interval, the change from the model's native size and
-    from the published number (with its confidence grade)."""
-    labels = row_labels(rows)
-    by_cell = {(labels[row_key(r)], r.img_size): r for r in rows}
-    out = []
-    for r in ordered(rows):
-        label = labels[row_key(r)]
-        lo, hi = wilson_interval(r.correct1, r.n_images)
-        native = by_cell.get((label, r.native_size)) if r.native_size else None
-        pub = published_for(r.model).get(r.img_size)
-        out.append(
-            {
-                "label": label,
-                "model": r.model,
-                "pe": r.pe,
-                "pe_family": family_title(r.pe),
-                "img_size": r.img_size,
-                "n_images": r.n_images,
-                "correct1": r.correct1,
-                "top1": round_or_none(r.top1),
-                "top5": round_or_none(r.top5),
-                "top1_ci95_low": round_or_none(lo),
-                "top1_ci95_high": round_or_none(hi),
-                "native_size": r.native_size,
-                "delta_native": None if native is None else round_or_none(r.top1 - native.top1),
-                "published_top1": None if pub is None else pub.top1,
-                "published_confidence": None if pub is None else pub.confidence,
-                "published_crop_pct": None if pub is None else pub.crop_pct,
-                "delta_published": None if pub is None else round_or_none(r.top1 - pub.top1),
-            }
-        )
-    return out
-
-
-def best_size_records(records: list[dict]) -> list[dict]:
-    """Per model (label) with more than one size: the size of the best top-1 (the smaller size on an exact tie),
-    its Wilson interval, and the other sizes whose interval overlaps it (``tied``: not told apart on these
-    images). ``records`` are ``top1_records``."""
+def best_size_records(records: list[dict], metric: str = "top1") -> list[dict]:
+    """Per model (label) with more than one size: the size of the best ``metric`` (the smaller size on an exact tie),
+    its 95% interval, and the other sizes whose interval overlaps it (``tied``: not told apart on these images).
+    ``records`` are a report's records (``<metric>``, ``<metric>_ci95_low``/``_high``)."""
+    low, high = f"{metric}_ci95_low", f"{metric}_ci95_high"
     by_label: dict[str, list[dict]] = {}
     for r in records:
-        if r["top1"] is not None:
+        if r[metric] is not None:
             by_label.setdefault(r["label"], []).append(r)
     out = []
     for label, group in by_label.items():
         if len(group) < 2:
             continue
-        best = max(group, key=lambda r: (r["top1"], -r["img_size"]))
-        lo, hi = best["top1_ci95_low"], best["top1_ci95_high"]
-        tied = [
-            r["img_size"] for r in group if r is not best and r["top1_ci95_high"] >= lo and r["top1_ci95_low"] <= hi
-        ]
+        best = max(group, key=lambda r: (r[metric], -r["img_size"]))
+        lo, hi = best[low], best[high]
+        tied = [r["img_size"] for r in group if r is not best and r[high] >= lo and r[low] <= hi]
         out.append(
             {
                 "label": label,
                 "model": best["model"],
                 "best_size": best["img_size"],
-                "top1": best["top1"],
-                "top1_ci95_low": lo,
-                "top1_ci95_high": hi,
+                metric: best[metric],
+                low: lo,
+                high: hi,
                 "tied_sizes": sorted(tied),
                 "sizes": sorted(r["img_size"] for r in group),
                 "native_size": best["native_size"],
@@ -151,30 +114,8 @@ def throughput_records(rows: list[ResultRow]) -> list[dict]:
             "ratio_q3": round_or_none(r.extra.get("throughput_ratio_q3")),
         }
         for r in ordered(rows)
-        if r.images_per_sec is not None
+        if getattr(r, "images_per_sec", None) is not None
     ]
-
-
-def _correct_top1(store: RunStore, row: ResultRow):
-    import numpy as np
-
-    arrays = store.load_predictions(row)
-    order = np.argsort(arrays["indices"], kind="stable")
-    correct = arrays["top5"][order, 0].astype(np.int64) == arrays["labels"][order].astype(np.int64)
-    return arrays["indices"][order], correct
-
-
-def pair_records(store: RunStore, rows: list[ResultRow]) -> list[dict]:
-    """Exact McNemar tests between every two models evaluated at the same size under the same conditions,
-    paired image by image from the stored predictions."""
-    return mcnemar_pairs(
-        rows,
-        lambda r: _correct_top1(store, r),
-        lambda r: CellId.of(r).shared(),
-        "top1",
-        "images",
-        "correct",
-    )
 
 
 def mcnemar_pairs(rows: list[ResultRow], outcomes, condition, metric: str, units: str, what: str) -> list[dict]:

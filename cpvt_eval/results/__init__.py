@@ -4,12 +4,14 @@ provenance (``provenance``)."""
 from .provenance import provenance_record
 from .schema import (
     CSV_COLUMNS,
+    FIRST_PROBE,
     KEY_FIELDS,
     SCHEMA_VERSION,
     CellId,
     ResultRow,
     id_fields,
     pe_options_label,
+    probe_identity,
     probe_name,
     register_row_type,
     row_key,
@@ -20,6 +22,7 @@ from .store import RunStore, atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "CSV_COLUMNS",
+    "FIRST_PROBE",
     "KEY_FIELDS",
     "SCHEMA_VERSION",
     "CellId",
@@ -32,6 +35,7 @@ __all__ = [
     "mcnemar_exact",
     "mean_interval",
     "pe_options_label",
+    "probe_identity",
     "probe_name",
     "register_row_type",
     "row_type_of",

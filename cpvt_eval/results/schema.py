@@ -16,6 +16,7 @@ Change any field and the cell is computed again.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
@@ -137,9 +138,6 @@ class ResultRow:
     top1: float | None  # None: the images have no labels (a label-free probe)
     top5: float | None
     top1_ci95: str
-    images_per_sec: float | None
-    throughput_batch: int | None
-    gflops_per_image: float | None
     params: int
     dataset: str
     dataset_fingerprint: str
@@ -149,23 +147,18 @@ class ResultRow:
     versions: str
     started_at: str
     duration_s: float
-    # Scale-out: processes of the run; how images_per_sec was measured ("model-only": the model alone on one
-    # device; "model-only per rank": the same on rank 0's device of a torchrun job); the data-parallel rate of
-    # the whole pass (images / wall time of the data pass at this size, all processes, decode and every model of
-    # the pass included). The two figures answer different questions and are never mixed in one column.
+    # Scale-out: processes of the run, and the data-parallel rate of the whole pass (images / wall time of the data
+    # pass at this size, all processes, decode and every model of the pass included). A probe's model-only speed
+    # (``resolution``'s images_per_sec) answers another question and is never mixed with it.
     world_size: int = 1
-    throughput_scope: str = ""
     aggregate_images_per_sec: float | None = None
     extra: dict = field(default_factory=dict)
-    # The data layer's columns: how the set was read, which bad files were left out, ImageNet-ReaL top-1.
+    # The data layer's columns: how the set was read, which bad files were left out.
     layout: str = ""
     label_source: str = ""
     skipped_files: str = ""  # ";"-separated relative paths of the images left out (n_skipped of them)
     decode_draft: bool = False
     ema: bool = False  # the checkpoint's EMA weights were evaluated (same file, other weights)
-    real_top1: float | None = None
-    real_n: int | None = None  # images with ReaL labels (the denominator of real_top1)
-    real_excluded: int | None = None  # images without ReaL labels, left out of real_top1
     pe_options: str = ""  # the requested APE/sin-cos handling; with the model and size it fixes ``pe_policy``
     native_size: int | None = None  # the model's training size: the reference of "change from native"
     predictions: str = ""  # per-image predictions, relative to the run directory
@@ -194,7 +187,8 @@ class ResultRow:
             cls = row_type_of(d.get("probe") or "")
         names = {f.name for f in fields(cls)}
         known = {k: v for k, v in d.items() if k in names}
-        extra = {k: v for k, v in d.items() if k not in names}
+        # an empty column of another probe (written when every row carried every probe's columns) says nothing
+        extra = {k: v for k, v in d.items() if k not in names and v is not None}
         stored_extra = dict(known.pop("extra", None) or {})
         for name in names - set(known):
             if name in stored_extra:
@@ -208,10 +202,22 @@ class ResultRow:
 _ROW_TYPES: dict[str, type[ResultRow]] = {}
 
 
+# The probe whose cells keep the keys of the versions before probes existed: its ``CellId.probe`` is empty.
+FIRST_PROBE = "resolution"
+
+
 def probe_name(probe: str) -> str:
     """The probe of a ``CellId.probe`` text: ``shift:random,max=auto,...`` -> ``shift``; ``""`` (accuracy by size)
     -> ``resolution``."""
-    return probe.split(":", 1)[0] or "resolution"
+    return probe.split(":", 1)[0] or FIRST_PROBE
+
+
+def probe_identity(name: str, parts: list[str]) -> str:
+    """The ``CellId.probe`` text of probe ``name`` with its identity settings ``parts`` (the inverse of
+    ``probe_name``): ``shift:random,max=auto,epochs=5,seed=0``; ``""`` for the first probe without settings."""
+    if name == FIRST_PROBE and not parts:
+        return ""
+    return name + (":" + ",".join(parts) if parts else "")
 
 
 def register_row_type(name: str, row_type: type[ResultRow]) -> type[ResultRow]:
@@ -223,8 +229,13 @@ def register_row_type(name: str, row_type: type[ResultRow]) -> type[ResultRow]:
 
 
 def row_type_of(probe: str) -> type[ResultRow]:
-    """The row type of the cells of a ``CellId.probe`` text (``ResultRow`` for a probe not registered)."""
-    return _ROW_TYPES.get(probe_name(probe), ResultRow)
+    """The row type of the cells of a ``CellId.probe`` text (``ResultRow`` for a probe not registered). The probes
+    register their row types as ``cpvt_eval.probes`` imports them: a name not registered yet loads that registry
+    first, so that a run directory read by itself (``RunStore(path).rows()``) gives its rows typed."""
+    name = probe_name(probe)
+    if name not in _ROW_TYPES:
+        importlib.import_module("cpvt_eval.probes")
+    return _ROW_TYPES.get(name, ResultRow)
 
 
 CSV_COLUMNS = [f.name for f in fields(ResultRow) if f.name != "extra"]

@@ -49,14 +49,6 @@ def _file_mode() -> int:
     return 0o666 & ~mask
 
 
-class _suppress_oserror:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        return exc_type is not None and issubclass(exc_type, OSError)
-
-
 def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
@@ -459,7 +451,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException as e:
-        with _suppress_oserror():
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(e, OSError) and e.filename is None:  # a failed write names no file: name the one meant
             raise OSError(e.errno, e.strerror, str(path)) from None
