@@ -101,8 +101,9 @@ class Pivot:
 
 @dataclass(frozen=True)
 class Figure:
-    """A figure of the probe's own beside its plot: ``file`` (with ``{size}``: one file per size) drawn by
-    ``draw(store, rows)`` into PNG bytes from the stored rows and arrays (the rows of one size when per size)."""
+    """A figure of the probe's own beside its plot: ``file`` (with ``{size}``: one file per size, its ``title``
+    naming it too) drawn by ``draw(store, rows)`` into PNG bytes from the stored rows and arrays (the rows of one
+    size when per size)."""
 
     file: str
     title: str

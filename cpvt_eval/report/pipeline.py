@@ -226,8 +226,8 @@ def markdown(
         names = {spec.plot.file: f"{spec.metric.name} vs resolution"}
         for section in sections:
             names.update(section.plot_names())
-        names.update({f.file: f.title for f in spec.figures})
-        out += ["## Plots", "", *(f"![{names.get(_figure_of(spec, p), p)}]({p})" for p in plots), ""]
+        names.update(_figure_names(spec, sorted({r.img_size for r in rows})))
+        out += ["## Plots", "", *(f"![{names.get(p, p)}]({p})" for p in plots), ""]
     for section in sections:
         if section.placed_after_plots:
             out += section.md(spec, recs, rows)
@@ -235,12 +235,13 @@ def markdown(
     return "\n".join(out)
 
 
-def _figure_of(spec, file: str) -> str:
-    """The declared file name a written plot comes from (a per-size figure's file names its size)."""
+def _figure_names(spec, sizes: list[int]) -> dict[str, str]:
+    """The files of the probe's own figures and their titles (one of each per size where the file names its size)."""
+    out = {}
     for f in spec.figures:
-        if f.per_size and file.startswith(f.file.split("{size}")[0]) and file.endswith(f.file.split("{size}")[1]):
-            return f.file
-    return file
+        for size in sizes if f.per_size else [None]:
+            out[f.file.format(size=size)] = f.title.format(size=size)
+    return out
 
 
 def latex(probe: Probe, rows: list[ResultRow]) -> str:
@@ -341,8 +342,7 @@ def render(
             atomic_write_bytes(out / name, data)
             written.append(out / name)
     names = [spec.plot.file, *(n for s in sections_of(spec.sections) for n in s.plot_names())]
-    sizes = sorted({r.img_size for r in rows})
-    names += [f.file.format(size=s) for f in spec.figures for s in (sizes if f.per_size else [None])]
+    names += list(_figure_names(spec, sorted({r.img_size for r in rows})))
     plots = tuple(name for name in names if (out / name).is_file())
     asked = spec.pairs is not None and (spec.pairs.always or pairs)
     pair_list = pair_records(probe, store, rows) if asked and any(f in formats for f in ("md", "json")) else None
