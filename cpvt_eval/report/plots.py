@@ -27,12 +27,12 @@ def interval_plot(
     for i, label in enumerate(dict.fromkeys(r["label"] for r in records)):
         mine = [r for r in records if r["label"] == label]
         color = f"C{i % 10}"
-        ys = [r[value] for r in mine]
-        err = [
-            [r[value] - r[f"{value}_ci95_low"] for r in mine],
-            [r[f"{value}_ci95_high"] - r[value] for r in mine],
-        ]
-        ax.errorbar([r["img_size"] for r in mine], ys, yerr=err, color=color, marker="o", capsize=3, label=label)
+        xs, ys = [r["img_size"] for r in mine], [r[value] for r in mine]
+        ax.plot(xs, ys, color=color, marker="o", label=label)
+        # the interval as drawn from its ends: a bootstrap interval of a biased figure (an ECE) need not hold it
+        lows, highs = [r[f"{value}_ci95_low"] for r in mine], [r[f"{value}_ci95_high"] for r in mine]
+        ax.vlines(xs, lows, highs, color=color, linewidth=1)
+        ax.scatter(xs + xs, lows + highs, marker="_", s=60, color=color, linewidths=1)
         top = [r for r in mine if best and r["img_size"] == best.get(label)]
         if top:
             ax.scatter([top[0]["img_size"]], [top[0][value]], marker="*", s=160, color=color, zorder=4)
