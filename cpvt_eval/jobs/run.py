@@ -118,7 +118,7 @@ def _prepare(cfg: RunConfig, probe: Probe, hooks: Hooks, dist: DistContext) -> _
         cfg.sizes[0],
         cfg.crop_pct or 1.0,
         "bicubic" if cfg.interpolation == "weights" else cfg.interpolation,
-        cfg.crop_mode,
+        "center" if cfg.crop_mode == "weights" else cfg.crop_mode,
     )
     image_set = open_run_dataset(cfg, hooks, require_labels=probe.needs_labels)
     workers = default_workers(dist.local_world_size) if cfg.workers is None else cfg.workers

@@ -10,7 +10,7 @@ import math
 
 from ..errors import ResultsError
 from ..pe_families import family_rank, family_title
-from ..published import published_for
+from ..published import applies_to, published_for
 from ..results import CellId, ResultRow, RunStore, id_fields, mcnemar_exact, row_key, wilson_interval
 from ..results.schema import DATA, PROTOCOL, WEIGHTS
 
@@ -64,7 +64,7 @@ def top1_records(rows: list[ResultRow]) -> list[dict]:
         label = labels[row_key(r)]
         lo, hi = wilson_interval(r.correct1, r.n_images)
         native = by_cell.get((label, r.native_size)) if r.native_size else None
-        pub = published_for(r.model).get(r.img_size)
+        pub = published_for(r.model).get(r.img_size) if applies_to(r.label_space) else None
         out.append(
             {
                 "label": label,

@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..errors import CpvtEvalError
 from ..pe_families import family_title
-from ..published import published_for
+from ..published import applies_to, published_for
 from ..results import CSV_COLUMNS, ResultRow
 from .plots import PLOT_THROUGHPUT, PLOT_TOP1
 from .records import best_size_records, by_family, ordered, throughput_records, top1_records
@@ -55,7 +55,10 @@ def to_csv(rows: list[ResultRow]) -> str:
     """The flat rows, one per cell, with the run conditions as columns, and the paper's top-1 for the cell (with
     its confidence grade and our difference to it) where the paper has one."""
     df = rows_frame(rows)
-    published = [published_for(m).get(int(s)) for m, s in zip(df["model"], df["img_size"], strict=True)]
+    published = [
+        published_for(m).get(int(s)) if applies_to(space) else None
+        for m, s, space in zip(df["model"], df["img_size"], df["label_space"].fillna(""), strict=True)
+    ]
     df["published_top1"] = [None if p is None else p.top1 for p in published]
     df["published_confidence"] = [None if p is None else p.confidence for p in published]
     df["top1_vs_published"] = [
@@ -332,6 +335,10 @@ def data_conditions(rows: list[ResultRow]) -> list[str]:
         out.append(
             f"- layout `{first.layout}`" + (f", labels from `{first.label_source}`" if first.label_source else "")
         )
+    spaces = list(dict.fromkeys(r.label_space for r in rows if r.label_space))
+    if spaces:
+        # the classes the labels and outputs index; published figures are ImageNet-1k's and shown only there
+        out.append("- label space " + ", ".join(f"`{s}`" for s in spaces))
     if first.n_skipped:
         out.append(f"- {first.n_skipped} bad image(s) skipped (listed in skipped.tsv): `{first.skipped_files}`")
     if any(r.decode_draft for r in rows):
