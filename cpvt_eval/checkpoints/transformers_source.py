@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from torch import nn
@@ -98,13 +99,7 @@ def find_transformers(name: str) -> TransformersRepo | None:
         repo = text[len("hf-hub:") :].strip("/")
         if repo.count("/") != 1:
             raise ModelError(f"--model {text}: expected hf-hub:org/name")
-        # fails at once offline when the repo is not cached (fetch_hf_hub's local_files_only)
-        path = fetch_hf_hub(repo, "config.json")
-        origin = f"hf-hub:{repo}"
-        config = _checked(_read_json(path, "config.json"), origin, path)
-        processor_path = _hub_file(repo, "preprocessor_config.json")
-        processor = _read_json(processor_path, "preprocessor_config.json") if processor_path else None
-        return TransformersRepo(origin, path.parent, config, processor, repo)
+        return _find_hub(repo)
     folder = Path(text)
     if not (folder.is_dir() and (folder / "config.json").is_file()):
         return None
@@ -112,6 +107,19 @@ def find_transformers(name: str) -> TransformersRepo | None:
     processor_path = folder / "preprocessor_config.json"
     processor = _read_json(processor_path, "preprocessor_config.json") if processor_path.is_file() else None
     return TransformersRepo(text.rstrip("/") or text, folder, config, processor)
+
+
+@lru_cache(maxsize=32)
+def _find_hub(repo: str) -> TransformersRepo:
+    """A hub repo's configs, fetched once per process (a run resolves its models several times; each hub request
+    costs a round trip). A repo that cannot be had raises, and is asked again next time."""
+    # fails at once offline when the repo is not cached (fetch_hf_hub's local_files_only)
+    path = fetch_hf_hub(repo, "config.json")
+    origin = f"hf-hub:{repo}"
+    config = _checked(_read_json(path, "config.json"), origin, path)
+    processor_path = _hub_file(repo, "preprocessor_config.json")
+    processor = _read_json(processor_path, "preprocessor_config.json") if processor_path else None
+    return TransformersRepo(origin, path.parent, config, processor, repo)
 
 
 def _locate(repo: TransformersRepo, name: str) -> Path | None:

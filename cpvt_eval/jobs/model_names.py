@@ -29,6 +29,7 @@ def display_name(text: str) -> str:
 
 def resolve_model(name: str) -> ModelSpec:
     """The spec of ``name``: a transformers checkpoint (``TransformersSpec``) or any model the registry knows."""
+    name = str(name)
     repo = find_transformers(name)
     if repo is None:
         try:
