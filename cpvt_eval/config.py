@@ -112,7 +112,8 @@ class RunConfig:
         crop_pct / interpolation: the eval transform (shorter side to ``floor(size / crop_pct)``); None /
             ``"weights"``: each model's own (its weights' data config). Mean and std are always the weights' own.
         crop_mode: timm's ``center`` (the default), ``squash`` or ``border``, or ``full`` (the whole image resized to
-            size x size, ``crop_pct`` unused: the official CvT 384 evaluation); see ``data.EvalTransform``.
+            size x size, ``crop_pct`` unused: the official CvT 384 evaluation); see ``data.EvalTransform``;
+            ``weights``: each model's own (its weights' data config: ``full`` for a transformers ViTImageProcessor).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``fp32``, ``bf16`` or ``fp16`` (autocast).
         ema: take EMA weights (True), plain weights (False), or plain-if-present (None).
@@ -121,6 +122,9 @@ class RunConfig:
         classes: file of WordNet ids: evaluate only these classes.
         class_names: class folder names in label order, for an ImageFolder that is not ImageNet (the offline
             demo); None means the canonical ImageNet-1k WordNet ids.
+        class_map: a file naming the models' classes (one name per line, or ``name,index`` rows: timm's
+            ``--class-map``): the label space class folders, manifests and ``ClassLabel`` names are mapped onto;
+            None: each model's own names (``id2label``, timm's label names), else ImageNet-1k.
         label_subset: restrict the argmax to a label subset: ``imagenet-a``, ``imagenet-r`` (timm's index files) or
             a file of class indices / WordNet ids.
         test_set: the name of the test set the data is, for the reports (else detected from the layout).
@@ -155,6 +159,7 @@ class RunConfig:
     labels: Path | None = None
     classes: Path | None = None
     class_names: tuple[str, ...] | None = None
+    class_map: Path | None = None
     label_subset: str | None = None
     test_set: str | None = None
     label_key: str | None = None

@@ -63,15 +63,20 @@ class EvalModel:
     def interpolation_for(self, requested: str | None) -> str:
         return self.data.interpolation if requested in (None, "weights") else requested
 
+    def crop_mode_for(self, requested: str | None) -> str:
+        """The crop mode: the run's, or the weights' own for ``weights`` (a transformers ViT processor: ``full``)."""
+        return self.data.crop_mode if requested in (None, "weights") else requested
+
     def transform_at(self, size: int, settings: EvalSettings) -> EvalTransform:
         """The eval transform of this model at ``size`` under ``settings`` (``border`` pads with its mean)."""
         fill = tuple(round(255 * v) for v in self.mean)
+        mode = self.crop_mode_for(settings.crop_mode)
         return EvalTransform(
             size,
             self.crop_pct_for(settings.crop_pct),
             self.interpolation_for(settings.interpolation),
-            settings.crop_mode,
-            fill if settings.crop_mode == "border" else (0, 0, 0),
+            mode,
+            fill if mode == "border" else (0, 0, 0),
         )
 
     @property

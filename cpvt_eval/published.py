@@ -68,6 +68,11 @@ def published_results() -> tuple[Published, ...]:
     )
 
 
+def applies_to(label_space: str) -> bool:
+    """Published figures are ImageNet-1k figures: a row in another label space (a model's own classes) has none."""
+    return label_space in ("", "imagenet-1k")
+
+
 def published_for(model: str, zero_shot_only: bool = True) -> dict[int, Published]:
     """``{size: Published}`` of a model; fine-tuned figures only when asked for."""
     return {p.img_size: p for p in published_results() if p.model == model and (p.zero_shot or not zero_shot_only)}

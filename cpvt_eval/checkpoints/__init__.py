@@ -1,5 +1,7 @@
 """Every checkpoint fix-up in one place: where a checkpoint comes from (``sources``) and how it is read, converted
-and loaded strictly into a model (``surgery``). ``load_checkpoint`` does all of it and returns a ``LoadReport``.
+and loaded strictly into a model (``surgery``). ``load_checkpoint`` does all of it and returns a ``LoadReport``;
+``load_transformers`` does the same for a transformers folder or hub repo (``transformers_source``,
+``transformers_layouts``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .sources import (
     url_cache_path,
 )
 from .surgery import LoadReport, extract_state_dict, file_sha256, load_strict, read_checkpoint
+from .transformers_source import TransformersRepo, find_transformers, load_transformers
 
 
 def load_checkpoint(model: nn.Module, source: str | os.PathLike, ema: bool | None = None, drop=()) -> LoadReport:
@@ -45,11 +48,13 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike, ema: bool | Non
 __all__ = [
     "CheckpointSource",
     "LoadReport",
+    "TransformersRepo",
     "download_url",
     "extract_state_dict",
     "fetch",
     "fetch_hf_hub",
     "fetch_pretrained",
+    "find_transformers",
     "from_checkpoint",
     "from_timm_tag",
     "file_sha256",
@@ -57,6 +62,7 @@ __all__ = [
     "is_offline",
     "load_checkpoint",
     "load_strict",
+    "load_transformers",
     "parse_source",
     "read_checkpoint",
     "url_cache_path",

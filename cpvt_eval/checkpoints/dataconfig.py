@@ -9,7 +9,8 @@ is read, in this order, from
 * the file itself: safetensors metadata (``mean``/``std``/``interpolation``/``crop_pct``, or a ``pretrained_cfg``
   JSON), or a ``pretrained_cfg``/``data_config`` dict at the top of a ``.pth`` file;
 * the files beside it, as the hubs lay them out: timm's ``config.json`` (its ``pretrained_cfg``), or a
-  transformers ``preprocessor_config.json`` (``image_mean``, ``image_std``, ``crop_pct``, ``resample``).
+  transformers ``preprocessor_config.json`` (``image_mean``, ``image_std``, ``resample``, and the crop of its
+  ``size``/``crop_size``/``crop_pct``: ``from_preprocessor``).
 
 Every value found is returned with where it came from; nothing is guessed.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 # PIL's resampling codes as transformers' image processors store them.
 _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
-FIELDS = ("mean", "std", "interpolation", "crop_pct")
+FIELDS = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
 
 
 def _triple(value) -> tuple[float, float, float] | None:
@@ -49,6 +50,8 @@ def _clean(cfg: dict, source: str) -> dict | None:
     interp = cfg.get("interpolation")
     if isinstance(interp, str) and interp in ("bicubic", "bilinear", "nearest"):
         out["interpolation"] = interp
+    if cfg.get("crop_mode") in ("center", "squash", "border", "full"):
+        out["crop_mode"] = cfg["crop_mode"]
     try:
         crop = float(cfg["crop_pct"])
         if 0 < crop <= 1:
@@ -111,11 +114,49 @@ def _from_sidecar(path: Path) -> dict | None:
         except (OSError, ValueError):
             return None
         if isinstance(doc, dict):
-            cfg = {"mean": doc.get("image_mean"), "std": doc.get("image_std"), "crop_pct": doc.get("crop_pct")}
-            if doc.get("resample") in _PIL_RESAMPLE:
-                cfg["interpolation"] = _PIL_RESAMPLE[doc["resample"]]
-            return _clean(cfg, f"{processor.name} beside {path.name}")
+            return from_preprocessor(doc, f"{processor.name} beside {path.name}")
     return None
+
+
+def _edge(value, *names) -> int | None:
+    """A transformers size: an int, or a dict with ``height``/``width`` (equal) or ``shortest_edge``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, dict):
+        found = [value.get(n) for n in names if isinstance(value.get(n), (int, float))]
+        if found and all(v == found[0] for v in found):
+            return int(found[0])
+    return None
+
+
+def from_preprocessor(doc: dict, source: str) -> dict | None:
+    """The data config of a transformers ``preprocessor_config.json``: ``image_mean``, ``image_std``, ``resample``
+    and the crop its processor applies, in this tool's terms:
+
+    * ``size`` {height, width} and no centre crop (``ViTImageProcessor``, Swin's): the whole image to size x size,
+      crop mode ``full``;
+    * ``size`` {height, width}, then a centre crop (BEiT's): both sides resized, then cropped: ``squash`` with
+      crop_pct = crop / size;
+    * ``size`` {shortest_edge}, then a centre crop (DeiT's, DINOv2's): ``center`` with crop_pct = crop / size;
+    * a ``crop_pct`` of its own (ConvNeXt's processor, CvT's): ``center`` at that ratio.
+    """
+    cfg: dict = {"mean": doc.get("image_mean"), "std": doc.get("image_std"), "crop_pct": doc.get("crop_pct")}
+    if doc.get("do_normalize") is False:
+        cfg["mean"], cfg["std"] = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if doc.get("resample") in _PIL_RESAMPLE:
+        cfg["interpolation"] = _PIL_RESAMPLE[doc["resample"]]
+    crop = _edge(doc.get("crop_size"), "height", "width") if doc.get("do_center_crop") else None
+    square = _edge(doc.get("size"), "height", "width")
+    shortest = _edge(doc.get("size"), "shortest_edge")
+    if cfg["crop_pct"] is not None:
+        cfg["crop_mode"] = "center"
+    elif square and crop:
+        cfg["crop_mode"], cfg["crop_pct"] = "squash", crop / square
+    elif square:
+        cfg["crop_mode"], cfg["crop_pct"] = "full", 1.0
+    elif shortest and crop:
+        cfg["crop_mode"], cfg["crop_pct"] = "center", crop / shortest
+    return _clean(cfg, source)
 
 
 def from_checkpoint(path: str | os.PathLike, obj=None) -> dict | None:

@@ -28,6 +28,7 @@ from .options import (
     BatchSizeOpt,
     CheckpointOpt,
     ClassesOpt,
+    ClassMapOpt,
     DataOpt,
     DecodeDraftOpt,
     DeviceOpt,
@@ -71,7 +72,7 @@ CropModeOpt = Annotated[
         help="timm's modes: center (shorter side to size / crop_pct, centre crop; the table's protocol), "
         "squash (both sides to size / crop_pct, centre crop), border (longer side to size / crop_pct, padded "
         "with the mean colour); full: the whole image to size x size, crop_pct unused (the official CvT 384 "
-        "evaluation).",
+        "evaluation); weights: each model's own (a transformers ViTImageProcessor: full).",
         rich_help_panel=PROTOCOL,
     ),
 ]
@@ -110,6 +111,7 @@ SHARED = (
     ("layout", LayoutOpt, "auto"),
     ("labels", LabelsOpt, None),
     ("classes", ClassesOpt, None),
+    ("class_map", ClassMapOpt, None),
     ("label_subset", LabelSubsetOpt, None),
     ("test_set", TestSetOpt, None),
     ("label_key", LabelKeyOpt, None),

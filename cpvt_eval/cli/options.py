@@ -29,8 +29,8 @@ ModelOpt = Annotated[
     _model_option(
         "--model",
         "-m",
-        help="Model name, alias or timm tag; repeat or list several. A quoted glob (`'deit_*'`) takes every "
-        "registered and timm model it matches.",
+        help="Model name, alias or timm tag, a transformers save_pretrained folder, or hf-hub:org/name; repeat or "
+        "list several. A quoted glob (`'deit_*'`) takes every registered and timm model it matches.",
     ),
 ]
 MODELS_FILE_HELP = "A file of models, one name, tag or glob per line (# comments); adds to --model."
@@ -108,6 +108,16 @@ ClassesOpt = Annotated[
     Optional[Path],
     _data_option(
         help="File of WordNet ids (or imagenet-a / imagenet-r: their 200 classes): evaluate only these classes."
+    ),
+]
+ClassMapOpt = Annotated[
+    Optional[Path],
+    _data_option(
+        "--class-map",
+        metavar="FILE",
+        help="The models' class names: one per line (the line number is the index) or name,index rows (timm's "
+        "--class-map). Class folders, manifest labels and ClassLabel names are mapped onto them by name. Default: "
+        "each model's own (a transformers id2label, timm's label names), else ImageNet-1k.",
     ),
 ]
 OnBadImageOpt = Annotated[

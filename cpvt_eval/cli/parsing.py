@@ -253,7 +253,8 @@ def default_out(models: tuple[str, ...]) -> Path:
         try:
             names.append(resolve(m).name)
         except CpvtEvalError:
-            names.append(m)
+            # a transformers folder or hub repo: its last part (an absolute path would put the run inside the folder)
+            names.append(Path(m.strip().rstrip("/")).name or m)
     joined = "+".join(names)
     if len(joined.encode()) > 200:
         # a glob may give dozens of models: a name the file system takes (255 bytes at most), the same for the

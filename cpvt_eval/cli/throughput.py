@@ -65,9 +65,9 @@ def throughput_cmd(
     import torch
 
     from ..config import PEOptions
+    from ..jobs.model_names import resolve_model
     from ..models.introspect import patch_size_of
     from ..models.posenc import check_sizes, size_adapter
-    from ..models.registry import resolve
     from ..runtime import resolve_device
     from ..throughput import benchmark_models, plan_for
 
@@ -85,7 +85,7 @@ def throughput_cmd(
         plan = plan_for(repeats, warmup, budget, DEFAULT_MIN_ROUNDS)
         built = []
         for name in names:
-            spec = resolve(name)
+            spec = resolve_model(name)
             module = spec.create().eval().to(dev)
             check_sizes(size_list, patch_size_of(module), spec.name)
             sizer = size_adapter(module, lambda _spec=spec, **size_args: _spec.create(**size_args).eval(), spec.name)

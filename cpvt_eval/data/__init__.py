@@ -1,14 +1,16 @@
 """Datasets on disk, canonical ImageNet-1k labels, the per-size eval transform and the loaders.
 
 Labels are always the canonical ImageNet-1k index (sorted WordNet ids: 0 = n01440764, 999 = n15075141),
-never the order of folders found on disk, so a subset of class folders still gets the right indices.
+never the order of folders found on disk, so a subset of class folders still gets the right indices; a model with
+classes of its own brings its label space, and class names are mapped onto it by name (``label_space``).
 
-``labels`` (canonical labels, label files), ``image_set`` (samples, the indexed set, its fingerprint), ``layouts``
-(layout detection, ``--classes``, ``--limit``), ``folder_layouts`` (the folder layouts), ``stores`` (which store
-``--data`` names; its parts: ``store_base``, ``store_patterns``, ``shards`` for WebDataset, ``parquet_arrow`` for
-Hugging Face files, ``store_reads`` for their bytes), ``images`` (decoding, bad files), ``subsets`` (label subsets
-such as ImageNet-A/-R, test-set names) and ``real`` (ImageNet-ReaL) hold the parts; this module keeps the transform
-and loaders and re-exports the rest, so ``from cpvt_eval.data import ...`` is the one import path.
+``labels`` (canonical labels, label files), ``label_space`` (a model's own classes), ``image_set`` (samples, the
+indexed set, its fingerprint), ``layouts`` (layout detection, ``--classes``, ``--limit``), ``folder_layouts`` (the
+folder layouts), ``stores`` (which store ``--data`` names; its parts: ``store_base``, ``store_patterns``, ``shards``
+for WebDataset, ``parquet_arrow`` for Hugging Face files, ``store_reads`` for their bytes), ``images`` (decoding, bad
+files), ``subsets`` (label subsets such as ImageNet-A/-R, test-set names) and ``real`` (ImageNet-ReaL) hold the
+parts; this module keeps the transform and loaders and re-exports the rest, so ``from cpvt_eval.data import ...`` is
+the one import path.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from .images import (
     load_sample,
     scan_images,
 )
+from .label_space import IMAGENET_1K, LabelSpace, from_names, imagenet_1k, read_class_map
 from .labels import (
     FULL_VAL_CLASSES,
     FULL_VAL_IMAGES,
@@ -55,6 +58,7 @@ from .subsets import LABEL_SUBSETS, LabelSubset, apply_label_subset, detect_test
 
 __all__ = [
     "BAD_IMAGE_POLICIES",
+    "IMAGENET_1K",
     "CROP_MODES",
     "FULL_VAL_CLASSES",
     "FULL_VAL_IMAGES",
@@ -68,6 +72,7 @@ __all__ = [
     "ImageCheck",
     "ImageSet",
     "LabelFile",
+    "LabelSpace",
     "LabelSubset",
     "RealLabels",
     "RealScore",
@@ -83,6 +88,8 @@ __all__ = [
     "detect_test_set",
     "expand_braces",
     "fingerprint",
+    "from_names",
+    "imagenet_1k",
     "imagenet_synsets",
     "imagenet_val_wnids",
     "load_label_subset",
@@ -92,6 +99,7 @@ __all__ = [
     "make_loader",
     "normalize_batch",
     "open_dataset",
+    "read_class_map",
     "read_label_file",
     "real_hits",
     "real_score",

@@ -141,21 +141,25 @@ def manifests_in(root: Path) -> list[Path]:
     return out
 
 
-def scan_imagefolder(root: str | os.PathLike, classes: tuple[str, ...] | None = None) -> ImageSet:
+def scan_imagefolder(root: str | os.PathLike, classes: tuple[str, ...] | None = None, space=None) -> ImageSet:
     """Index an ImageFolder (one folder per class) with labels from the canonical class list.
 
     Args:
         root: the dataset directory.
         classes: the canonical class names in index order (default: the ImageNet-1k WordNet ids). A folder
             whose name is not among them is an error.
+        space: a model's own label space (``label_space.LabelSpace``): each folder is the class of its name; a
+            folder that names none is an error naming it and the closest class names.
     """
     root = Path(root)
     check_root(root)
-    classes = classes or imagenet_synsets()
+    classes = (space.names if space is not None else None) or classes or imagenet_synsets()
     index = {c: i for i, c in enumerate(classes)}
     folders = class_folders(root)
     if not folders:
         raise DataError(f"no class folders in {root} (expected one folder per WordNet id, e.g. n01440764/)")
+    if space is not None:
+        index = {f: space.lookup(f, f"folder {root / f}") for f in folders}
     unknown = [f for f in folders if f not in index]
     if unknown:
         what = "an ImageNet-1k class (WordNet id)" if classes == imagenet_synsets() else "one of the dataset's classes"
@@ -245,21 +249,21 @@ def scan_flat(root: str | os.PathLike, labels: str | os.PathLike | None = None) 
     )
 
 
-def scan_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = None) -> ImageSet:
-    """A ``path,label`` CSV; paths relative to ``root`` (default: the CSV's folder). Every listed file must exist."""
+def scan_manifest(manifest: str | os.PathLike, root: str | os.PathLike | None = None, space=None) -> ImageSet:
+    """A ``path,label`` CSV; paths relative to ``root`` (default: the CSV's folder). Every listed file must exist.
+    Labels are ImageNet's (WordNet id or index), or with ``space`` the model's class names or indices."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise DataError(f"manifest not found: {manifest}")
     root = Path(root) if root is not None else manifest.parent
     check_root(root)
-    listed = read_manifest(manifest)
+    listed = read_manifest(manifest) if space is None else read_manifest(manifest, space.parse_label)
     missing = [rel for rel in listed if not (root / rel).is_file()]
     if missing:
         raise DataError(f"{manifest} lists {root / missing[0]}, which does not exist{more_note(missing)}")
     samples = sorted((Sample(rel, label) for rel, label in listed.items()), key=lambda s: s.relpath)
-    return ImageSet(
-        root=root, samples=samples, layout="manifest", classes=imagenet_synsets(), label_source=str(manifest)
-    )
+    classes = space.names if space is not None else imagenet_synsets()
+    return ImageSet(root=root, samples=samples, layout="manifest", classes=classes, label_source=str(manifest))
 
 
 def scan_unlabelled(root: str | os.PathLike) -> ImageSet:

@@ -65,6 +65,8 @@ class ImageSet:
         label_subset: the identity of the label subset the argmax is restricted to (``imagenet-a``, or a file's
             name and a hash of its classes), else empty; ``label_subset_classes``: its canonical indices.
         test_set: the test set the images are (``imagenet-a``, ``imagenet-v2``, ...: ``--test-set`` or detected).
+        label_space: the id of the label space the labels index (``imagenet-1k``, ``custom-10:ab12cd34``: see
+            ``label_space``), and ``label_space_source`` where its names came from.
     """
 
     root: Path
@@ -84,6 +86,8 @@ class ImageSet:
     label_subset: str = ""
     label_subset_classes: tuple[int, ...] = ()
     test_set: str = ""
+    label_space: str = "imagenet-1k"
+    label_space_source: str = ""
 
     @property
     def source(self) -> str:
@@ -96,7 +100,7 @@ class ImageSet:
 
     @property
     def is_full_imagenet_val(self) -> bool:
-        if len(self.samples) != FULL_VAL_IMAGES or not self.has_labels:
+        if len(self.samples) != FULL_VAL_IMAGES or not self.has_labels or self.label_space != "imagenet-1k":
             return False
         counts: dict[int, int] = {}
         for s in self.samples:

@@ -176,8 +176,9 @@ def _read_kaggle(path: Path) -> dict[str, int]:
     return out
 
 
-def read_manifest(path: Path) -> dict[str, int]:
-    """``path,label`` rows (header required; extra columns ignored); label as WordNet id or index."""
+def read_manifest(path: Path, parse=parse_label) -> dict[str, int]:
+    """``path,label`` rows (header required; extra columns ignored); label as WordNet id or index (``parse``: a
+    model's own label space reads its class names and indices, ``LabelSpace.parse_label``)."""
     out: dict[str, int] = {}
     # surrogateescape: a file name that is not UTF-8 comes back as the bytes the filesystem holds
     with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
@@ -198,7 +199,7 @@ def read_manifest(path: Path) -> dict[str, int]:
             rel = posixpath.normpath(rel.replace("\\", "/"))
             if rel in out:
                 raise DataError(f"{where}: {rel} is listed twice")
-            out[rel] = parse_label(raw, where)
+            out[rel] = parse(raw, where)
     if not out:
         raise DataError(f"manifest {path} lists no image")
     return out

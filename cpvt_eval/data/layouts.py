@@ -39,10 +39,11 @@ from .labels import WNID, imagenet_synsets, label_file_kind, read_wnid_list
 from .stores import resolve_store, scan_store
 
 
-def detect_layout(root: Path, labels: Path | None = None) -> str:
+def detect_layout(root: Path, labels: Path | None = None, space=None) -> str:
     """The layout of ``root``: a store (shards, parquet/arrow files, their patterns and info files), else a manifest
-    (given or found in the folder), then class folders (WordNet ids or integers), then images at the top level
-    (flat). An unlabelled folder is not detected here: it opens as ``images`` only where labels are not needed."""
+    (given or found in the folder), then class folders (WordNet ids or integers; with a model's own label space
+    ``space``, any names: they are mapped onto it by name), then images at the top level (flat). An unlabelled
+    folder is not detected here: it opens as ``images`` only where labels are not needed."""
     store = resolve_store(root)
     if store is not None:
         return store.layout
@@ -59,6 +60,8 @@ def detect_layout(root: Path, labels: Path | None = None) -> str:
     folders = class_folders(root)
     top = top_images(root)
     if folders:
+        if space is not None and not space.imagenet:
+            return "imagefolder"  # the folders name the model's classes (the scan names any folder that does not)
         if all(WNID.match(f) for f in folders):
             return "imagefolder"
         if all(f.isdigit() for f in folders):
@@ -67,7 +70,8 @@ def detect_layout(root: Path, labels: Path | None = None) -> str:
             odd = [f for f in folders if not WNID.match(f) and not f.isdigit()]
             raise DataError(
                 f"cannot tell the layout of {root}: folder {odd[0]} is neither a WordNet id nor a class index "
-                "(use --layout, or --labels with a manifest)"
+                "(class folders named by the model's classes need a model that names them, or --class-map FILE; "
+                "or use --labels with a manifest)"
             )
     if top:
         return "flat"
@@ -84,6 +88,7 @@ def scan(
     require_labels: bool = True,
     label_key: str | None = None,
     split: str | None = None,
+    space=None,
 ) -> ImageSet:
     """Index a dataset in the given (or detected) layout.
 
@@ -97,6 +102,8 @@ def scan(
         label_key: the field that holds the label: a shard's ``.json`` field (default ``.cls``, then the ``.json``
             ``label``), a parquet/arrow column (default ``label``).
         split: the split of a store that holds several (default ``validation``).
+        space: the models' own label space (``label_space.LabelSpace``) when it is not ImageNet-1k: class folders,
+            manifest labels and ``ClassLabel`` names are mapped onto it by name.
     """
     if layout not in LAYOUTS:
         raise DataError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
@@ -105,7 +112,7 @@ def scan(
         if store is not None:
             if labels is not None:
                 raise DataError(f"--labels applies to the flat and manifest layouts; {store.layout} stores hold labels")
-            return scan_store(store, label_key, require_labels)
+            return scan_store(store, label_key, require_labels, space)
     if label_key is not None:
         raise DataError("--label-key applies to shards (a .json field) and parquet/arrow files (a column)")
     if split is not None:
@@ -116,7 +123,7 @@ def scan(
             raise DataError("--labels does not apply to the images layout (unlabelled images)")
         return scan_unlabelled(root)
     try:
-        return _scan_labelled(root, layout, labels)
+        return _scan_labelled(root, layout, labels, space)
     except DataError as e:
         # An unlabelled folder opens as `images` only when labels are not needed and nothing asked for them; a
         # path that is missing, not a folder or empty stays the error it is.
@@ -129,25 +136,34 @@ def scan(
         raise original from None
 
 
-def _scan_labelled(root: Path, layout: str, labels: str | os.PathLike | None) -> ImageSet:
+def _scan_labelled(root: Path, layout: str, labels: str | os.PathLike | None, space=None) -> ImageSet:
     labels = Path(labels) if labels is not None else None
     if labels is not None and not labels.is_file():
         raise DataError(f"label file not found: {labels}")
     if layout == "auto":
-        layout = detect_layout(root, labels)
+        layout = detect_layout(root, labels, space)
     if layout == "manifest":
         if labels is not None:
             if label_file_kind(labels) != "manifest":
                 raise DataError(f"--labels {labels} is not a manifest (a CSV with a path,label header)")
-            return scan_manifest(labels, root)
+            return scan_manifest(labels, root, space)
         if root.is_file():
-            return scan_manifest(root)
+            return scan_manifest(root, space=space)
         check_root(root)
         found = manifests_in(root)
         if len(found) != 1:
             what = "no manifest CSV" if not found else f"{len(found)} manifest CSVs"
             raise DataError(f"{what} in {root}: pass the manifest with --labels FILE")
-        return scan_manifest(found[0], root)
+        return scan_manifest(found[0], root, space)
+    if space is not None and layout in ("flat", "imagenetv2"):
+        raise DataError(
+            f"the {layout} layout labels ImageNet-1k images, and the model's label space is {space.describe()}: "
+            "name the class folders by its classes, or give a manifest"
+        )
+    if space is not None:
+        if labels is not None:
+            raise DataError("--labels applies to the flat and manifest layouts; class folders are labelled by name")
+        return scan_imagefolder(root, space=space)
     if layout == "flat":
         return scan_flat(root, labels)
     if labels is not None:
@@ -214,19 +230,29 @@ def open_dataset(
     require_labels: bool = True,
     label_key: str | None = None,
     split: str | None = None,
+    space=None,
 ) -> ImageSet:
     """Index ``root`` in its layout, keep ``--classes``, apply ``--limit``, and fingerprint the result.
 
     ``class_names`` is for an ImageFolder that is not ImageNet (the offline demo): its folder names in label order.
     ``root`` may also be a store (``--data 'val-{00..63}.tar'``, ``_info.json``, parquet/arrow files); see ``scan``
-    for ``require_labels``, ``label_key`` and ``split``.
+    for ``require_labels``, ``label_key``, ``split`` and ``space`` (the models' label space: ImageNet-1k when None).
     """
+    given, space = space, (None if space is None or space.imagenet else space)  # ImageNet-1k: the layouts as they are
+    if space is not None and classes is not None:
+        raise DataError(f"--classes lists ImageNet-1k WordNet ids; the model's label space is {space.describe()}")
     if class_names is not None:
         if layout not in ("auto", "imagefolder") or labels is not None or classes is not None:
             raise DataError("a dataset with its own class names is an ImageFolder without label or class files")
         image_set = scan_imagefolder(root, tuple(class_names))
     else:
-        image_set = scan(root, layout, labels, require_labels=require_labels, label_key=label_key, split=split)
+        image_set = scan(
+            root, layout, labels, require_labels=require_labels, label_key=label_key, split=split, space=space
+        )
+        if space is not None:
+            space.check_labels(image_set.samples, image_set.source)
+    if given is not None:
+        image_set.label_space, image_set.label_space_source = given.id, given.source
     if classes is not None:
         select_classes(image_set, classes)
     if limit is not None:

@@ -1,5 +1,6 @@
 """Hugging Face parquet and arrow files, indexed by the label, image path and image byte-length columns of each
-parquet row group / arrow record batch; the ClassLabel names they record are checked against the canonical order.
+parquet row group / arrow record batch; the ClassLabel names they record are checked against the canonical order,
+or, for a model with its own classes, mapped onto its label space by name (``label_space``).
 
 ``pyarrow`` (the ``hf`` extra) is imported when a parquet/arrow store is opened, never before.
 """
@@ -160,6 +161,7 @@ class _RowIndex:
     labelled: bool = True
     names_kind: set[str] = field(default_factory=set)
     total: int = 0
+    remap: list[int] | None = None  # the current file's ClassLabel index -> the model's class index
 
     def add(self, rel: str, group: int, base_row: int, lengths, paths, labels) -> None:
         """Add the samples of one row group / batch, whose first row is row ``base_row`` of file ``rel``.
@@ -173,6 +175,10 @@ class _RowIndex:
             label = None
             if labels is not None:
                 label = label_value(labels[j], f"{where} {self.label_col}")
+                if label is not None and self.remap is not None:
+                    if label >= len(self.remap):
+                        raise DataError(f"{shown(where)}: label {label} is not a class of its ClassLabel feature")
+                    label = self.remap[label]
             if label is None:
                 self.labelled = False
                 if self.require_labels:
@@ -216,6 +222,7 @@ def _scan_files(
     open_file: Callable,
     class_names: Callable,
     read_rows: Callable,
+    space=None,
 ) -> ImageSet:
     """What the parquet and arrow scans share: each file opened (one that cannot be is recorded), its image and label
     columns and its class names checked, then its rows indexed.
@@ -239,7 +246,15 @@ def _scan_files(
         kind, has_label = _columns(pa, schema, where, index.label_col, require_labels)
         index.labelled &= has_label
         names = class_names(store, schema, index.label_col, has_label)
-        if has_label and names is not None:
+        index.remap = None
+        if has_label and names is not None and space is not None and not space.imagenet:
+            # the store's classes, by name, onto the model's: never by the order the store lists them in
+            what = f"{where}: the {index.label_col!r} ClassLabel"
+            index.remap = [
+                space.lookup(str(n).strip(), f"{what} class {i} ({str(n).strip()!r})") for i, n in enumerate(names)
+            ]
+            index.names_kind.add("names mapped by name")
+        elif has_label and names is not None:
             index.names_kind.add(check_class_names(names, where, index.label_col))
         rows = read_rows(pa, pc, reader, rel, kind, index.label_col if has_label else None, index)
         index.total += rows
@@ -249,9 +264,11 @@ def _scan_files(
 # --- parquet --------------------------------------------------------------------------------------------------
 
 
-def scan_parquet(store: StoreSpec, label_key: str | None = None, require_labels: bool = True) -> ImageSet:
+def scan_parquet(store: StoreSpec, label_key: str | None = None, require_labels: bool = True, space=None) -> ImageSet:
     """Index parquet files: per row group, the label and image path columns and the image byte lengths."""
-    return _scan_files(store, "parquet", label_key, require_labels, _open_parquet, _parquet_names, _read_row_groups)
+    return _scan_files(
+        store, "parquet", label_key, require_labels, _open_parquet, _parquet_names, _read_row_groups, space
+    )
 
 
 def _open_parquet(pa, pq, path: Path):
@@ -289,9 +306,9 @@ def _read_row_groups(pa, pc, pf, rel: str, kind: str, label_col: str | None, ind
 # --- arrow ----------------------------------------------------------------------------------------------------
 
 
-def scan_arrow(store: StoreSpec, label_key: str | None = None, require_labels: bool = True) -> ImageSet:
+def scan_arrow(store: StoreSpec, label_key: str | None = None, require_labels: bool = True, space=None) -> ImageSet:
     """Index arrow files (memory-mapped): per record batch, the label and path columns and the byte lengths."""
-    return _scan_files(store, "arrow", label_key, require_labels, _open_arrow_file, _arrow_names, _read_batches)
+    return _scan_files(store, "arrow", label_key, require_labels, _open_arrow_file, _arrow_names, _read_batches, space)
 
 
 def _open_arrow(pa, path: Path):

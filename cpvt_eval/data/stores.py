@@ -283,6 +283,15 @@ def _check_kind(kind: str, layout: str, path: Path) -> None:
         raise DataError(f"{shown(path)} is a {kind} store, not {layout} (use --layout {kind} or auto)")
 
 
-def scan_store(store: StoreSpec, label_key: str | None = None, require_labels: bool = True) -> ImageSet:
-    scanner = {"wds": scan_wds, "parquet": scan_parquet, "arrow": scan_arrow}[store.layout]
-    return scanner(store, label_key, require_labels)
+def scan_store(store: StoreSpec, label_key: str | None = None, require_labels: bool = True, space=None) -> ImageSet:
+    """Index a store; with a model's own label space (``space``), parquet/arrow ``ClassLabel`` names are mapped onto
+    it by name, and integer labels (shards' ``.cls``, unnamed columns) are taken as its indices."""
+    if store.layout == "wds":
+        image_set = scan_wds(store, label_key, require_labels)
+    else:
+        image_set = {"parquet": scan_parquet, "arrow": scan_arrow}[store.layout](
+            store, label_key, require_labels, space
+        )
+    if space is not None:
+        image_set.classes = space.names
+    return image_set

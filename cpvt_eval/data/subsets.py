@@ -147,6 +147,8 @@ def detect_test_set(image_set: ImageSet) -> str | None:
     * ``imagenet-val``: the full 50,000-image validation set, or images that all carry validation file names
       (``ILSVRC2012_val_NNNNNNNN``) with their validation labels (a subset of it).
     """
+    if image_set.label_space != "imagenet-1k":
+        return None  # the ImageNet test sets are named in the ImageNet label space only
     if image_set.layout == "imagenetv2":
         return "imagenet-v2"
     if not image_set.has_labels or not image_set.samples:

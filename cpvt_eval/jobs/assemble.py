@@ -13,15 +13,17 @@ from collections.abc import Callable
 
 import torch
 
-from ..checkpoints import load_checkpoint
+from ..checkpoints import find_transformers, load_checkpoint, load_transformers
 from ..config import PEOptions, RunConfig, say_nothing
 from ..engine import EvalModel
 from ..errors import CpvtEvalError, ModelError
 from ..limits import check_fits
 from ..models.introspect import patch_size_of, pe_kind_of
 from ..models.posenc import check_sizes, size_adapter
-from ..models.registry import ModelSpec, resolve
+from ..models.registry import ModelSpec
 from ..results import pe_options_label
+from .label_spaces import check_model_classes, run_label_space
+from .model_names import is_transformers, resolve_model
 
 Log = Callable[[str], None]
 
@@ -35,10 +37,15 @@ def build_model(
     log: Log = say_nothing,
 ) -> EvalModel:
     """Resolve ``name``, build it, load its weights strictly and put it on ``device`` in eval mode."""
-    spec = resolve(name)
+    spec = resolve_model(name)
     args = dict(model_args or {})
     module = spec.create(**args)
-    if checkpoint:
+    if is_transformers(spec):
+        if checkpoint or ema:
+            what = "--checkpoint" if checkpoint else "--ema"
+            raise ModelError(f"{spec.name}: {what} does not apply; the weights are those of {spec.origin}")
+        load = load_transformers(module, find_transformers(spec.origin))
+    elif checkpoint:
         load = load_checkpoint(module, checkpoint, ema=ema)
     elif spec.default_weights:
         # a timm pretrained tag, or a hub repo for models timm does not have (CvT: hf-hub:microsoft/cvt-13)
@@ -70,19 +77,21 @@ def prepare_models(cfg: RunConfig, device: torch.device, log: Log = say_nothing)
     """Every model of a run, built and loaded, each checked against every size before any data pass."""
     if not cfg.models:
         raise CpvtEvalError("no model given: use --model NAME (see `cpvt-eval models`)")
-    specs: list[ModelSpec] = [resolve(n) for n in cfg.models]
+    specs: list[ModelSpec] = [resolve_model(n) for n in cfg.models]
     names = [s.name for s in specs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise CpvtEvalError(f"model {dupes[0]} is given twice")
-    canonical_ckpt = {resolve(key).name: path for key, path in cfg.checkpoints.items()}
+    canonical_ckpt = {resolve_model(key).name: path for key, path in cfg.checkpoints.items()}
     unknown = sorted(set(canonical_ckpt) - set(names))
     if unknown:
         raise CpvtEvalError(f"--checkpoint names {unknown[0]}, which is not among the --model values")
-    canonical_args = {resolve(k).name: v for k, v in cfg.model_args.items()}
+    canonical_args = {resolve_model(k).name: v for k, v in cfg.model_args.items()}
+    space = run_label_space(cfg)  # known before any weights load: the dataset was mapped onto it already
     models = []
     for name, spec in zip(cfg.models, specs, strict=True):
         m = build_model(name, canonical_ckpt.get(spec.name), canonical_args.get(spec.name), device, cfg.ema, log)
+        check_model_classes(spec.name, m.num_classes, space)
         check_sizes(cfg.sizes, patch_size_of(m.module), spec.name)
         check_fits(
             spec.name, m.module, cfg.sizes, m.crop_pct_for(cfg.crop_pct), device, cfg.dtype, patch_size_of(m.module)

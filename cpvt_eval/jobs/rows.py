@@ -39,7 +39,7 @@ def cell_id(m: EvalModel, size: int, cfg: RunConfig, image_set: ImageSet, probe:
         ema=bool(m.load_report.get("ema")),
         decode_draft=image_set.decode_draft,
         probe=probe.identity(),
-        crop_mode=cfg.crop_mode if follows else _OWN_DECODE["crop_mode"],
+        crop_mode=m.crop_mode_for(cfg.crop_mode) if follows else _OWN_DECODE["crop_mode"],
         mean=m.data.mean_text,
         std=m.data.std_text,
         label_subset=image_set.label_subset,
@@ -92,6 +92,7 @@ def make_row(
         test_set=image_set.test_set,
         world_size=dist.world_size if dist is not None else 1,
         n_nonfinite=info.nonfinite,
+        label_space=image_set.label_space,
     )
     row.extra.update(eval_batch=info.batch_size, eval_oom_retries=info.oom_retries)
     for name, value in cell.columns.items():

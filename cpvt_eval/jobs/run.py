@@ -133,7 +133,7 @@ def _prepare(cfg: RunConfig, probes: list[Probe], hooks: Hooks, dist: DistContex
         cfg.sizes[0],
         cfg.crop_pct or 1.0,
         "bicubic" if cfg.interpolation == "weights" else cfg.interpolation,
-        cfg.crop_mode,
+        "center" if cfg.crop_mode == "weights" else cfg.crop_mode,
     )
     image_set = open_run_dataset(cfg, hooks, require_labels=any(p.needs_labels for p in probes))
     for p in probes:

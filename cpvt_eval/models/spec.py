@@ -22,12 +22,15 @@ class DataConfig:
     ``mean``/``std`` normalise every batch of that model. ``crop_pct`` and ``interpolation`` are the weights' own
     evaluation transform, shown by ``cpvt-eval models``; a run's protocol (``--crop-pct``, default 0.875 as in
     the DeiT/CPVT papers) decides the transform of a table, so that every model of it sees the same pixels.
+    ``crop_mode`` is the weights' own crop mode (timm's ``crop_mode``; ``full`` for a transformers
+    ``ViTImageProcessor``, which resizes the whole image to size x size), taken by ``--crop-mode weights``.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
+    crop_mode: str = "center"
     source: str = field(default="", compare=False)  # where the values were read (a timm tag, a file's metadata)
 
     @classmethod
@@ -39,12 +42,14 @@ class DataConfig:
             std=tuple(float(v) for v in (get("std") or IMAGENET_STD)),
             crop_pct=float(get("crop_pct") or 0.875),
             interpolation=str(get("interpolation") or "bicubic"),
+            crop_mode=str(get("crop_mode") or "center"),
             source=str(get("source") or ""),
         )
 
     def updated(self, found: dict) -> DataConfig:
         """This config with the fields ``found`` holds (a checkpoint's own, see ``checkpoints.dataconfig``)."""
-        known = {k: found[k] for k in ("mean", "std", "crop_pct", "interpolation") if found.get(k) is not None}
+        names = ("mean", "std", "crop_pct", "interpolation", "crop_mode")
+        known = {k: found[k] for k in names if found.get(k) is not None}
         if not known:
             return self
         return replace(self, **known, source=str(found.get("source", "")))

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..config import DEFAULT_BUDGET_S, ThroughputConfig
-from ..published import published_for
+from ..errors import CpvtEvalError
+from ..published import applies_to, published_for
 from ..results import ResultRow
 from .base import Accumulator, Probe, ProbeSettings, column, option
 from .presentation import (
@@ -82,6 +83,10 @@ class ResolutionSettings(ProbeSettings):
 
     def check(self, sizes, image_set: ImageSet) -> None:
         if self.real_labels:
+            if not applies_to(image_set.label_space):
+                raise CpvtEvalError(
+                    f"--real-labels applies to the ImageNet-1k label space; the models' is {image_set.label_space}"
+                )
             real_for(self.real_labels, image_set)
 
     def timing(self) -> ThroughputConfig | None:
@@ -156,7 +161,7 @@ class Accuracy(Accumulator):
 
 def _published(row: ResultRow) -> dict:
     """The paper's top-1 of the cell, its confidence grade, our difference to it and the paper's crop ratio."""
-    pub = published_for(row.model).get(row.img_size)
+    pub = published_for(row.model).get(row.img_size) if applies_to(row.label_space) else None
     return {
         "published_top1": None if pub is None else pub.top1,
         "published_confidence": None if pub is None else pub.confidence,

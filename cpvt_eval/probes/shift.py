@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import CpvtEvalError
-from ..published import published_shift
+from ..published import applies_to, published_shift
 from ..results import ResultRow, format_ci
 from .base import Accumulator, Probe, ProbeSettings, column, option
 from .presentation import Cells, Metric, Pairs, Plot, ReportSpec, Tex, Usage, fmt_value
@@ -213,7 +213,7 @@ _PUBLISHED_PROTOCOL = ("random", 224, 32)
 def published_consistency(row: ShiftRow) -> dict | None:
     """The published figure of this model under Zhang's protocol (random crops, [0, 32) at 224 px), matched on the
     model name or the timm weights tag of the checkpoint (``timm:resnet50.tv_in1k``)."""
-    if (row.shift_mode, row.img_size, row.max_shift) != _PUBLISHED_PROTOCOL:
+    if (row.shift_mode, row.img_size, row.max_shift) != _PUBLISHED_PROTOCOL or not applies_to(row.label_space):
         return None
     names = {row.model, row.checkpoint.split(":", 1)[-1] if row.checkpoint.startswith("timm:") else row.model}
     for p in published_shift():

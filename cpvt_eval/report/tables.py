@@ -116,6 +116,10 @@ def data_conditions(rows: list[ResultRow]) -> list[str]:
         out.append(
             f"- layout `{first.layout}`" + (f", labels from `{first.label_source}`" if first.label_source else "")
         )
+    spaces = list(dict.fromkeys(r.label_space for r in rows if r.label_space))
+    if spaces:
+        # the classes the labels and outputs index; published figures are ImageNet-1k's and shown only there
+        out.append("- label space " + ", ".join(f"`{s}`" for s in spaces))
     if first.n_skipped:
         out.append(f"- {first.n_skipped} bad image(s) skipped (listed in skipped.tsv): `{first.skipped_files}`")
     if any(r.decode_draft for r in rows):

@@ -174,6 +174,8 @@ class ResultRow:
     n_nonfinite: int = 0  # images whose logits held a NaN or an infinity (their predictions mean nothing)
     label_subset: str = ""  # see CellId.label_subset
     test_set: str = ""  # the test set the images are: imagenet-val, imagenet-v2, imagenet-a, ... (given or detected)
+    # the classes the labels and outputs index: imagenet-1k, or custom-<n>:<hash of the names> (data.label_space)
+    label_space: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
