@@ -93,7 +93,7 @@ def run_probe(cfg: RunConfig, probe: Probe, hooks: Hooks | None = None, dist: Di
         store = RunStore(cfg.out)
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(store.locked())
+                stack.enter_context(store.locked(hooks.notify))
             except ReadOnlyRunDir:
                 # Nothing to write when every cell is finished: the stored rows are the answer.
                 if job.all_finished(store):
