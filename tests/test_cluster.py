@@ -200,7 +200,7 @@ def test_loader_workers_end_within_a_second_of_a_killed_parent():
 def test_a_worker_whose_run_died_before_it_started_ends_itself():
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    code = "import sys\nfrom cpvt_eval.data.loader import end_with_run\nend_with_run(int(sys.argv[1]))\nprint('on')"
+    code = "import sys\nfrom cpvt_eval.data.loader import end_with_parent as e\ne(int(sys.argv[1]))\nprint('on')"
     gone = subprocess.run([sys.executable, "-c", code, str(dead.pid)], capture_output=True, text=True, env=ENV)
     assert gone.returncode == -signal.SIGKILL and gone.stdout == ""  # (with a live run: the loader tests)
 
@@ -223,7 +223,7 @@ def test_sigterm_stops_the_loader_within_seconds_without_a_worker_crash(whom):
 
 
 # The command with one patch: every image a loader worker reads first leaves a mark (its pid) and takes 50 ms, so
-# that the test can tell when the second size's pass is in flight, and the pass lasts long enough to be killed in it.
+# that the test can tell when the second size's pass is in flight, and the pass lasts long enough to be stopped in it.
 SLOW_RUN = r"""
 import os, sys, time
 import cpvt_eval.data as data
@@ -242,82 +242,127 @@ entry()
 _VOLATILE = {"started_at", "duration_s", "images_per_sec", "aggregate_images_per_sec", "versions", "predictions"}
 
 
+@pytest.fixture(scope="module")
+def cluster_job(tmp_path_factory):
+    """80 images (2 s a pass with two workers under the patch) and the arguments of a two-model, two-size run."""
+    import torch
+
+    import cpvt_eval
+
+    home = tmp_path_factory.mktemp("cluster")
+    make_imagefolder(home / "val", (0, 1, 2, 999), per_class=20)
+    args = []
+    for name in ("cpvt_toy", "deit_toy"):
+        path = home / f"{name}.pth"
+        torch.save({"model": cpvt_eval.create_model(name, num_classes=1000).state_dict()}, path)
+        args += ["-m", name, "-c", f"{name}={path}"]
+    args += ["--model-arg", "num_classes=1000", "-s", "56", "64", "--data", str(home / "val")]
+    (home / "slow_run.py").write_text(SLOW_RUN)
+    return home, [*args, "--workers", "2", "--batch-size", "8", "--no-throughput"]
+
+
+def _start_slow(tmp_path, launcher: list[str], args: list[str]) -> tuple[subprocess.Popen, Path, list[int]]:
+    """Start the patched command and wait until both 56 px cells are committed and a loader worker reads images of
+    the 64 px pass. Returns the process, its run directory, and every process of the run (itself, its torchrun
+    ranks, their workers)."""
+    out, marks = tmp_path / "run", tmp_path / "marks"
+    marks.mkdir()
+    proc = subprocess.Popen(
+        [*launcher, *args, "--out", str(out)],
+        env={**ENV, "CPVT_EVAL_TEST_MARKS": str(marks), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: a scheduler's signal to every process of the job
+    )
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, proc.stderr.read()[-1500:]
+        assert time.monotonic() < deadline
+        rows = (out / "rows.jsonl").read_text().splitlines() if (out / "rows.jsonl").exists() else []
+        tree = _tree(proc.pid) if len(rows) == 2 else []
+        if any((marks / str(p)).exists() for p in tree):
+            return proc, out, tree
+        time.sleep(0.02)
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (torchrun's ranks start sessions of their own: their group is not the job's)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(k) for k in f.read().split()]
+        except OSError:
+            continue
+    return found
+
+
 def _table(out: Path) -> list[dict]:
     with open(out / "results.csv", newline="") as f:
         rows = [{k: v for k, v in r.items() if k not in _VOLATILE and "throughput" not in k} for r in csv.DictReader(f)]
     return sorted(rows, key=lambda r: (r["model"], int(r["img_size"])))
 
 
-def _group(pgid: int) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(entry))
-    return pids
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            kids += [int(k) for k in f.read().split()]
-    return kids
+def _rerun(args: list[str], out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cpvt_eval", "resolution", *args, "--out", str(out)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+    )
 
 
 @linux_only
 @pytest.mark.slow
-def test_sigkill_mid_pass_then_an_immediate_rerun_resumes_to_the_uninterrupted_table(tmp_path):
-    import torch
-
-    import cpvt_eval
-
-    make_imagefolder(tmp_path / "val", (0, 1, 2, 999), per_class=20)  # 80 images: 2 s a pass with two workers
-    args = []
-    for name in ("cpvt_toy", "deit_toy"):
-        path = tmp_path / f"{name}.pth"
-        torch.save({"model": cpvt_eval.create_model(name, num_classes=1000).state_dict()}, path)
-        args += ["-m", name, "-c", f"{name}={path}"]
-    args += ["--model-arg", "num_classes=1000", "-s", "56", "64", "--data", str(tmp_path / "val")]
-    args += ["--workers", "2", "--batch-size", "8", "--no-throughput"]
-    command = [sys.executable, "-m", "cpvt_eval", "resolution", *args]
-
-    reference = subprocess.run([*command, "--out", str(tmp_path / "ref")], env=ENV, capture_output=True, text=True)
+def test_sigkill_mid_pass_then_an_immediate_rerun_resumes_to_the_uninterrupted_table(cluster_job, tmp_path):
+    home, args = cluster_job
+    reference = _rerun(args, tmp_path / "ref")
     assert reference.returncode == 0, reference.stderr[-1500:]
 
-    out, marks = tmp_path / "run", tmp_path / "marks"
-    marks.mkdir()
-    run = subprocess.Popen(
-        [sys.executable, "-c", SLOW_RUN, "resolution", *args, "--out", str(out)],
-        env={**ENV, "CPVT_EVAL_TEST_MARKS": str(marks)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: everything it started can be found
-    )
-    deadline = time.monotonic() + 240
-    while True:  # both cells of 56 px committed, and a worker of the 64 px pass reading images
-        assert run.poll() is None, run.stderr.read().decode()[-1500:]
-        assert time.monotonic() < deadline
-        rows = (out / "rows.jsonl").read_text().splitlines() if (out / "rows.jsonl").exists() else []
-        workers = _children(run.pid) if len(rows) == 2 else []
-        if len(workers) == 2 and any((marks / str(w)).exists() for w in workers):
-            break
-        time.sleep(0.02)
-    group = _group(run.pid)
-    assert set(workers) <= set(group)
+    run, out, tree = _start_slow(tmp_path, [sys.executable, str(home / "slow_run.py"), "resolution"], args)
+    assert len(tree) == 3  # the run and its two workers
     run.kill()
     run.wait()
-    assert not _wait_gone(group, within=1.0), "a process of the killed run outlived it"
+    assert not _wait_gone(tree, within=1.0), "a process of the killed run outlived it"
 
-    again = subprocess.run([*command, "--out", str(out)], env=ENV, capture_output=True, text=True)
+    again = _rerun(args, out)  # at once, as a scheduler's retry
     assert again.returncode == 0, again.stderr[-1500:]
     assert f"(pid {run.pid}) is no longer running; taking the lock over" in again.stderr
     assert "skipping 2 finished cell(s) (cpvt_toy@56px, deit_toy@56px)" in again.stderr
     assert _table(out) == _table(tmp_path / "ref")
     records = json.loads((out / "provenance.json").read_text())["runs"]
     assert [r["status"] for r in records] == ["killed", "completed"]
+
+
+@linux_only
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_the_job_exits_130_in_seconds_with_one_line(cluster_job, tmp_path):
+    """As SLURM stops a job (time limit, preemption, scancel): SIGTERM to every process, workers included."""
+    home, args = cluster_job
+    run, out, tree = _start_slow(tmp_path, [sys.executable, str(home / "slow_run.py"), "resolution"], args)
+    t0 = time.monotonic()
+    os.killpg(run.pid, signal.SIGTERM)
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and time.monotonic() - t0 < 15
+    assert err.strip().splitlines() == ["error: interrupted; finished cells are kept in the run directory"], err
+    assert len((out / "rows.jsonl").read_text().splitlines()) == 2
+    assert not _wait_gone(tree, within=1.0)
+
+
+@linux_only
+@pytest.mark.slow
+def test_sigkill_to_torchrun_ends_its_ranks_and_their_workers(cluster_job, tmp_path):
+    home, args = cluster_job
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run, out, tree = _start_slow(tmp_path, [*torchrun, str(home / "slow_run.py"), "resolution"], args)
+    assert len(tree) >= 5  # torchrun, two ranks, their workers
+    run.kill()
+    run.wait()
+    assert not _wait_gone(tree, within=1.0), "a rank or worker of the killed job outlived it"
+    again = _rerun(args, out)
+    assert again.returncode == 0, again.stderr[-1500:]
+    assert "skipping 2 finished cell(s)" in again.stderr

@@ -79,22 +79,26 @@ def _leave(signum, frame) -> None:
     os._exit(0)
 
 
-def end_with_run(main: int, worker_id: int = 0) -> None:
-    """A worker's ``worker_init_fn``: end this process when ``main`` (the process that iterates the loader) ends,
-    and quietly on SIGTERM.
+def end_with_parent(main: int) -> None:
+    """End this process (SIGKILL) when ``main`` ends: a loader's worker, or a torchrun rank whose agent is killed.
 
-    The worker's parent is ``main`` (fork, spawn) or the fork server (Python's ``forkserver``), which itself ends
-    with ``main``; the kernel's signal follows the parent, and the one check after asking for it covers a ``main``
-    that died first.
+    The caller's parent is ``main`` (fork, spawn, torchrun's agent) or the fork server (Python's ``forkserver``),
+    which itself ends with ``main``; the kernel's signal follows the parent, and the one check after asking for it
+    covers a ``main`` that died first.
     """
     if os.name != "posix":  # Windows: DataLoader's own watchdog looks at the parent (os.kill would end it)
         return
-    signal.signal(signal.SIGTERM, _leave)
     parent = os.getppid()
     if not _parent_death_signal():
         threading.Thread(target=_watch, args=(main, parent), daemon=True, name="cpvt-eval-parent-check").start()
     if _orphaned(main, parent):
         _exit_now()
+
+
+def _worker_init(main: int, worker_id: int) -> None:
+    if os.name == "posix":
+        signal.signal(signal.SIGTERM, _leave)
+    end_with_parent(main)
 
 
 def _stop_workers() -> None:
@@ -124,7 +128,7 @@ def make_loader(
     Iterate it from a thread that lives as long as the pass (the main thread): on Linux a worker's parent is the
     thread that forked it.
     """
-    init = functools.partial(end_with_run, os.getpid()) if workers > 0 else None
+    init = functools.partial(_worker_init, os.getpid()) if workers > 0 else None
     return _Loader(
         dataset, batch_size, num_workers=workers, pin_memory=pin_memory, collate_fn=collate_fn, worker_init_fn=init
     )
