@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from .data import ImageSet
+from .data.loader import end_with_parent
 from .engine import EvalModel, PassInfo
 from .errors import EXIT_CHECK_FAILED, CheckpointError, CpvtEvalError, DataError
 
@@ -248,6 +249,8 @@ class DistContext:
         world_size = _env_int("WORLD_SIZE")
         if world_size <= 1:
             return cls()
+        if os.environ.get("TORCHELASTIC_RUN_ID"):  # a rank of torchrun's agent ends with it (a SIGKILL to torchrun)
+            end_with_parent(os.getppid())
         local_rank = _env_int("LOCAL_RANK", 0)
         local_world_size = _env_int("LOCAL_WORLD_SIZE", world_size)
         rank_dev = rank_device(device, local_rank)

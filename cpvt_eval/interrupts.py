@@ -8,8 +8,9 @@ the handler here first records the signal, then raises; the job calls ``check()`
 batch, every cell, every timing round) and the command line exits 130 whenever one was recorded, whatever
 happened to the exception.
 
-``deferred()`` holds an interrupt back for the few statements that must not be cut in two (committing a finished
-cell: its predictions, then its row); the interrupt is raised when the block ends.
+``on_interrupt()`` registers what must stop at once (the data loader stops its workers, which would otherwise finish
+the batch in hand first). ``deferred()`` holds an interrupt back for the few statements that must not be cut in two
+(committing a finished cell: its predictions, then its row); the interrupt is raised when the block ends.
 
 A SIGINT that the process was started ignoring (a job started in the background by a shell, ``nohup``) stays
 ignored, as POSIX means it to. Only the standard library is imported: the entry point installs this before the
@@ -20,13 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 _state: dict = {"pending": None, "depth": 0, "installed": 0}
+_on_interrupt: list[Callable[[], None]] = []
+
+
+def on_interrupt(fn: Callable[[], None]) -> None:
+    """Call ``fn`` (from the signal handler, in the main thread) when an interrupt arrives, before it is raised: to
+    stop helper processes at once (the data loader's workers) rather than after they finish their work in hand."""
+    if fn not in _on_interrupt:
+        _on_interrupt.append(fn)
 
 
 def _handler(signum, frame) -> None:
+    first = _state["pending"] is None
     _state["pending"] = signum
+    if first:
+        for fn in list(_on_interrupt):
+            with contextlib.suppress(Exception):
+                fn()
     if _state["depth"] == 0:
         raise KeyboardInterrupt
 

@@ -83,10 +83,13 @@ class guarded:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if exc_type is None and interrupts.requested():
-            # an interrupt that something swallowed (an exception in a __del__ is only printed): still 130
+        if exc_type is not None and issubclass(exc_type, (Exit, TyperException, Abort)):
+            return False
+        if interrupts.requested() and (exc_type is None or issubclass(exc_type, Exception)):
+            # an interrupt that something swallowed (an exception in a __del__ is only printed), or an error it caused
+            # (a data worker that the same SIGTERM reached first is reported dead by torch): still 130
             exc_type = KeyboardInterrupt
-        if exc_type is None or issubclass(exc_type, (Exit, TyperException, Abort)):
+        if exc_type is None:
             return False
         if issubclass(exc_type, KeyboardInterrupt):
             console.error("interrupted; finished cells are kept in the run directory")

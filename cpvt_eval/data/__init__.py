@@ -8,9 +8,9 @@ classes of its own brings its label space, and class names are mapped onto it by
 indexed set, its fingerprint), ``layouts`` (layout detection, ``--classes``, ``--limit``), ``folder_layouts`` (the
 folder layouts), ``stores`` (which store ``--data`` names; its parts: ``store_base``, ``store_patterns``, ``shards``
 for WebDataset, ``parquet_arrow`` for Hugging Face files, ``store_reads`` for their bytes), ``images`` (decoding, bad
-files), ``subsets`` (label subsets such as ImageNet-A/-R, test-set names) and ``real`` (ImageNet-ReaL) hold the
-parts; this module keeps the transform and loaders and re-exports the rest, so ``from cpvt_eval.data import ...`` is
-the one import path.
+files), ``subsets`` (label subsets such as ImageNet-A/-R, test-set names), ``real`` (ImageNet-ReaL) and ``loader``
+(the one maker of loaders: workers that end with the run) hold the parts; this module keeps the transform and
+datasets and re-exports the rest, so ``from cpvt_eval.data import ...`` is the one import path.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
@@ -50,6 +50,7 @@ from .labels import (
     val_number,
 )
 from .layouts import detect_layout, open_dataset, scan, select_classes, stratified_subset
+from .loader import make_loader
 from .real import RealLabels, RealScore, load_real_labels, real_hits, real_score
 from .store_base import StoreSpec
 from .store_patterns import expand_braces
@@ -217,12 +218,6 @@ def default_workers(processes: int = 1) -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(0, min(8, cores // max(1, processes)))
-
-
-def make_loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool = False) -> DataLoader:
-    """Batches in the dataset's order, the last one short (DataLoader's defaults: no shuffle, no drop), workers
-    started anew for each pass."""
-    return DataLoader(dataset, batch_size, num_workers=workers, pin_memory=pin_memory)
 
 
 def normalize_batch(images: torch.Tensor, mean, std) -> torch.Tensor:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..errors import DataError, shown
 from .image_set import ImageSet, Sample, fingerprint
+from .loader import make_loader
 
 BAD_IMAGE_POLICIES = ("stop", "skip")
 # PIL's format name -> the extensions that announce it; anything else is noted as a mismatch.
@@ -208,13 +209,7 @@ def scan_images(image_set: ImageSet, full: bool = True, workers: int = 0, progre
         workers: DataLoader worker processes.
         progress: an object with ``start(label, total)``, ``advance(n)`` and ``finish()`` (the engine's hook).
     """
-    loader = DataLoader(
-        _CheckDataset(image_set, full),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_as_list,
-    )
+    loader = make_loader(_CheckDataset(image_set, full), batch_size, workers, collate_fn=_as_list)
     if progress is not None:
         progress.start("checking images" if full else "identifying images", len(image_set.samples))
     try:

@@ -108,7 +108,7 @@ def run_probes(
         store = RunStore(cfg.out)
         with contextlib.ExitStack() as stack:
             try:
-                stack.enter_context(store.locked())
+                stack.enter_context(store.locked(hooks.notify))
             except ReadOnlyRunDir:
                 # Nothing to write when every cell is finished: the stored rows are the answer.
                 if job.all_finished(store):

@@ -9,7 +9,8 @@ A run directory holds:
 * ``results.*`` and plots: rendered from the rows, rewritten atomically (temp file + rename);
 * ``provenance.json``: one record per invocation: command line, versions, device, threads, git sha, seed,
   timestamps, status;
-* ``.lock``: held (``flock``) by the run writing the directory, so two runs never interleave;
+* ``.lock``: held by the run writing the directory (``lock``: the process's own POSIX lock, with its pid),
+  so two runs never interleave;
 * ``run.json``: the schema version of the rows (``schema.SCHEMA_VERSION``) and the version that created it.
 
 A cell is identified by its key (``schema.CellId``); a rerun skips the keys already stored whose predictions can
@@ -26,11 +27,12 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ..errors import EnvironmentFailure, ResultsError, from_os_error
+from .lock import hold
 from .schema import SCHEMA_VERSION, ResultRow, row_key, row_type_of
 
 
@@ -136,36 +138,26 @@ class RunStore:
         return self.root / self.ROWS
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the directory's lock for a writing run; a second writer gets a one-line error, not a mix."""
-        path = self.root / self.LOCK
+    def locked(self, notify: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the directory's lock for a writing run; a second writer gets a one-line error, not a mix.
+
+        The lock is the process's own (``lock.hold``): its loader workers never hold it, and it goes with the
+        process however it ends. A lock left by a run that was killed is taken over, said through ``notify``.
+        """
         if not os.access(self.root, os.W_OK):  # read-only storage, or a folder this user may not write
             raise ReadOnlyRunDir(f"run directory {self.root} is not writable (read-only or no permission)")
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-                raise ReadOnlyRunDir(f"run directory {self.root} is not writable ({e.strerror})") from None
-            raise
-        try:
+        with contextlib.ExitStack() as stack:
             try:
-                _lock_fd(fd)
-            except OSError:
-                holder = os.read(fd, 64).decode(errors="replace").strip()
-                who = f" (pid {holder})" if holder else ""
-                raise ResultsError(
-                    f"run directory {self.root} is in use by another cpvt-eval run{who}; "
-                    "wait for it to finish or use another --out"
-                ) from None
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+                stack.enter_context(hold(self.root, self.LOCK, notify))
+            except OSError as e:
+                if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise ReadOnlyRunDir(f"run directory {self.root} is not writable ({e.strerror})") from None
+                raise
             self._close_stale_records()
             self.opened_version = self.schema_version()
             self._migrate(self.opened_version)
             self._write_run_info()
             yield
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock (and a killed process releases it too)
 
     def _cut_torn_tail(self) -> None:
         """Drop a partial last line (a write cut short by a kill) so that the next row starts on its own line."""
@@ -469,15 +461,3 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _lock_fd(fd: int) -> None:
-    """Take an exclusive, non-blocking lock on ``fd``; raise OSError when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
