@@ -53,7 +53,7 @@ from cpvt_eval.data import open_dataset  # noqa: E402
 from cpvt_eval.engine import EvalModel, EvalSettings  # noqa: E402
 from cpvt_eval.models.posenc import adapt_to_size  # noqa: E402
 from cpvt_eval.models.registry import resolve  # noqa: E402
-from cpvt_eval.throughput import measure_throughput  # noqa: E402
+from cpvt_eval.throughput import TimingPlan, TimingSettings, measure_throughput  # noqa: E402
 
 MODELS = ("cpvt_toy", "deit_toy", "cpvt_toy_gap")
 MODEL_ARGS = dict(patch_size=32, img_size=224, embed_dim=32, depth=1, num_heads=2, num_classes=1000)
@@ -176,7 +176,8 @@ def run_speed(args) -> None:
     for size in SIZES:
         for m in models:
             adapt_to_size(m.module, size)
-            r = measure_throughput(m.module, size, torch.device("cpu"), args.batch_size, warmup=1, repeats=3)
+            settings = TimingSettings(plan=TimingPlan(warmup=1, rounds=3), batch_size=args.batch_size, flops=False)
+            r = measure_throughput(m.module, size, torch.device("cpu"), settings)
             cost[size] = cost.get(size, 0.0) + r.ms_per_batch / r.batch_size
     print(
         "model-only cost, ms per image, all three models together (batch "

@@ -36,7 +36,13 @@ from _common import median, spread  # noqa: E402
 import cpvt_eval  # noqa: E402
 from cpvt_eval.models.posenc import adapt_to_size  # noqa: E402
 from cpvt_eval.runtime import device_name  # noqa: E402
-from cpvt_eval.throughput import count_flops, matmul_peak_gflops, measure_throughput  # noqa: E402
+from cpvt_eval.throughput import (  # noqa: E402
+    TimingPlan,
+    TimingSettings,
+    count_flops,
+    matmul_peak_gflops,
+    measure_throughput,
+)
 
 BASELINE = "deit_tiny_patch16_224"
 CPVT = ("cpvt_ti", "cpvt_ti_plus")
@@ -44,6 +50,11 @@ CPVT = ("cpvt_ti", "cpvt_ti_plus")
 # models at the same size and batch, so the batch does not need to be the same across sizes).
 BATCH = {224: 8, 384: 2, 448: 2, 512: 1}
 CPU = torch.device("cpu")
+
+
+def timed(batch: int, warmup: int, repeats: int) -> TimingSettings:
+    """A fixed batch and count of timed forwards, fp32, no FLOP count (the tables count FLOPs once, apart)."""
+    return TimingSettings(plan=TimingPlan(warmup=warmup, rounds=repeats), batch_size=batch, flops=False)
 
 
 def timm_benchmark_method(model, size, batch, warm_iter, bench_iter) -> float:
@@ -82,7 +93,7 @@ def part1(args) -> None:
         for r in range(args.rounds):
             for which in ("ours", "timm") if r % 2 == 0 else ("timm", "ours"):
                 if which == "ours":
-                    v = measure_throughput(model, size, CPU, batch, "fp32", args.warmup, args.repeats)
+                    v = measure_throughput(model, size, CPU, timed(batch, args.warmup, args.repeats))
                     ours.append(v.images_per_sec)
                 else:
                     theirs.append(timm_benchmark_method(model, size, batch, args.timm_warm, args.timm_iter))
@@ -110,7 +121,7 @@ def part2(args) -> None:
         batch = BATCH.get(size, 1)
         models = {n: build(n, size) for n in names}
         for n in names:
-            measure_throughput(models[n], size, CPU, batch, "fp32", warmup=args.warmup, repeats=1)
+            measure_throughput(models[n], size, CPU, timed(batch, args.warmup, 1))
         ips = {n: [] for n in names}
         cpu_s = {n: [] for n in names}
         ratios = {n: [] for n in CPVT}
@@ -119,7 +130,7 @@ def part2(args) -> None:
             order = names if r % 2 == 0 else tuple(reversed(names))
             for n in order:
                 c0 = time.process_time()
-                res = measure_throughput(models[n], size, CPU, batch, "fp32", warmup=0, repeats=1)
+                res = measure_throughput(models[n], size, CPU, timed(batch, 0, 1))
                 cpu_s[n].append(time.process_time() - c0)
                 ips[n].append(res.images_per_sec)
             for n in CPVT:

@@ -240,6 +240,7 @@ def throughput_table(rows: list[dict]) -> Table:
             f"{r['device_name']} · {r['dtype']} · {r['threads']} threads · warm-up {r['warmup']}, {rounds} · "
             f"channels_last={r['channels_last']} · compile={r['compile']}"
             + ("" if peak_gflops is None else f" · matmul peak {peak_gflops:,.1f} GFLOP/s")
+            + ("" if r.get("load_avg") is None else f" · load average {r['load_avg']:.2f}")
             + f" · vs first: median of per-round images/s ratios to {r['ratio_reference']}, the first model of a size"
             + "; ~: its IQR holds 1 (equal within noise)"
         )

@@ -198,3 +198,47 @@ def test_a_slowdown_beyond_the_spread_fails(tmp_path):
     # a run without quartiles (older rows) cannot claim noise
     plain = write_run(tmp_path / "plain", [cell(ips=80.0)])
     assert invoke(base, plain, "--max-slowdown", "0.1").exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "base, cur",
+    [
+        (timed(100.0, 95.0, 105.0), timed(60.0, 40.0, 90.0)),  # the current rounds spread over 83% of their median
+        (timed(100.0, 70.0, 130.0), timed(50.0, 48.0, 52.0)),  # the baseline's over 60%
+    ],
+)
+def test_a_cell_with_unstable_rounds_is_never_gated(tmp_path, base, cur):
+    b, c = write_run(tmp_path / "base", [base]), write_run(tmp_path / "cur", [cur])
+    result = invoke(b, c, "--max-slowdown", "0.1")
+    assert result.exit_code == 0, result.output  # 40-50% slower, yet not a regression: the timing cannot tell
+    assert "ok (timing unstable, not gated)" in result.stdout
+    assert "timing unstable" in result.stderr and "cpvt_toy@56px" in result.stderr
+    (doc,) = json.loads(invoke(b, c, "--max-slowdown", "0.1", "--json").stdout)["cells"]
+    assert (doc["speed_unstable"], doc["speed_failed"], doc["speed_within_noise"]) == (True, False, False)
+    assert max(doc["images_per_sec_spread_baseline"], doc["images_per_sec_spread_current"]) > 0.25
+    # not asked to gate: nothing is marked
+    (doc,) = json.loads(invoke(b, c, "--json").stdout)["cells"]
+    assert doc["speed_unstable"] is False and doc["status"] == "ok"
+
+
+def test_rounds_spread_over_exactly_a_quarter_still_gate(tmp_path):
+    base = write_run(tmp_path / "base", [timed(100.0, 90.0, 115.0)])  # IQR 25 images/s: a quarter, not over
+    slow = write_run(tmp_path / "slow", [timed(50.0, 49.0, 51.0)])
+    result = invoke(base, slow, "--max-slowdown", "0.1")
+    assert result.exit_code == 1 and "| slower" in result.stdout
+
+
+def test_rows_without_quartiles_keep_the_ratio_gate(tmp_path):
+    """Rows of older runs carry no quartiles: neither noise nor instability can be claimed, the ratio decides."""
+    base = write_run(tmp_path / "base", [cell(ips=100.0)])
+    assert invoke(base, write_run(tmp_path / "a", [cell(ips=80.0)]), "--max-slowdown", "0.1").exit_code == 1
+    assert invoke(base, write_run(tmp_path / "b", [cell(ips=95.0)]), "--max-slowdown", "0.1").exit_code == 0
+    unstable_now = write_run(tmp_path / "c", [timed(60.0, 40.0, 90.0)])  # one side unstable: not gated
+    assert invoke(base, unstable_now, "--max-slowdown", "0.1").exit_code == 0
+
+
+def test_the_load_average_of_each_run_is_reported(tmp_path):
+    base = write_run(tmp_path / "base", [cell(extra={"throughput_load_avg": 0.4})])
+    cur = write_run(tmp_path / "cur", [cell(extra={"throughput_load_avg": 7.5})])
+    (c,) = json.loads(invoke(base, cur, "--json").stdout)["cells"]
+    assert (c["load_avg_baseline"], c["load_avg_current"]) == (0.4, 7.5)

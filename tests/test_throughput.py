@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,19 +17,24 @@ from cpvt_eval.models.posenc import adapt_to_size
 from cpvt_eval.throughput import (
     ThroughputResult,
     TimingPlan,
-    benchmark_model,
+    TimingSettings,
     count_flops,
     find_max_batch,
     fit_batch_to_budget,
     interleaved_rounds,
     matmul_peak_gflops,
-    measure_interleaved,
     measure_throughput,
     prepare_for_timing,
     resolve_batch,
+    time_models,
 )
 
 CPU = torch.device("cpu")
+
+
+def forced(rounds: int, warmup: int = 1, **over) -> TimingSettings:
+    """Settings that time exactly ``rounds`` rounds."""
+    return TimingSettings(plan=TimingPlan(warmup=warmup, rounds=rounds), **over)
 
 
 def toy(name="cpvt_toy", size=56):
@@ -81,7 +87,7 @@ def test_the_default_flop_counter_misses_the_fused_attention_this_count_includes
 
 def test_a_throughput_row_carries_all_its_fields():
     model = toy()
-    r = benchmark_model(model, 56, CPU, batch_size=4, warmup=1, repeats=3, name="cpvt_toy")
+    r = measure_throughput(model, 56, CPU, forced(3, batch_size=4), name="cpvt_toy")
     d = r.to_dict()
     for key, value in d.items():
         assert value is not None or key == "budget_s", key  # a forced count (repeats) has no budget
@@ -89,7 +95,7 @@ def test_a_throughput_row_carries_all_its_fields():
     assert r.ms_per_batch_min <= r.ms_per_batch_q1 <= r.ms_per_batch <= r.ms_per_batch_q3 <= r.ms_per_batch_max
     assert (r.model, r.img_size, r.batch_size, r.repeats, r.warmup, r.dtype) == ("cpvt_toy", 56, 4, 3, 1, "fp32")
     assert (r.device, r.threads, r.batch_policy, r.oom_retries) == ("cpu", torch.get_num_threads(), "fixed", 0)
-    assert r.device_name and not r.channels_last and not r.compile
+    assert r.device_name and not r.channels_last and not r.compile and r.load_avg >= 0
     assert r.ms_per_batch_min <= r.ms_per_batch <= r.ms_per_batch_max
     assert r.images_per_sec == pytest.approx(4 / (r.ms_per_batch / 1000))
     assert r.spread_pct == pytest.approx(100 * (r.ms_per_batch_max - r.ms_per_batch_min) / r.ms_per_batch)
@@ -110,15 +116,16 @@ def test_matmul_peak_is_measured_per_dtype_and_cached():
 
 
 def test_channels_last_and_bf16_are_recorded():
-    r = benchmark_model(toy(), 56, CPU, batch_size=2, dtype="bf16", warmup=1, repeats=2, channels_last=True, peak=False)
-    assert (r.dtype, r.channels_last, r.peak_gflops_per_sec, r.peak_fraction) == ("bf16", True, None, None)
+    settings = forced(2, batch_size=2, dtype="bf16", channels_last=True, flops=False)
+    r = measure_throughput(toy(), 56, CPU, settings)
+    assert (r.dtype, r.channels_last, r.gflops_per_image, r.peak_gflops_per_sec) == ("bf16", True, None, None)
     assert r.images_per_sec > 0
 
 
 def test_compile_times_the_compiled_module():
     model = toy()
     assert isinstance(prepare_for_timing(model, compile=True), torch._dynamo.eval_frame.OptimizedModule)
-    r = benchmark_model(model, 56, CPU, batch_size=2, warmup=1, repeats=2, compile=True, compile_backend="eager")
+    r = measure_throughput(model, 56, CPU, forced(2, batch_size=2, compile=True, compile_backend="eager", flops=False))
     assert r.compile and r.images_per_sec > 0
 
 
@@ -137,10 +144,10 @@ class OOMAbove(torch.nn.Module):
 
 
 def test_oom_halves_the_timed_batch_and_records_it():
-    r = measure_throughput(OOMAbove(5), 8, CPU, batch_size=16, warmup=1, repeats=2)
+    r = measure_throughput(OOMAbove(5), 8, CPU, forced(2, batch_size=16, flops=False))
     assert (r.batch_size, r.oom_retries) == (4, 2)
     with pytest.raises(CpvtEvalError, match="not even one 8px image"):
-        measure_throughput(OOMAbove(0), 8, CPU, batch_size=4, warmup=1, repeats=1)
+        measure_throughput(OOMAbove(0), 8, CPU, forced(1, batch_size=4, flops=False))
 
 
 def test_auto_batch_is_the_largest_power_of_two_that_fits():
@@ -263,13 +270,14 @@ def test_resolution_times_the_models_of_a_size_together_within_a_budget(
     from cpvt_eval.results import RunStore
 
     calls = []
-    real = resolution.benchmark_models
+    real = resolution.time_models
 
-    def spy(models, size, *args, **kwargs):
-        calls.append(([name for name, _ in models], size, kwargs.get("fit_budget")))
-        return real(models, size, *args, **kwargs)
+    def spy(models, size, device, settings):
+        calls.append(([name for name, _ in models], size, settings.fit_budget))
+        assert (settings.batch_size, settings.dtype, settings.plan.budget_s) == (4, "fp32", 0.01)
+        return real(models, size, device, settings)
 
-    monkeypatch.setattr(resolution, "benchmark_models", spy)
+    monkeypatch.setattr(resolution, "time_models", spy)
     names = ("cpvt_toy", "deit_toy")
     cfg = RunConfig(
         models=names,
@@ -387,8 +395,8 @@ def test_interleaved_results_carry_the_spread_the_rounds_and_the_ratio():
     # warm-up (1), then 4 rounds; B is half as fast as A in every round, both drift together
     a = Costly("A", clock, log, [1.0, 1.0, 2.0, 1.0, 4.0])
     b = Costly("B", clock, log, [1.0, 2.0, 4.0, 2.0, 8.0])
-    plan = TimingPlan(warmup=1, rounds=4)
-    ra, rb = measure_interleaved([a, b], 8, CPU, batch_size=2, plan=plan, names=["A", "B"], clock=clock)
+    settings = forced(4, batch_size=2, flops=False)
+    ra, rb = time_models([("A", a), ("B", b)], 8, CPU, settings, clock=clock)
     assert log == ["A", "B"] + ["A", "B"] * 4
     assert (ra.repeats, ra.rounds_policy, ra.budget_s, ra.interleaved, ra.warmup) == (4, "fixed", None, 2, 1)
     assert ra.ms_per_batch == 1500.0 and rb.ms_per_batch == 3000.0  # medians of 1,2,1,4 and 2,4,2,8
@@ -439,3 +447,65 @@ def test_the_report_marks_ratios_equal_within_noise():
     assert _ratio_cell({**base, "ratio": 0.90, "ratio_q1": 0.88, "ratio_q3": 0.93}) == "0.900 [0.88–0.93]"
     assert _ratio_cell({**base, "model": "deit_ti", "ratio": 1.0, "ratio_q1": 1.0, "ratio_q3": 1.0}) == "1 (ref.)"
     assert _ratio_cell({**base, "ratio": None}) == _ratio_cell(None) == "–"
+
+
+def test_time_models_fits_the_batch_to_the_budget_and_says_so():
+    clock, log = FakeClock(), []
+    # 0.75 s per forward of A whatever the batch: the 8-image probe says 3/32 s per image, and 1 s per forward
+    # (3 rounds in the budget of 3 s) fits 8 images, not 16
+    a, b = Costly("A", clock, log, [0.75]), Costly("B", clock, log, [0.25])
+    settings = TimingSettings(plan=TimingPlan(warmup=1, budget_s=3.0, min_rounds=3), fit_budget=True, flops=False)
+    ra, rb = time_models([("A", a), ("B", b)], 8, CPU, settings, clock=clock)
+    assert (ra.batch_size, ra.batch_policy, rb.batch_size) == (8, "budget", 8)
+    assert ra.repeats == rb.repeats == 6  # 1 s per round; the budget of 2 x 3 s is spent after 6 rounds
+    # without the fit, the batch stays as given
+    (rc,) = time_models([("A", a)], 8, CPU, replace(settings, fit_budget=False, batch_size=16), clock=clock)
+    assert (rc.batch_size, rc.batch_policy) == (16, "fixed")
+
+
+class TickingClock:
+    """A clock that advances ``step`` seconds every time it is read: every timed forward lasts ``step`` seconds."""
+
+    def __init__(self, step: float):
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now - self.step
+
+
+@pytest.mark.parametrize(
+    "options, batch, policy, rounds",
+    [
+        # the 8-image probe reads 0.5 s: 1/16 s per image; 3 forwards in 3 s fit 16 images, in 10 s 32 (of 64)
+        (["--budget", "3"], 16, "budget", 3),  # 2.5 s per round (5 clock reads) against 2 x 3 s: 3 rounds
+        (["--budget", "10"], 32, "budget", 8),  # against 2 x 10 s: 8 rounds
+        (["--budget", "3", "-b", "64"], 64, "fixed", 3),  # a batch given is kept
+        (["--repeats", "2"], 64, "fixed", 2),  # a forced count keeps the batch
+    ],
+)
+def test_throughput_command_fits_the_batch_to_the_budget(monkeypatch, options, batch, policy, rounds):
+    import cpvt_eval.throughput as throughput
+
+    real, seen = throughput.time_models, []
+
+    def with_a_ticking_clock(models, size, device, settings):
+        seen.append(settings)
+        return real(models, size, device, settings, clock=TickingClock(0.5))
+
+    monkeypatch.setattr(throughput, "time_models", with_a_ticking_clock)
+    args = ["throughput", "-m", "deit_toy", "cpvt_toy", "-s", "56", "--no-flops", "--device", "cpu", "--json"]
+    result = runner.invoke(app, [*args, *options])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["batch_size"], r["batch_policy"], r["repeats"]) for r in rows] == [(batch, policy, rounds)] * 2
+    assert seen[0].fit_budget == ("-b" not in options) and seen[0].plan.warmup == 1
+
+
+def test_throughput_json_is_quiet_on_a_non_terminal_stderr():
+    args = ["throughput", "-m", "deit_toy", "-s", "56", "-b", "2", "--repeats", "1", "--no-flops", "--device", "cpu"]
+    quiet = runner.invoke(app, [*args, "--json"])  # the runner's stderr is not a terminal
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+    assert json.loads(quiet.stdout)[0]["model"] == "deit_toy"
+    table = runner.invoke(app, args)  # a table: the progress lines stay
+    assert table.exit_code == 0 and "56px: deit_toy" in table.stderr

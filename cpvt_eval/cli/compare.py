@@ -30,7 +30,8 @@ def compare_cmd(
         typer.Option(
             help="Gate throughput: the largest allowed images/s drop, as a ratio (0.1 = 10%). Default: not gated. "
             "A larger drop still passes, reported 'within noise', when the interquartile ranges of the two runs' "
-            "timed rounds overlap."
+            "timed rounds overlap; a cell whose rounds disagree widely (IQR over a quarter of the median) in either "
+            "run is not gated, reported 'timing unstable'."
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Write only the comparison as JSON on stdout.")] = False,
@@ -79,5 +80,11 @@ def compare_cmd(
         noisy = [f"{c.model}@{c.img_size}px" for c in result.cells if c.speed_within_noise]
         if noisy:
             console.info(f"slower but within the measured spread of both runs: {', '.join(noisy)}")
+        unstable = [f"{c.model}@{c.img_size}px" for c in result.cells if c.speed_unstable]
+        if unstable:
+            console.info(
+                "timing unstable (the rounds' images/s spread over a quarter of their median), images/s not gated: "
+                + ", ".join(unstable)
+            )
     if not result.ok:
         raise typer.Exit(code=EXIT_CHECK_FAILED)

@@ -16,6 +16,9 @@ from .app import app, guarded
 from .options import MODELS_FILE_HELP, SIZES_HELP
 from .parsing import MultiValueCommand, expand_models, parse_models, parse_sizes
 
+# The batch before it is fitted to the budget (the evaluation batch of `resolution`).
+DEFAULT_BATCH = 64
+
 
 @app.command(
     "throughput",
@@ -34,11 +37,17 @@ def throughput_cmd(
     models_file: Annotated[Optional[Path], typer.Option("--models-file", metavar="FILE", help=MODELS_FILE_HELP)] = None,
     sizes: Annotated[Optional[list[str]], typer.Option("--sizes", "-s", help=SIZES_HELP + " Default 224.")] = None,
     batch_size: Annotated[
-        str, typer.Option("--batch-size", "-b", help="Images per timed forward, or auto (CUDA: largest power of 2).")
-    ] = "64",
+        Optional[str],
+        typer.Option(
+            "--batch-size",
+            "-b",
+            help="Images per timed forward, or auto (CUDA: largest power of 2). Default: 64, halved until 3 "
+            "forwards of the slowest model fit the budget (never below 8).",
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast); the peak is measured in it too.")] = "fp32",
-    warmup: Annotated[int, typer.Option(min=0, help="Untimed forwards per model before the rounds.")] = 3,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed forwards per model before the rounds.")] = 1,
     repeats: Annotated[
         Optional[int], typer.Option(min=1, help="Force this many timed rounds (default: as --budget allows).")
     ] = None,
@@ -58,10 +67,15 @@ def throughput_cmd(
     Each row gives the median of its rounds and their spread (IQR, min-max); "vs" is the median of the per-round
     images/s ratios to the first model.
 
+    Without --batch-size the batch is fitted to the budget as in `resolution`, so a run takes about models x sizes
+    x budget seconds plus warm-up.
+
     Weights do not change the speed: models are built with random weights (no checkpoint, no download).
 
     GFLOPs per image count attention; the achieved GFLOP/s is set against the device's dense-matmul peak.
     """
+    import sys
+
     import torch
 
     from ..config import PEOptions
@@ -69,7 +83,7 @@ def throughput_cmd(
     from ..models.introspect import patch_size_of
     from ..models.posenc import check_sizes, size_adapter
     from ..runtime import resolve_device
-    from ..throughput import benchmark_models, plan_for
+    from ..throughput import TimingPlan, TimingSettings, time_models
 
     with guarded():
         names = expand_models(parse_models(model or [], models_file))
@@ -82,7 +96,17 @@ def throughput_cmd(
         dev = resolve_device(device)
         if threads is not None:
             torch.set_num_threads(threads)
-        plan = plan_for(repeats, warmup, budget, DEFAULT_MIN_ROUNDS)
+        settings = TimingSettings(
+            plan=TimingPlan(warmup=warmup, rounds=repeats, budget_s=budget, min_rounds=DEFAULT_MIN_ROUNDS),
+            batch_size=batch_size or DEFAULT_BATCH,
+            fit_budget=batch_size is None,
+            dtype=dtype,
+            channels_last=channels_last,
+            compile=compile,
+            flops=flops,
+        )
+        # Machine-readable mode: stdout holds only JSON; messages go to stderr, and only when a person watches it.
+        say = (lambda _m: None) if json_out and not sys.stderr.isatty() else console.info
         built = []
         for name in names:
             spec = resolve_model(name)
@@ -94,18 +118,8 @@ def throughput_cmd(
         for size in size_list:
             # the module of each model at this size: adapted in place, or built by timm at the size
             sized = [(name, sizer.module_at(size, PEOptions())[0]) for name, sizer in built]
-            console.info(f"{size}px: {', '.join(n for n, _ in sized)} ...")
-            results = benchmark_models(
-                sized,
-                size,
-                dev,
-                batch_size=batch_size,
-                dtype=dtype,
-                plan=plan,
-                channels_last=channels_last,
-                compile=compile,
-                flops=flops,
-            )
+            say(f"{size}px: {', '.join(n for n, _ in sized)} ...")
+            results = time_models(sized, size, dev, settings)
             rows += [r.to_dict() for r in results]
             del sized
         if json_out:

@@ -36,7 +36,7 @@ from ..probes import Probe, make
 from ..results import FIRST_PROBE, SCHEMA_VERSION, CellId, ResultRow, RunStore, row_key
 from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
-from ..throughput import ThroughputResult, TimingPlan, benchmark_models, row_extra
+from ..throughput import ThroughputResult, TimingPlan, TimingSettings, row_extra, time_models
 from .assemble import prepare_models
 from .inputs import open_run_dataset
 from .rows import cell_id, make_row
@@ -349,15 +349,17 @@ class _Job:
         plan_ = TimingPlan(warmup=tp.warmup, rounds=tp.repeats, budget_s=tp.budget_s, min_rounds=tp.min_rounds)
         how = f"{tp.repeats} rounds" if tp.repeats is not None else f"budget {tp.budget_s:g} s per model"
         self.hooks.log(f"timing {', '.join(m.name for m in due)} @ {size}px, interleaved ({how})")
-        results = benchmark_models(
+        results = time_models(
             # the module each cell ran: adapted in place, or built again by timm at this size
             [(m.name, m.sizer.module_at(size, self.cfg.pe)[0]) for m in due],
             size,
             self.device,
-            tp.batch_size or self.cfg.batch_size,
-            self.cfg.dtype,
-            plan_,
-            fit_budget=tp.batch_size is None,
+            TimingSettings(
+                plan=plan_,
+                batch_size=tp.batch_size or self.cfg.batch_size,
+                fit_budget=tp.batch_size is None,
+                dtype=self.cfg.dtype,
+            ),
         )
         return {r.model: r for r in results}
 

@@ -2,7 +2,9 @@
 
 Throughput is gated only when asked (``max_slowdown``): images/s depend on the machine and its load, and a CI gate
 that fails on another process's work is worse than none. When asked, a slowdown beyond the tolerance still passes
-if it is within the measured spread of both runs: the interquartile ranges of their timed rounds overlap.
+if it is within the measured spread of both runs: the interquartile ranges of their timed rounds overlap. A cell
+either of whose rows is unstable (its rounds' images/s have an IQR over a quarter of their median) is not gated at
+all, and reported as such.
 """
 
 from __future__ import annotations
@@ -75,12 +77,15 @@ class CellDiff:
     accuracy_failed: bool
     speed_failed: bool
     speed_within_noise: bool = False  # slower than the tolerance, but within the spread of both runs' rounds
+    speed_unstable: bool = False  # asked to gate, but a row's rounds disagree too widely: not gated
 
     @property
     def status(self) -> str:
         failed = [name for name, bad in (("top-1 drop", self.accuracy_failed), ("slower", self.speed_failed)) if bad]
         if failed:
             return ", ".join(failed)
+        if self.speed_unstable:
+            return "ok (timing unstable, not gated)"
         return "ok (slower, within noise)" if self.speed_within_noise else "ok"
 
     def to_dict(self) -> dict:
@@ -98,8 +103,13 @@ class CellDiff:
             "accuracy_failed": self.accuracy_failed,
             "speed_failed": self.speed_failed,
             "speed_within_noise": self.speed_within_noise,
+            "speed_unstable": self.speed_unstable,
             "images_per_sec_iqr_baseline": _iqr_list(self.baseline),
             "images_per_sec_iqr_current": _iqr_list(self.current),
+            "images_per_sec_spread_baseline": round_or_none(images_per_sec_spread(self.baseline)),
+            "images_per_sec_spread_current": round_or_none(images_per_sec_spread(self.current)),
+            "load_avg_baseline": self.baseline.extra.get("throughput_load_avg"),
+            "load_avg_current": self.current.extra.get("throughput_load_avg"),
             "status": self.status,
         }
 
@@ -151,6 +161,24 @@ def images_per_sec_iqr(r: ResultRow) -> tuple[float, float] | None:
     if not (q1 and q3 and getattr(r, "throughput_batch", None)):
         return None
     return 1000.0 * r.throughput_batch / q3, 1000.0 * r.throughput_batch / q1
+
+
+def images_per_sec_spread(r: ResultRow) -> float | None:
+    """The IQR of a row's per-round images/s over their median; None for rows without the quartiles."""
+    iqr = images_per_sec_iqr(r)
+    if iqr is None or not images_per_sec(r):
+        return None
+    return (iqr[1] - iqr[0]) / images_per_sec(r)
+
+
+# Rounds whose images/s have an IQR over this share of their median disagree too widely to gate on.
+UNSTABLE_SPREAD = 0.25
+
+
+def is_unstable(r: ResultRow) -> bool:
+    """Whether a row's timed rounds disagree too widely to gate on (rows without quartiles cannot tell: False)."""
+    spread = images_per_sec_spread(r)
+    return spread is not None and spread > UNSTABLE_SPREAD + _EPS
 
 
 def _iqr_list(r: ResultRow) -> list[float] | None:
@@ -219,10 +247,11 @@ def compare_runs(
 ) -> Comparison:
     """Match the cells of two runs and flag top-1 drops beyond ``max_drop`` points and, when ``max_slowdown`` is
     given, throughput below ``(1 - max_slowdown)`` of the baseline unless it is within the measured spread of both
-    runs (``within_noise``). Runs that share no cell, or cells on different datasets, cannot be compared
-    (``ResultsError``). A baseline cell the current run lacks fails the comparison unless ``allow_missing``.
-    ``versions``: the schema versions of the two runs; across versions cells are matched on the fields both
-    share (``Comparison.note`` says which were left out)."""
+    runs (``within_noise``) or either row's rounds are unstable (``is_unstable``: such a cell is not gated). Runs
+    that share no cell, or cells on different datasets, cannot be compared (``ResultsError``). A baseline cell the
+    current run lacks fails the comparison unless ``allow_missing``. ``versions``: the schema versions of the two
+    runs; across versions cells are matched on the fields both share (``Comparison.note`` says which were left
+    out)."""
     if not max_drop >= 0:
         raise CpvtEvalError(f"--max-drop must be >= 0 points, got {max_drop}")
     if max_slowdown is not None and not 0 <= max_slowdown < 1:
@@ -266,7 +295,9 @@ def compare_runs(
         ratio = None
         if images_per_sec(b) and images_per_sec(c):
             ratio = images_per_sec(c) / images_per_sec(b)
-        too_slow = max_slowdown is not None and ratio is not None and ratio < 1.0 - max_slowdown - _EPS
+        gated = max_slowdown is not None and ratio is not None
+        unstable = gated and (is_unstable(b) or is_unstable(c))
+        too_slow = gated and not unstable and ratio < 1.0 - max_slowdown - _EPS
         noise = too_slow and within_noise(b, c)
         result.cells.append(
             CellDiff(
@@ -280,6 +311,7 @@ def compare_runs(
                 accuracy_failed=delta is not None and -delta > max_drop + _EPS,
                 speed_failed=too_slow and not noise,
                 speed_within_noise=noise,
+                speed_unstable=unstable,
             )
         )
     result.only_baseline = [_cell_name(base[k]) for k in base if k not in cur]  # missing now: fails unless allowed

@@ -1,92 +1,66 @@
-"""Full throughput rows: batch chosen, models prepared and timed together, FLOPs and the device's peak added."""
+"""The throughput entry points: ``time_models`` (the models of a size, timed together: the ``throughput`` command and
+the ``resolution`` job) and ``measure_throughput`` (one model, the public convenience).
+
+Each chooses the batch, prepares the modules, times them in interleaved rounds and adds the parameter count,
+the FLOPs per image and the device's matmul peak."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..config import DEFAULT_BUDGET_S, DEFAULT_MIN_ROUNDS
 from ..errors import CpvtEvalError
 from .batch import fit_batch_to_budget, resolve_batch
 from .flops import count_flops
 from .peak import matmul_peak_gflops
-from .plan import TimingPlan, plan_for
-from .rounds import measure_interleaved, prepare_for_timing
+from .plan import TimingSettings
+from .rounds import prepare_for_timing, time_at_batch
 from .rows import ThroughputResult
 
 
-def benchmark_models(
+def time_models(
     models: Sequence[tuple[str, nn.Module]],
     size: int,
     device: torch.device,
-    batch_size: str | int = 64,
-    dtype: str = "fp32",
-    plan: TimingPlan | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-    flops: bool = True,
-    peak: bool = True,
-    compile_backend: str = "inductor",
-    fit_budget: bool = False,
+    settings: TimingSettings = TimingSettings(),
+    *,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> list[ThroughputResult]:
     """Full throughput rows for ``(name, module)`` pairs already set up for ``size``, timed in interleaved rounds.
 
-    All models are timed at one batch: ``auto`` on CUDA takes the smallest of their largest batches that fit.
-    ``fit_budget`` lowers the batch so that the floor of rounds fits the budget (``fit_batch_to_budget``).
-    FLOPs are counted on the plain modules (a compiled one hides its operators from the counter).
+    All models are timed at one batch: ``auto`` on CUDA takes the smallest of their largest batches that fit;
+    ``settings.fit_budget`` then lowers it so that the floor of rounds fits the budget (the batch policy says
+    ``budget`` when it did). FLOPs are counted on the plain modules (a compiled one hides its operators from the
+    counter). ``clock``: the timer of the rounds and the budget fit (a fake one in tests).
     """
-    plan = plan or TimingPlan()
+    s = settings
     if not models:
         raise CpvtEvalError("no model to time")
-    resolved = [resolve_batch(batch_size, m, size, device, dtype, channels_last) for _, m in models]
+    resolved = [resolve_batch(s.batch_size, m, size, device, s.dtype, s.channels_last) for _, m in models]
     batch = min(b for b, _ in resolved)
     policy = resolved[0][1]
-    timed = [prepare_for_timing(m, channels_last, compile, compile_backend) for _, m in models]
-    if fit_budget:
-        fitted = fit_batch_to_budget(timed, size, device, batch, dtype, plan, channels_last)
+    timed = [prepare_for_timing(m, s.channels_last, s.compile, s.compile_backend) for _, m in models]
+    if s.fit_budget:
+        fitted = fit_batch_to_budget(timed, size, device, batch, s.dtype, s.plan, s.channels_last, clock)
         if fitted < batch:
             batch, policy = fitted, "budget"
-    results = measure_interleaved(
-        timed, size, device, batch, dtype, plan, channels_last, compile, policy, [n for n, _ in models]
-    )
+    results = time_at_batch(timed, [n for n, _ in models], size, device, batch, s, policy, clock)
     for result, (_, model) in zip(results, models, strict=True):
         result.params = sum(p.numel() for p in model.parameters())
-        if flops:
-            result.add_flops(count_flops(model, size, device), matmul_peak_gflops(device, dtype) if peak else None)
+        if s.flops:
+            result.add_flops(count_flops(model, size, device), matmul_peak_gflops(device, s.dtype))
     return results
 
 
-def benchmark_model(
-    model: nn.Module,
-    size: int,
-    device: torch.device,
-    batch_size: str | int = 64,
-    dtype: str = "fp32",
-    warmup: int = 2,
-    repeats: int | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
-    flops: bool = True,
-    peak: bool = True,
-    name: str = "",
-    compile_backend: str = "inductor",
-    budget_s: float = DEFAULT_BUDGET_S,
-    min_rounds: int = DEFAULT_MIN_ROUNDS,
+def measure_throughput(
+    model: nn.Module, size: int, device: torch.device, settings: TimingSettings | None = None, name: str = ""
 ) -> ThroughputResult:
-    """A full throughput row for one model already set up for ``size`` (``benchmark_models`` of one model)."""
-    (result,) = benchmark_models(
-        [(name, model)],
-        size,
-        device,
-        batch_size,
-        dtype,
-        plan_for(repeats, warmup, budget_s, min_rounds),
-        channels_last,
-        compile,
-        flops,
-        peak,
-        compile_backend,
-    )
+    """A full throughput row for one model already set up for ``size`` (``time_models`` of one model).
+
+    Example: ``measure_throughput(model, 224, torch.device("cpu"), TimingSettings(batch_size=32))``.
+    """
+    (result,) = time_models([(name, model)], size, device, settings or TimingSettings())
     return result

@@ -1,4 +1,4 @@
-"""How long to time: a forced number of rounds, or a time budget with a floor and a cap of rounds."""
+"""How to time: the rounds (a forced number, or a time budget with a floor and a cap) and the settings of a timing."""
 
 from __future__ import annotations
 
@@ -52,6 +52,26 @@ class TimingPlan:
         return rounds_done >= self.max_rounds or elapsed_s >= self.budget_s * n_models
 
 
-def plan_for(repeats: int | None, warmup: int, budget_s: float, min_rounds: int) -> TimingPlan:
-    """The ``TimingPlan`` of the command-line options: ``repeats`` forces a count, else the budget decides."""
-    return TimingPlan(warmup=warmup, rounds=repeats, budget_s=budget_s, min_rounds=min_rounds)
+@dataclass(frozen=True)
+class TimingSettings:
+    """Everything ``time_models`` needs besides the models, the size and the device.
+
+    Attributes:
+        plan: warm-up, and a forced round count or a time budget.
+        batch_size: images per timed forward, the same for every model: a number, or ``auto`` (CUDA: the largest
+            power of two that fits every model; the CPU: 64).
+        fit_budget: halve the batch until ``plan.min_rounds`` forwards of the slowest model fit the budget, never
+            below 8 images (``fit_batch_to_budget``; a forced round count keeps the batch).
+        dtype: ``fp32``, or ``bf16``/``fp16`` autocast; the matmul peak is measured in it too.
+        channels_last, compile, compile_backend: how the timed module is prepared (``prepare_for_timing``).
+        flops: count GFLOPs per image (attention included) and measure the device's matmul peak.
+    """
+
+    plan: TimingPlan = TimingPlan()
+    batch_size: int | str = 64
+    fit_budget: bool = False
+    dtype: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    flops: bool = True

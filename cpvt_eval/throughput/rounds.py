@@ -6,6 +6,7 @@ machine lands on all of them alike and their ratio, taken round by round, stays 
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -14,10 +15,9 @@ import torch
 from torch import nn
 
 from .. import interrupts
-from ..config import DEFAULT_BUDGET_S, DEFAULT_MIN_ROUNDS
 from ..errors import CpvtEvalError
 from ..runtime import autocast_context, check_dtype, device_name, release_cached_memory, sync
-from .plan import TimingPlan, plan_for
+from .plan import TimingPlan, TimingSettings
 from .rows import ThroughputResult
 
 
@@ -86,6 +86,14 @@ def forward_once(model: nn.Module, x: torch.Tensor, device: torch.device, dtype:
     return run
 
 
+def load_average() -> float | None:
+    """The machine's 1-minute load average (runnable processes, all cores), None where the OS has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     """``(q1, median, q3)`` of ``values``, inclusive method (one value: that value three times)."""
     if len(values) == 1:
@@ -94,44 +102,44 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, med, q3
 
 
-def measure_interleaved(
+def time_at_batch(
     models: Sequence[nn.Module],
+    names: Sequence[str],
     size: int,
     device: torch.device,
-    batch_size: int = 64,
-    dtype: str = "fp32",
-    plan: TimingPlan | None = None,
-    channels_last: bool = False,
-    compiled: bool = False,
+    batch_size: int,
+    settings: TimingSettings,
     batch_policy: str = "fixed",
-    names: Sequence[str] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> list[ThroughputResult]:
-    """Time ``models`` together in interleaved rounds on random ``(batch, 3, size, size)`` input.
+    """Time ``models`` together in interleaved rounds on random ``(batch, 3, size, size)`` input (``time_models``
+    once the batch is chosen and the modules prepared).
 
     Every model must already be set up for ``size``. One result per model, in order; each carries the median and
-    the spread of its rounds and the median of its per-round ratios to the first model.
+    the spread of its rounds, the median of its per-round ratios to the first model, and the machine's load
+    average when the rounds ended.
 
     Args:
-        models: the modules to time, as returned by ``prepare_for_timing`` (``compiled`` only labels the results).
+        models: the modules to time, as returned by ``prepare_for_timing``.
+        names: the models' names; ``ratio_reference`` is the first.
         batch_size: images per timed forward, the same for every model; on device OOM it is halved (for all)
             until it fits, and the results record the batch that was timed and how many halvings it took.
-        plan: warm-up, and a forced round count or a time budget (default: ``TimingPlan()``).
-        names: the models' names; ``ratio_reference`` is the first.
+        settings: the plan of rounds, the dtype and the options the results record (``settings.batch_size`` and
+            ``fit_budget`` are not read here).
     """
-    plan = plan or TimingPlan()
+    plan, dtype, channels_last = settings.plan, settings.dtype, settings.channels_last
     if not models:
         raise CpvtEvalError("no model to time")
     if batch_size < 1:
         raise CpvtEvalError(f"batch size must be at least 1, got {batch_size}")
     check_dtype(dtype)
-    names = list(names) if names is not None else [""] * len(models)
     batch, retries = batch_size, 0
     while True:
         try:
             x = synthetic_input(batch, size, device, channels_last)
             forwards = [forward_once(m, x, device, dtype) for m in models]
             times = interleaved_rounds(forwards, plan, lambda: sync(device), clock)
+            load = load_average()
             break
         except torch.OutOfMemoryError:
             pass
@@ -164,7 +172,7 @@ def measure_interleaved(
                 device=device.type,
                 device_name=device_name(device),
                 channels_last=channels_last,
-                compile=compiled,
+                compile=settings.compile,
                 batch_policy=batch_policy,
                 oom_retries=retries,
                 model=name,
@@ -182,37 +190,7 @@ def measure_interleaved(
                 ratio_q3=r3,
                 ratio_min=min(ratios),
                 ratio_max=max(ratios),
+                load_avg=load,
             )
         )
     return results
-
-
-def measure_throughput(
-    model: nn.Module,
-    size: int,
-    device: torch.device,
-    batch_size: int = 64,
-    dtype: str = "fp32",
-    warmup: int = 2,
-    repeats: int | None = None,
-    channels_last: bool = False,
-    compiled: bool = False,
-    batch_policy: str = "fixed",
-    budget_s: float = DEFAULT_BUDGET_S,
-    min_rounds: int = DEFAULT_MIN_ROUNDS,
-) -> ThroughputResult:
-    """Time ``model`` alone on random ``(batch, 3, size, size)`` input; the model must already be set up for ``size``.
-
-    Args:
-        model: the module to time, as returned by ``prepare_for_timing`` (``compiled`` only labels the result).
-        batch_size: images per timed forward; on device OOM it is halved until it fits, and the result records
-            the batch that was timed and how many halvings it took.
-        warmup: untimed forwards first (cudnn autotuning, allocator growth, ``torch.compile``).
-        repeats: timed forwards, forced; None: as many as ``budget_s`` allows, at least ``min_rounds``. The
-            figure is their median.
-    """
-    plan = plan_for(repeats, warmup, budget_s, min_rounds)
-    (result,) = measure_interleaved(
-        [model], size, device, batch_size, dtype, plan, channels_last, compiled, batch_policy
-    )
-    return result

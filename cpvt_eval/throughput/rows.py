@@ -45,6 +45,7 @@ class ThroughputResult:
     ratio_q3: float | None = None
     ratio_min: float | None = None
     ratio_max: float | None = None
+    load_avg: float | None = None  # the machine's 1-minute load average when the rounds ended (all cores)
     gflops_per_image: float | None = None
     achieved_gflops_per_sec: float | None = None  # gflops_per_image * images_per_sec
     peak_gflops_per_sec: float | None = None  # dense matmul in the same dtype on the same device
@@ -84,6 +85,7 @@ ROW_EXTRA_FIELDS = (
     "ratio_q3",
     "ratio_min",
     "ratio_max",
+    "load_avg",
     "warmup",
     "threads",
     "device_name",
