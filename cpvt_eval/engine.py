@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -102,6 +103,8 @@ class EvalSettings:
     crop_mode: str = "center"
     # a label subset (ImageNet-A/-R: canonical indices): the argmax is taken over these classes only
     classes: tuple[int, ...] = ()
+    # where a probe's large per-image records are mapped instead of held on the heap (``probes.base.per_image``)
+    scratch: Path | None = None
 
     def k_for(self, model: EvalModel) -> int:
         """How many predictions a cell keeps per image: 5, or fewer when the model (or the subset) has fewer."""

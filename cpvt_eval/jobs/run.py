@@ -47,6 +47,9 @@ __all__ = ["SEED", "RunOutcome", "evaluate", "run_probe", "run_probes"]
 # Evaluation is deterministic; the seed is set anyway (and recorded) so that anything random in a model is repeatable.
 SEED = 0
 
+# Where large per-image records are mapped during a pass (``probes.base.per_image``): unlinked files, never left behind.
+SCRATCH = ".scratch"
+
 # A cell of a run: (probe name, model name, size)
 CellKey = tuple[str, str, int]
 
@@ -224,7 +227,7 @@ class _Job:
                 if key not in done or key not in rows:
                     continue
                 try:
-                    refs[(p.name, m.name)] = by_position(store.load_predictions(rows[key], ("indices",)))
+                    refs[(p.name, m.name)] = by_position(store.map_predictions(rows[key]))
                 except ResultsError:
                     done.discard(key)  # computed again by the native pass
         return refs
@@ -257,6 +260,7 @@ class _Job:
             pe=cfg.pe,
             crop_mode=cfg.crop_mode,
             classes=image_set.label_subset_classes,
+            scratch=None if store is None else store.root / SCRATCH,
         )
         due = {cell for cell, key in keys.items() if key not in done}
         due = set(map(tuple, dist.agree(sorted(due) if dist.is_main else None)))
@@ -325,7 +329,8 @@ class _Job:
                 store.append(row)
                 outcome.rows.append(row)
             if p.reference and size == m.spec.native_size:
-                refs[(p.name, m.name)] = by_position(cell.arrays)
+                # read back from the stored file, memory-mapped: a large reference stays off the heap
+                refs[(p.name, m.name)] = by_position(store.map_predictions(row))
             write_reports(store)
             self.hooks.log(p.report.log_line(row))
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import ResultsError
 from ..results import ResultRow, format_ci, mean_interval
-from .base import Accumulator, Probe, ProbeSettings, column, option
+from .base import Accumulator, Probe, ProbeSettings, column, option, per_image
 from .presentation import Cells, Metric, Pairs, Plot, ReportSpec, Tex, Usage, eval_transform_line, fmt_value
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class AgreementCounter(Accumulator):
     """Per-image agreement of one model at one size with its reference (the native cell's softmax and top-k, by
     image position), or, at the native size, the reference itself (agree, overlap k, KL 0)."""
 
-    def __init__(self, k: int, n: int, num_classes: int, reference: dict | None, native_size: int):
+    def __init__(self, k: int, n: int, settings, num_classes: int, reference: dict | None, native_size: int):
         import torch
 
         super().__init__(n, k, num_classes)
@@ -66,6 +66,9 @@ class AgreementCounter(Accumulator):
         self.records["agree"] = torch.ones(n, dtype=torch.bool)
         self.records["kl"] = torch.zeros(n, dtype=torch.float32)
         self.records["overlap"] = torch.full((n,), k, dtype=torch.uint8)
+        if reference is None:  # the native size: its softmax is the reference (off the heap when large)
+            columns = len(settings.classes) or num_classes
+            self.records["probs"] = per_image((n, columns), torch.float32, settings.scratch)
 
     def update(self, batch, view, out) -> None:
         import torch
@@ -74,9 +77,6 @@ class AgreementCounter(Accumulator):
         logp = out.log_probs()
         at = batch.at
         if self.reference is None:  # the native size: the reference itself
-            if "probs" not in self.records:
-                n = len(self.records["indices"])
-                self.records["probs"] = torch.empty((n, logp.shape[1]), dtype=torch.float32)
             self.records["probs"][at] = logp.exp().cpu()
             return
         rows = batch.indices.numpy()
@@ -188,7 +188,7 @@ class Agreement(Probe):
         if size != native and reference is None:
             raise ResultsError(f"{m.name}: no native-size ({native}px) reference to compare {size}px with")
         ref = None if size == native else reference
-        return AgreementCounter(settings.k_for(m), len(image_set), m.num_classes, ref, native)
+        return AgreementCounter(settings.k_for(m), len(image_set), settings, m.num_classes, ref, native)
 
     def outcomes(self, store, row: AgreementRow):
         import numpy as np

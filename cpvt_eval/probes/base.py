@@ -24,7 +24,10 @@ and ``pack`` is the one way arrays are stored.
 from __future__ import annotations
 
 import dataclasses
+import math
+import tempfile
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -119,6 +122,25 @@ def class_index_dtype(num_classes: int):
     return torch.int16 if num_classes <= 32767 else torch.int32
 
 
+# A per-image record larger than this is mapped onto a scratch file rather than held on the heap.
+OFF_HEAP_BYTES = 64 * 2**20
+
+
+def per_image(shape: tuple[int, ...], dtype, scratch: Path | None = None) -> torch.Tensor:
+    """An uninitialised per-image record: on the heap, or, when it is large (``OFF_HEAP_BYTES``) and there is a
+    ``scratch`` folder, mapped onto an unlinked file there, so that the page cache holds it (a softmax over 21,000
+    classes for 50,000 images is 4.3 GB) and nothing is left behind however the run ends."""
+    import torch
+
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if scratch is None or math.prod(shape) * itemsize < OFF_HEAP_BYTES:
+        return torch.empty(shape, dtype=dtype)
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=scratch) as f:  # the map keeps the file alive after it is closed
+        array = np.memmap(f, dtype=torch.empty((), dtype=dtype).numpy().dtype, mode="w+", shape=shape)
+    return torch.from_numpy(array)
+
+
 def pack(arrays: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """The one packer of stored arrays: booleans as uint8, floats as float32, int64 as int32 where the values fit;
     narrower integers (class indices in int16, counts in uint8) as they are."""
@@ -128,7 +150,7 @@ def pack(arrays: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         if a.dtype == np.bool_:
             a = a.astype(np.uint8)
         elif a.dtype.kind == "f":
-            a = a.astype(np.float32)
+            a = a.astype(np.float32, copy=False)  # a float32 record (a mapped one too) is stored as it is
         elif a.dtype == np.int64 and (a.size == 0 or (a.min() >= -(2**31) and a.max() < 2**31)):
             a = a.astype(np.int32)
         out[name] = np.ascontiguousarray(a)

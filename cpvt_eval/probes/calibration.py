@@ -17,7 +17,8 @@ over classes of ``(p - onehot)^2``). Per cell:
 
 The per-image confidence, hit, NLL and Brier score are stored with each cell, so ``report`` redraws the reliability
 diagram of each size (``reliability_<size>px.png``) without recomputing; the logits are kept only while the cell is
-computed (classes x 4 bytes per image).
+computed (classes x 4 bytes per image; mapped onto a scratch file in the run directory, not held on the heap,
+when it is large).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..results import ResultRow
-from .base import Accumulator, Probe, ProbeSettings, column, option
+from .base import Accumulator, Probe, ProbeSettings, column, option, per_image
 from .presentation import Cells, Figure, Metric, Plot, ReportSpec, Tex, Usage, eval_transform_line, fmt_value
 
 if TYPE_CHECKING:
@@ -144,16 +145,17 @@ class Confidences(Accumulator):
     """Per image: the top-1 confidence, hit, NLL and Brier score of one model over a pass, and its logits (for the
     temperature, kept only while the cell is computed)."""
 
-    def __init__(self, n: int, k: int, classes: tuple[int, ...], num_classes: int, bins: int):
+    def __init__(self, n: int, k: int, settings, num_classes: int, bins: int):
         import torch
 
         super().__init__(n, k, num_classes)
         self.bins = bins
+        classes = settings.classes
         for name in ("confidence", "nll", "brier"):
             self.records[name] = torch.empty(n, dtype=torch.float64)
         self.records["hit"] = torch.empty(n, dtype=torch.bool)
         self.records["position"] = torch.empty(n, dtype=torch.int64)  # the label among the logits' classes
-        self.records["logits"] = torch.empty((n, len(classes) or num_classes), dtype=torch.float32)
+        self.records["logits"] = per_image((n, len(classes) or num_classes), torch.float32, settings.scratch)
         # canonical class -> its position among the logits (a label subset's order; every label is in the subset)
         order = torch.tensor(classes, dtype=torch.int64) if classes else torch.arange(num_classes)
         self.lookup = torch.full((max(int(order.max()) + 1, num_classes),), -1, dtype=torch.int64)
@@ -301,4 +303,4 @@ class Calibration(Probe):
     def accumulator(
         self, m: EvalModel, size: int, image_set: ImageSet, settings: EvalSettings, reference=None
     ) -> Confidences:
-        return Confidences(len(image_set), settings.k_for(m), settings.classes, m.num_classes, self.settings.bins)
+        return Confidences(len(image_set), settings.k_for(m), settings, m.num_classes, self.settings.bins)

@@ -26,12 +26,14 @@ import json
 import math
 import os
 import re
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 
 from ..errors import EnvironmentFailure, ResultsError, from_os_error
+from .arrays import map_arrays, safetensors_chunks
 from .lock import hold
 from .schema import SCHEMA_VERSION, ResultRow, row_key, row_type_of
 
@@ -364,11 +366,23 @@ class RunStore:
 
     def save_predictions(self, key: str, model: str, size: int, arrays: dict) -> str:
         """Write one cell's per-image predictions (numpy arrays) atomically; return the path relative to the root."""
-        from safetensors.numpy import save
-
         rel = f"predictions/{_safe_name(model)}_{size}px_{key}.safetensors"
-        atomic_write_bytes(self.root / rel, save(arrays))
+        atomic_write_bytes(self.root / rel, safetensors_chunks(arrays))  # streamed: no copy of the whole file
         return rel
+
+    def map_predictions(self, row: ResultRow, required: tuple[str, ...] = ("indices",)) -> dict:
+        """The arrays of a stored cell as read-only memory maps (``map_arrays``): a large one (a softmax per image)
+        is read a batch at a time from the page cache, never loaded whole. Checked as ``load_predictions``."""
+        path = self.root / row.predictions
+        if not row.predictions or not path.is_file():
+            raise ResultsError(f"predictions file not found: {path}")
+        try:
+            arrays = map_arrays(path)
+        except (OSError, ValueError, KeyError, struct.error) as e:
+            raise ResultsError(f"cannot read predictions file {path}: {e}") from None
+        if set(required) - set(arrays) or any(len(arrays[name]) != row.n_images for name in required):
+            raise ResultsError(f"predictions file {path} does not match its row ({row.n_images} entries)")
+        return arrays
 
     def load_predictions(
         self, row: ResultRow, required: tuple[str, ...] = ("indices", "labels", "top5"), n: int | None = None
@@ -431,13 +445,15 @@ def migrate_row(d: dict, version: int) -> dict:
     return d
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync, rename: readers see the old file or the new one."""
+def atomic_write_bytes(path: Path, data) -> None:
+    """Write ``data`` (bytes, or a list of byte buffers written in turn) to a temp file beside ``path``, fsync,
+    rename: readers see the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for piece in data if isinstance(data, list) else [data]:
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _file_mode())
