@@ -269,6 +269,7 @@ def launches(job):
             2, ["-m", "cpvt_eval", *_args(bad, cpvt, root / "runbad", sizes=("32",), extra=["--no-throughput"])], root
         ),
         "rounds": _torchrun(3, [str(root / "rounds.py"), str(root / "rounds")], root),
+        "calibration": _torchrun(2, ["-m", "cpvt_eval", *_calibration_args(data, ckpts, root / "cal2")], root),
     }
     try:
         yield runs  # the tests wait for the launch they look at
@@ -277,6 +278,12 @@ def launches(job):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
+
+
+def _calibration_args(data, ckpts, out) -> list[str]:
+    args = _args(data, ckpts, out, extra=["--json"])
+    at = args.index("--throughput-repeats")
+    return ["calibration", *args[1:at], *args[at + 2 :]]
 
 
 def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
@@ -353,6 +360,30 @@ def test_torchrun_gives_the_single_process_results(job, launches, single, nproc)
     assert provenance["distributed"]["world_size"] == nproc
     assert provenance["distributed"]["backend"] == "gloo"
     assert [r["rank"] for r in provenance["distributed"]["ranks"]] == list(range(nproc))
+
+
+@pytest.mark.slow  # launches torchrun process groups
+def test_torchrun_merges_every_probes_records_image_by_image(job, launches):
+    """Calibration's per-image records (its logits among them) are gathered like accuracy's: the ECE, NLL, Brier
+    score and fitted temperature of two processes are those of one."""
+    root, data, ckpts = job
+    returncode, stdout, stderr = _finish(launches["calibration"])
+    assert returncode == 0, stderr[-3000:]
+    assert len(json.loads(stdout)) == 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = CliRunner().invoke(app, _calibration_args(data, ckpts, root / "cal1"))
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    base, rows = _rows(root / "cal1"), _rows(root / "cal2")
+    assert set(rows) == set(base) == {(m, s) for m in ckpts for s in (32, 40)}
+    for key, row in rows.items():
+        assert row["probe"] == "calibration:bins=15" and row["ece"] > 0 and row["nll"] > 0
+        assert {f: v for f, v in row.items() if f not in DIFFERS} == {
+            f: v for f, v in base[key].items() if f not in DIFFERS
+        }, key
 
 
 @pytest.mark.slow  # launches torchrun process groups
