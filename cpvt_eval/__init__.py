@@ -24,29 +24,23 @@ import importlib
 
 __version__ = "0.2.0"
 
-# public name -> (module, attribute)
-_LAZY = {
-    "RunConfig": ("config", "RunConfig"),
-    "ThroughputConfig": ("config", "ThroughputConfig"),
-    "Hooks": ("config", "Hooks"),
-    "ModelSpec": ("models.registry", "ModelSpec"),
-    "resolve": ("models.registry", "resolve"),
-    "build_model": ("jobs.assemble", "build_model"),
-    "evaluate": ("jobs.run", "evaluate"),
-    "run_probe": ("jobs.run", "run_probe"),
-    "run_probes": ("jobs.run", "run_probes"),
-    "PROBES": ("probes", "PROBES"),
-    "count_flops": ("throughput", "count_flops"),
-    "measure_throughput": ("throughput", "measure_throughput"),
+# the public names, by the module that defines them (imported on first use)
+_MODULES = {
+    "config": ("RunConfig", "ThroughputConfig", "Hooks"),
+    "models.registry": ("ModelSpec", "resolve"),
+    "jobs.assemble": ("build_model",),
+    "jobs.run": ("evaluate", "run_probe", "run_probes"),
+    "probes": ("PROBES",),
+    "throughput": ("count_flops", "measure_throughput"),
 }
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = sorted([*_LAZY, "__version__", "create_model", "list_models"])
 
 
 def __getattr__(name: str):
     if name in _LAZY:
-        module, attr = _LAZY[name]
-        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -64,14 +64,19 @@ def _clean(cfg: dict, source: str) -> dict | None:
     return out
 
 
-def from_timm_tag(tag: str) -> dict | None:
-    """The data config of a timm pretrained tag (``resnet18d.ra4_e3600_r224_in1k``)."""
+def pretrained_cfg(tag: str):
+    """timm's ``PretrainedCfg`` of a pretrained tag (``resnet18d.ra4_e3600_r224_in1k``), or None when timm has none."""
     import timm
 
     try:
-        cfg = timm.models.get_pretrained_cfg(tag)
+        return timm.models.get_pretrained_cfg(tag)
     except (RuntimeError, ValueError):
         return None
+
+
+def from_timm_tag(tag: str) -> dict | None:
+    """The data config of a timm pretrained tag (``resnet18d.ra4_e3600_r224_in1k``)."""
+    cfg = pretrained_cfg(tag)
     if cfg is None:
         return None
     return _clean({name: getattr(cfg, name, None) for name in FIELDS}, f"timm:{tag}")

@@ -58,6 +58,14 @@ def _vit_rules(p: str) -> list:
     ]
 
 
+def _bias_rules(key: str, module: str) -> list:
+    """A relative position bias under ``key``: its table to ``module``'s, its index buffer checked, not loaded."""
+    return [
+        (rf"{key}\.relative_position_bias_table$", rf"{module}.relative_position_bias_table"),
+        (rf"{key}\.relative_position_index$", (CHECK, module)),
+    ]
+
+
 _RULES: dict[str, list] = {
     "vit": [
         *_vit_rules("vit"),
@@ -75,22 +83,9 @@ _RULES: dict[str, list] = {
         *_vit_rules("beit"),
         (rf"^beit\.{_L}lambda_1$", r"blocks.\1.gamma_1"),
         (rf"^beit\.{_L}lambda_2$", r"blocks.\1.gamma_2"),
-        (
-            rf"^beit\.{_L}(?:attention\.attention\.)?relative_position_bias\.relative_position_bias_table$",
-            r"blocks.\1.attn.relative_position_bias_table",
-        ),
-        (
-            rf"^beit\.{_L}(?:attention\.attention\.)?relative_position_bias\.relative_position_index$",
-            (CHECK, r"blocks.\1.attn"),
-        ),
-        (
-            r"^beit\.(?:encoder\.relative_position_bias|shared_position_bias)\.relative_position_bias_table$",
-            "rel_pos_bias.relative_position_bias_table",
-        ),
-        (
-            r"^beit\.(?:encoder\.relative_position_bias|shared_position_bias)\.relative_position_index$",
-            (CHECK, "rel_pos_bias"),
-        ),
+        # the bias tables kept, their index buffers checked against the window: one per block, or one shared
+        *_bias_rules(rf"^beit\.{_L}(?:attention\.attention\.)?relative_position_bias", r"blocks.\1.attn"),
+        *_bias_rules(r"^beit\.(?:encoder\.relative_position_bias|shared_position_bias)", "rel_pos_bias"),
         (r"^beit\.pooler\.layernorm\.(weight|bias)$", r"fc_norm.\1"),
         (r"^classifier\.(weight|bias)$", r"head.\1"),
     ],

@@ -9,6 +9,7 @@ models of one run share one label space, or the run is refused naming the model 
 
 from __future__ import annotations
 
+from ..checkpoints.dataconfig import pretrained_cfg
 from ..config import RunConfig
 from ..data import LabelSpace, from_names, imagenet_1k, read_class_map
 from ..errors import CpvtEvalError, ModelError
@@ -20,16 +21,12 @@ DEFAULT_SOURCE = "the default: the model names no classes of its own"
 
 def _timm_names(spec: ModelSpec, model_args: dict) -> LabelSpace | None:
     """timm's label names for the pretrained tag whose weights are evaluated, when timm has them."""
-    import timm
     from timm.data import ImageNetInfo, infer_imagenet_subset
 
     tag = spec.default_weights
     if not tag or tag.startswith("hf-hub:") or spec.family == "demo":
         return None
-    try:
-        cfg = timm.models.get_pretrained_cfg(tag)
-    except (RuntimeError, ValueError):
-        return None
+    cfg = pretrained_cfg(tag)
     if cfg is None:
         return None
     n = getattr(cfg, "num_classes", None)

@@ -125,18 +125,21 @@ def _mlp_ratio(config: dict, hidden: int, where: str) -> float:
     return inter / hidden
 
 
+def _vit_blocks(config: dict, where: str, img_size) -> dict:
+    """The arguments of a timm ViT with transformers' blocks: sizes, MLP ratio, layer norm (its eps) and activation."""
+    kw = _vit_kwargs(config, where, img_size)
+    return dict(
+        **kw,
+        mlp_ratio=_mlp_ratio(config, kw["embed_dim"], where),
+        norm_layer=_ln(float(config.get("layer_norm_eps", 1e-12))),
+        act_layer=_act(config, where),
+    )
+
+
 def _build_vit(config: dict, architecture: str, where: str, img_size=None, **_) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
-    kw = _vit_kwargs(config, where, img_size)
-    eps = float(config.get("layer_norm_eps", 1e-12))
-    return VisionTransformer(
-        **kw,
-        mlp_ratio=_mlp_ratio(config, kw["embed_dim"], where),
-        norm_layer=_ln(eps),
-        act_layer=_act(config, where),
-        global_pool="token",
-    )
+    return VisionTransformer(**_vit_blocks(config, where, img_size), global_pool="token")
 
 
 def _build_deit(config: dict, architecture: str, where: str, img_size=None, **_) -> nn.Module:
@@ -145,14 +148,7 @@ def _build_deit(config: dict, architecture: str, where: str, img_size=None, **_)
     from .hf_heads import DistilledClsOnly
 
     cls = DistilledClsOnly if architecture == "DeiTForImageClassification" else VisionTransformerDistilled
-    kw = _vit_kwargs(config, where, img_size)
-    eps = float(config.get("layer_norm_eps", 1e-12))
-    return cls(
-        **kw,
-        mlp_ratio=_mlp_ratio(config, kw["embed_dim"], where),
-        norm_layer=_ln(eps),
-        act_layer=_act(config, where),
-    )
+    return cls(**_vit_blocks(config, where, img_size))
 
 
 def _swiglu(hidden: int):
