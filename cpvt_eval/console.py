@@ -161,10 +161,14 @@ def models_table(rows: list[dict]) -> Table:
     for r in rows:
         top1 = r["published_top1"]
         name = r["name"] + (f"\n({', '.join(r['aliases'])})" if r["aliases"] else "")
+        if r.get("toy"):
+            name += "\ntoy"
         if r["gflops"] is None:
             notes.append(f"{r['name']}: {r.get('gflops_note') or 'FLOPs not counted'}")
         weights = r["default_weights"] or "checkpoint needed"
-        if weights.startswith(r["name"] + "."):
+        if r.get("toy") and r["default_weights"]:
+            weights = "shipped in the package"  # the path is in --json
+        elif weights.startswith(r["name"] + "."):
             weights = weights[len(r["name"]) :]  # the tag: the full name is in the first column
         table.add_row(
             name,
@@ -174,6 +178,11 @@ def models_table(rows: list[dict]) -> Table:
             str(r["native_size"]),
             _paper_cell(top1, r["published_confidence"], r.get("published_crop_pct")),
             weights,
+        )
+    if any(r.get("toy") for r in rows):
+        notes.append(
+            "toy: a tiny model of the offline demo (`cpvt-eval demo`) and of smoke runs; the toys whose weights are "
+            "shipped in the package load them by name (`-m deit_toy`)"
         )
     if notes:
         table.caption = Text("\n".join(notes), justify="left")  # a Text: a message is data, never markup

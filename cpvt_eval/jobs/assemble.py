@@ -10,6 +10,7 @@ the PE options that change its outputs, its arguments) are derived here once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -48,9 +49,11 @@ def build_model(
     elif checkpoint:
         load = load_checkpoint(module, checkpoint, ema=ema)
     elif spec.default_weights:
-        # a timm pretrained tag, or a hub repo for models timm does not have (CvT: hf-hub:microsoft/cvt-13)
+        # a timm pretrained tag, a hub repo for models timm does not have (CvT: hf-hub:microsoft/cvt-13), or a file
+        # shipped with the package (the demo's toys)
         default = spec.default_weights
-        load = load_checkpoint(module, default if default.startswith("hf-hub:") else f"timm:{default}", ema=ema)
+        direct = default.startswith("hf-hub:") or Path(default).is_absolute()
+        load = load_checkpoint(module, default if direct else f"timm:{default}", ema=ema)
     else:
         raise ModelError(f"{spec.name} has no published weights: pass a checkpoint with --checkpoint {name}=PATH")
     log(f"{spec.name}: loaded {load.summary()}")
