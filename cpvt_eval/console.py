@@ -190,24 +190,29 @@ def models_table(rows: list[dict]) -> Table:
 
 
 def print_data_check(summary: dict) -> None:
-    """``check-data``'s findings on stderr: a summary line, then every bad file and every odd one."""
+    """``check-data``'s findings on stdout (they are its result): a summary line, then every bad file and every odd
+    one."""
+
+    def say(message: str) -> None:
+        out.print(shown(message), soft_wrap=True, markup=False)
+
     full = "the full ImageNet validation set" if summary["full_val"] else "partial (not the full 50,000-image set)"
-    info(
+    say(
         f"{summary['root']}: {summary['layout']} layout, {summary['n_images']:,} images in "
         f"{summary['n_classes']:,} classes, {full}, fingerprint {summary['fingerprint']}"
         + (f", labels from {summary['label_source']}" if summary["label_source"] else "")
     )
     # Plain lines, one per file, so the list can be grepped and no path is cut by the terminal width.
     if summary["problems"]:
-        err.print(f"[bold red]{len(summary['problems'])} bad file(s):[/]")
+        out.print(f"[bold red]{len(summary['problems'])} bad file(s):[/]")
         for item in summary["problems"]:
-            info(f"  {item['path']}: {item['problem']}")
+            say(f"  {item['path']}: {item['problem']}")
     if summary["notes"]:
-        info(f"{len(summary['notes'])} odd but valid file(s):")
+        say(f"{len(summary['notes'])} odd but valid file(s):")
         for item in summary["notes"]:
-            info(f"  {item['path']}: {item['note']}")
+            say(f"  {item['path']}: {item['note']}")
     if not summary["problems"]:
-        info("every image decodes")
+        say("every image decodes")
 
 
 def throughput_table(rows: list[dict]) -> Table:
