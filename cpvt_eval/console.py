@@ -161,10 +161,14 @@ def models_table(rows: list[dict]) -> Table:
     for r in rows:
         top1 = r["published_top1"]
         name = r["name"] + (f"\n({', '.join(r['aliases'])})" if r["aliases"] else "")
+        if r.get("toy"):
+            name += "\ntoy"
         if r["gflops"] is None:
             notes.append(f"{r['name']}: {r.get('gflops_note') or 'FLOPs not counted'}")
         weights = r["default_weights"] or "checkpoint needed"
-        if weights.startswith(r["name"] + "."):
+        if r.get("toy") and r["default_weights"]:
+            weights = "shipped in the package"  # the path is in --json
+        elif weights.startswith(r["name"] + "."):
             weights = weights[len(r["name"]) :]  # the tag: the full name is in the first column
         table.add_row(
             name,
@@ -175,30 +179,40 @@ def models_table(rows: list[dict]) -> Table:
             _paper_cell(top1, r["published_confidence"], r.get("published_crop_pct")),
             weights,
         )
+    if any(r.get("toy") for r in rows):
+        notes.append(
+            "toy: a tiny model of the offline demo (`cpvt-eval demo`) and of smoke runs; the toys whose weights are "
+            "shipped in the package load them by name (`-m deit_toy`)"
+        )
     if notes:
         table.caption = Text("\n".join(notes), justify="left")  # a Text: a message is data, never markup
     return table
 
 
 def print_data_check(summary: dict) -> None:
-    """``check-data``'s findings on stderr: a summary line, then every bad file and every odd one."""
+    """``check-data``'s findings on stdout (they are its result): a summary line, then every bad file and every odd
+    one."""
+
+    def say(message: str) -> None:
+        out.print(shown(message), soft_wrap=True, markup=False)
+
     full = "the full ImageNet validation set" if summary["full_val"] else "partial (not the full 50,000-image set)"
-    info(
+    say(
         f"{summary['root']}: {summary['layout']} layout, {summary['n_images']:,} images in "
         f"{summary['n_classes']:,} classes, {full}, fingerprint {summary['fingerprint']}"
         + (f", labels from {summary['label_source']}" if summary["label_source"] else "")
     )
     # Plain lines, one per file, so the list can be grepped and no path is cut by the terminal width.
     if summary["problems"]:
-        err.print(f"[bold red]{len(summary['problems'])} bad file(s):[/]")
+        out.print(f"[bold red]{len(summary['problems'])} bad file(s):[/]")
         for item in summary["problems"]:
-            info(f"  {item['path']}: {item['problem']}")
+            say(f"  {item['path']}: {item['problem']}")
     if summary["notes"]:
-        info(f"{len(summary['notes'])} odd but valid file(s):")
+        say(f"{len(summary['notes'])} odd but valid file(s):")
         for item in summary["notes"]:
-            info(f"  {item['path']}: {item['note']}")
+            say(f"  {item['path']}: {item['note']}")
     if not summary["problems"]:
-        info("every image decodes")
+        say("every image decodes")
 
 
 def throughput_table(rows: list[dict]) -> Table:

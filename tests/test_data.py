@@ -234,7 +234,7 @@ def test_path_errors(tmp_path):
     assert detect_layout(tmp_path / "folders") == "imagefolder"
     with pytest.raises(DataError, match="no images found under"):
         open_dataset(tmp_path / "folders")
-    with pytest.raises(DataError, match="label file not found"):
+    with pytest.raises(DataError, match="--labels .*nope.csv does not exist"):
         open_dataset(tmp_path / "text", layout="flat", labels=tmp_path / "nope.csv")
 
 

@@ -96,7 +96,7 @@ def test_unreadable_folder_is_skipped_and_counted_under_skip(unreadable, data, c
     listed = list(csv.reader((tmp_path / "full" / "skipped.tsv").open(newline=""), dialect="excel-tab"))
     assert listed == [["n01443537", "cannot list folder: Permission denied"]]
     check = invoke("check-data", data)
-    assert check.exit_code == 1 and "n01443537: cannot list folder: Permission denied" in check.stderr
+    assert check.exit_code == 1 and "n01443537: cannot list folder: Permission denied" in check.stdout
 
 
 def test_fingerprint_is_of_what_was_evaluated(unreadable, data, ckpt, tmp_path, monkeypatch):
@@ -196,7 +196,7 @@ def test_symlink_loop_under_skip_and_in_check_data(looped, data, ckpt, tmp_path)
     check = invoke("check-data", data)
     assert check.exit_code == 1 and "Traceback" not in check.output
     for name in ("a.JPEG", "b.JPEG", "again"):
-        assert f"n01440764/{name}: symlink loop" in check.stderr
+        assert f"n01440764/{name}: symlink loop" in check.stdout
 
 
 def test_markup_in_names_is_printed_as_it_is(data, ckpt, tmp_path):
@@ -210,8 +210,8 @@ def test_markup_in_names_is_printed_as_it_is(data, ckpt, tmp_path):
     assert "[bold red]x.JPEG" in one_line(result) or "[/n01440764/z]/x.JPEG" in one_line(result)
     check = invoke("check-data", data)
     assert check.exit_code == 1 and "Traceback" not in check.output
-    assert "n01440764/[bold red]x.JPEG: not an image" in check.stderr
-    assert "n01440764/[/n01440764/z]/x.JPEG: empty file" in check.stderr
+    assert "n01440764/[bold red]x.JPEG: not an image" in check.stdout
+    assert "n01440764/[/n01440764/z]/x.JPEG: empty file" in check.stdout
 
 
 def test_name_that_is_not_utf8(data, ckpt, tmp_path):
@@ -221,7 +221,7 @@ def test_name_that_is_not_utf8(data, ckpt, tmp_path):
     assert result.exit_code == 0, result.output
     assert rows_of(tmp_path / "out")[0]["n_images"] == 7
     check = invoke("check-data", data)
-    assert check.exit_code == 0 and "\\xe9t\\xe9.JPEG: file name is not valid UTF-8" in check.stderr
+    assert check.exit_code == 0 and "\\xe9t\\xe9.JPEG: file name is not valid UTF-8" in check.stdout
     with open(os.path.join(folder, b"\xe9t\xe9.JPEG"), "wb") as f:
         f.write(b"broken")
     result = run(data, tmp_path / "out2", ckpt)
@@ -655,7 +655,7 @@ def test_check_data_lists_every_problem_in_one_pass(unreadable, looped, data):
         "n01440764/again: symlink loop",
         "n01440764/empty.JPEG: empty file",
     ):
-        assert expected in result.stderr
+        assert expected in result.stdout  # the findings are check-data's result: on stdout
 
 
 # -- interrupts and bugs ---------------------------------------------------------------------------------------------

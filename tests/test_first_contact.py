@@ -102,5 +102,25 @@ def test_every_usage_command_works_on_a_fresh_machine(fresh):
     compared = run(fresh, "compare", "runs/r", "runs/r", "--max-drop", "0.1")
     assert compared.stdout.startswith("ok") or "ok:" in compared.stdout + compared.stderr
 
-    run(fresh, "demo", "--per-class", "2", "-s", "56", "64", "--out", "runs/demo", "--cache-dir", "demo-data")
+    demo = run(fresh, "demo", "--per-class", "2", "-s", "56", "64", "--out", "runs/demo", "--cache-dir", "demo-data")
     assert (home / "runs/demo/paper.md").exists() and (home / "runs/demo/results.md").exists()
+    assert "demo vs paper" in demo.stdout  # `cpvt-eval demo > demo.txt` keeps the tables
+
+    # the toys by name, with their shipped weights, on the folder the demo wrote: no checkpoint, no class map
+    (world,) = (home / "demo-data").glob("demo-v2-*")
+    toys = run(
+        fresh,
+        "resolution",
+        "-m",
+        *TOYS,
+        "-s",
+        "56",
+        "64",
+        "--data",
+        str(world),
+        "--out",
+        "runs/toys",
+        "--throughput-repeats",
+        "3",
+    )
+    assert "cpvt_toy" in toys.stdout and "deit_toy" in toys.stdout

@@ -294,10 +294,20 @@ def test_models_lists_every_registered_model_with_real_costs():
     windows, BEiT, CvT, Twins, the toys), as a new user's `cpvt-eval models` does."""
     from cpvt_eval.models import list_specs
 
-    result = runner.invoke(app, ["models", "--all", "--json"])
+    result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [r["name"] for r in rows] == [s.name for s in list_specs(include_demo=True)]
+    specs = list_specs()
+    # every registered model, the toys among them, listed after the others (marked "toy": true)
+    assert [r["name"] for r in rows] == [s.name for s in specs if s.family != "demo"] + [
+        s.name for s in specs if s.family == "demo"
+    ]
+    assert {r["name"] for r in rows if r["toy"]} >= {"deit_toy", "cpvt_toy", "deit_toy_nope", "cpvt_toy_gap"}
+    # GFLOPs are counted at each model's native size, and every row says which (EVA02 336, FlexiViT 240, toys 56)
+    assert all(r["gflops_img_size"] == r["native_size"] for r in rows)
+    sized = {r["name"]: r["gflops_img_size"] for r in rows}
+    assert (sized["eva02_tiny_patch14_336"], sized["flexivit_small"], sized["cvt_13_384"]) == (336, 240, 384)
+    assert (sized["deit_toy"], sized["deit_tiny_patch16_224"]) == (56, 224)
     missing = [(r["name"], r["gflops_note"]) for r in rows if r["gflops"] is None]
     assert not missing
     package = [r for r in rows if not r["name"].startswith("shift_test_")]  # other tests register such models
@@ -305,10 +315,10 @@ def test_models_lists_every_registered_model_with_real_costs():
     assert all(r["params"] > 0 and r["gflops_note"] == "" for r in rows)
     by_name = {r["name"]: r for r in rows}
     assert by_name["cait_xxs24_224"]["gflops"] == pytest.approx(5.047, abs=0.01)  # timm: 2.5 GMACs
-    result = runner.invoke(app, ["models", "--json"])
-    names = [r["name"] for r in json.loads(result.stdout)]
-    assert names == [s.name for s in list_specs(include_demo=False)] and "cpvt_toy" not in names
+    names = [r["name"] for r in rows]
     assert {"cpvt_b_gap_plus", "deit_base_distilled_patch16_224", "twins_pcpvt_large"} <= set(names)
+    # --all, which once added the toys, stays accepted and changes nothing
+    assert json.loads(runner.invoke(app, ["models", "--all", "--json"]).stdout) == rows
 
 
 def test_a_model_whose_flops_cannot_be_counted_keeps_its_row(monkeypatch, tmp_path):

@@ -13,6 +13,7 @@ from torch import nn
 from .dataconfig import from_checkpoint, from_timm_tag
 from .sources import (
     CheckpointSource,
+    check_local,
     download_url,
     fetch,
     fetch_hf_hub,
@@ -49,6 +50,7 @@ __all__ = [
     "CheckpointSource",
     "LoadReport",
     "TransformersRepo",
+    "check_local",
     "download_url",
     "extract_state_dict",
     "fetch",

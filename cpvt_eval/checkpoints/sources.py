@@ -242,6 +242,39 @@ def fetch_pretrained(tag: str, cache: str | os.PathLike | None = None) -> Path:
     raise CheckpointError(f"{tag} has no downloadable weights; pass a local file with --checkpoint NAME=PATH")
 
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
+
+
+def local_file(path: Path) -> Path:
+    """``path`` when it is a file; otherwise an error that says what it is and what to give instead."""
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if (path / "config.json").is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is a transformers save_pretrained folder (config.json): give it as the model, "
+            f"--model {path}, without --checkpoint"
+        )
+    try:
+        found = sorted(p.name for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
+    except OSError:
+        found = []
+    inside = f"; it holds {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}" if found else ""
+    raise CheckpointError(
+        f"checkpoint {path} is a directory, not a file{inside}: give a {'/'.join(CHECKPOINT_SUFFIXES)} file (a "
+        "state_dict, or a training checkpoint holding one), an https:// URL, hf-hub:org/name or a timm tag"
+    )
+
+
+def check_local(text: str | os.PathLike) -> None:
+    """A checkpoint that names a local path must be a file (checked before anything loads); the other sources are
+    checked when they are fetched."""
+    source = parse_source(text)
+    if source.kind == "file":
+        local_file(Path(source.location))
+
+
 def fetch(source: CheckpointSource) -> Path:
     """The local file of ``source`` (downloaded or found in a cache), its pin verified."""
     if source.kind == "url":
@@ -252,9 +285,7 @@ def fetch(source: CheckpointSource) -> Path:
     elif source.kind == "timm":
         path = fetch_pretrained(source.location)
     else:
-        path = Path(source.location)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint not found: {path}")
+        path = local_file(Path(source.location))
     if source.sha256 and (actual := file_sha256(path)) != source.sha256:
         raise CheckpointError(f"{source.text}: sha256 of {path} is {actual}, the pin says {source.sha256}")
     return path

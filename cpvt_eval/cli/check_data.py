@@ -9,8 +9,18 @@ from typing import Annotated, Optional
 import typer
 
 from .. import console
-from ..errors import EXIT_CHECK_FAILED
+from ..errors import EXIT_CHECK_FAILED, DataError, shown
 from .app import app, guarded
+
+
+def unlabelled_images(data: Path, options: dict) -> bool:
+    """Whether ``data`` opens as a set of images without labels (the ``images`` layout)."""
+    from ..data import open_dataset
+
+    try:
+        return not open_dataset(data, require_labels=False, **options).has_labels
+    except DataError:
+        return False
 
 
 @app.command(
@@ -70,15 +80,17 @@ def check_data(
     from ..data.images import ImageCheck
 
     with guarded():
-        image_set = open_dataset(
-            data,
-            layout=layout,
-            labels=labels,
-            classes=classes,
-            require_labels=require_labels,
-            label_key=label_key,
-            split=split,
-        )
+        options = dict(layout=layout, labels=labels, classes=classes, label_key=label_key, split=split)
+        try:
+            image_set = open_dataset(data, require_labels=require_labels, **options)
+        except DataError as e:
+            if not require_labels or not unlabelled_images(data, options):
+                raise
+            # a folder of photos without labels: say how to check it as the label-free commands read it
+            raise DataError(
+                f"{e}; if these images have no labels, check them with --no-labels "
+                f"(cpvt-eval check-data {shown(data)} --no-labels)"
+            ) from None
         problems = [ImageCheck(rel, problem=why) for rel, why in image_set.unreadable]
         notes = []
         checks = scan_images(

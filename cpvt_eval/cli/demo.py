@@ -58,7 +58,7 @@ def demo(
     """
     from ..demo.run import DEFAULT_MODELS, DEMO_MODELS, DEMO_SIZES, FINDING, DemoConfig, run_demo
 
-    with guarded():
+    with guarded(run_dir=True):
         models = parse_models(model or []) or (DEMO_MODELS if all_models else DEFAULT_MODELS)
         cfg = DemoConfig(
             out=out,

@@ -171,7 +171,7 @@ def probe_command(probe_cls) -> None:
     params = head + own + added
 
     def command(**options) -> None:
-        with guarded():
+        with guarded(run_dir=True):
             from ..probes import make
 
             settings = {name: options.pop(name) for name in names}
@@ -213,7 +213,7 @@ def run_and_print(cfg: RunConfig, probes: list, json_out: bool, verbose: bool) -
     )
     # Under torchrun every process runs this command; only rank 0 reports. The session is left only after
     # rank 0 has printed (its result or the error of any rank).
-    with distributed.session(cfg.device) as dist, guarded(), interrupts.installed():
+    with distributed.session(cfg.device) as dist, guarded(run_dir=True), interrupts.installed():
         if not dist.is_main:
             console.silence()
         outcome = run_probes(cfg, probes, hooks, dist)

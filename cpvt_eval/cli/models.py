@@ -70,12 +70,13 @@ def matches_family(spec, family: str) -> bool:
     return pe_family(spec.pe).startswith(want) or spec.family.lower().startswith(want)
 
 
-def model_rows(names: list[str] | None = None, include_demo: bool = False, family: str | None = None) -> list[dict]:
-    """One dict per model: names, PE, parameters and GFLOPs at the native size, published top-1, weights."""
+def model_rows(names: list[str] | None = None, family: str | None = None) -> list[dict]:
+    """One dict per model: names, PE, parameters and GFLOPs at the native size (``gflops_img_size``), published
+    top-1, weights. Without ``names``, every registered model, the demo's toys last."""
     from ..models.registry import list_specs, resolve
     from ..published import published_for
 
-    specs = [resolve(n) for n in names] if names else list_specs(include_demo=include_demo)
+    specs = [resolve(n) for n in names] if names else sorted(list_specs(), key=lambda s: s.family == "demo")
     if family:
         chosen = [s for s in specs if matches_family(s, family)]
         if not chosen:
@@ -92,6 +93,7 @@ def model_rows(names: list[str] | None = None, include_demo: bool = False, famil
                 "name": spec.name,
                 "aliases": list(spec.aliases),
                 "family": spec.family,
+                "toy": spec.family == "demo",  # a toy of the offline demo (patch 4 at 56 px, its world's 10 classes)
                 "pe": spec.pe,
                 "pe_family": pe_family(spec.pe),
                 "params": params,
@@ -121,7 +123,9 @@ def models_cmd(
     names: Annotated[
         list[str] | None, typer.Argument(help="Only these models (names, aliases or any timm model).")
     ] = None,
-    all_models: Annotated[bool, typer.Option("--all", help="Include the offline demo's toy models.")] = False,
+    all_models: Annotated[
+        bool, typer.Option("--all", hidden=True, help="Accepted; the toys are always listed.")
+    ] = False,
     family: Annotated[
         str | None,
         typer.Option(
@@ -132,8 +136,12 @@ def models_cmd(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Write the list as JSON on stdout.")] = False,
 ) -> None:
-    """Registered models: PE kind, parameters, GFLOPs at the native size (224 px; attention included), native
+    """Registered models: PE kind, parameters, GFLOPs at each model's native size (attention included), native
     size, the paper's top-1 there (with its confidence grade) and the default weights.
+
+    The offline demo's toys come last, marked "toy": deit_toy, cpvt_toy and deit_toy_nope load the weights
+    shipped in the package by name (`cpvt-eval resolution -m deit_toy cpvt_toy -s 56 96 --data DIR`, DIR a folder
+    of the demo world's class folders, as `cpvt-eval demo` writes); the other toys need a checkpoint.
 
     Any other timm model also works by name (`--model vit_small_patch16_224`), and timm pretrained tags choose
     weights (`--model deit_tiny_patch16_224.fb_in1k`).
@@ -143,7 +151,8 @@ def models_cmd(
     Example: cpvt-eval models --json; cpvt-eval models cpvt_ti_plus deit_ti; cpvt-eval models --family rope
     """
     with guarded():
-        rows = model_rows(names or None, include_demo=all_models, family=family)
+        del all_models  # the toys were once listed only with --all; the flag stays accepted
+        rows = model_rows(names or None, family=family)
         if json_out:
             print(json.dumps(rows, indent=2))
         else:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typer.core import TyperCommand
 
 from ..errors import CpvtEvalError, ModelError, shown
+from .app import no_value_message
 
 # Options that take several values after one flag (`--sizes 224 384 512`), as users type them.
 MULTI_VALUE_OPTIONS = {"--sizes", "-s", "--model", "-m"}
@@ -33,7 +34,8 @@ def fill_optional_values(args: list[str]) -> list[str]:
 
 
 def expand_multi_value(args: list[str]) -> list[str]:
-    """Turn ``--sizes 224 384 --model a b`` into repeated flags; ``--sizes 224,384`` is split later."""
+    """Turn ``--sizes 224 384 --model a b`` into repeated flags; ``--sizes 224,384`` is split later. A flag followed
+    by no value (``-m -s 56``, ``--sizes`` last) is an error naming it, unless help is asked for."""
     out: list[str] = []
     i = 0
     while i < len(args):
@@ -51,6 +53,8 @@ def expand_multi_value(args: list[str]) -> list[str]:
                 out.append(args[i])
                 first = False
                 i += 1
+            if first and not {"-h", "--help"} & set(args):
+                raise CpvtEvalError(no_value_message(arg))
     return out
 
 

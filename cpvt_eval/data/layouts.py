@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, shown
 from .folder_layouts import (
     check_root,
     class_folders,
@@ -173,6 +173,24 @@ def _scan_labelled(root: Path, layout: str, labels: str | os.PathLike | None, sp
     return scan_imagefolder(root)
 
 
+def check_option_files(labels: str | os.PathLike | None, classes: str | os.PathLike | None) -> None:
+    """``--labels`` and ``--classes`` name files (``--classes`` also ``imagenet-a`` / ``imagenet-r``): a path that is
+    missing or a folder is an error naming the option and what it takes."""
+    from .subsets import LABEL_SUBSETS
+
+    wanted = {
+        "--labels": (labels, "the label file: devkit ground truth, Kaggle's LOC_val_solution.csv or a path,label CSV"),
+        "--classes": (classes, "a file of WordNet ids, one per line (n01440764), or imagenet-a / imagenet-r"),
+    }
+    for option, (path, takes) in wanted.items():
+        if path is None or Path(path).is_file():
+            continue
+        if option == "--classes" and os.fsdecode(path).strip().lower() in LABEL_SUBSETS and not Path(path).exists():
+            continue
+        what = "is a folder" if Path(path).is_dir() else "does not exist"
+        raise DataError(f"{option} {shown(path)} {what}: give {takes}")
+
+
 def select_classes(image_set: ImageSet, classes_file: str | os.PathLike) -> None:
     """Keep only the images of the classes (WordNet ids) listed in ``classes_file``."""
     if not image_set.has_labels:
@@ -238,6 +256,7 @@ def open_dataset(
     ``root`` may also be a store (``--data 'val-{00..63}.tar'``, ``_info.json``, parquet/arrow files); see ``scan``
     for ``require_labels``, ``label_key``, ``split`` and ``space`` (the models' label space: ImageNet-1k when None).
     """
+    check_option_files(labels, classes)  # before any folder is listed
     given, space = space, (None if space is None or space.imagenet else space)  # ImageNet-1k: the layouts as they are
     if space is not None and classes is not None:
         raise DataError(f"--classes lists ImageNet-1k WordNet ids; the model's label space is {space.describe()}")

@@ -40,15 +40,15 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from ..models.toys import CLASSES, PAIRS
 from ..runtime import cache_dir
 
 SHAPES = ("disk", "square", "triangle", "cross", "ring")  # each one left-right symmetric
 # the parts of a motif are named by their colour: five hues, each in two pairs, so one colour never names a class
 HUES = {"red": (220, 40, 40), "yellow": (230, 200, 30), "green": (40, 170, 60), "blue": (40, 80, 220),
         "magenta": (200, 50, 200)}  # fmt: skip
-PAIRS = (("red", "blue"), ("yellow", "green"), ("green", "magenta"), ("blue", "yellow"), ("magenta", "red"))
-# class 2k: colour a left of colour b; class 2k + 1: b left of a. The two classes of a pair have the same parts.
-CLASSES: tuple[str, ...] = tuple(f"{x}-left-of-{y}" for a, b in PAIRS for x, y in ((a, b), (b, a)))
+# PAIRS (class 2k: colour a left of colour b; class 2k + 1: b left of a) and the ten CLASSES they make are the toys'
+# label space, defined with the toys' shipped weights in models/toys.py
 
 ORIGINAL_SHORT_SIDE = 128  # 2.3x the native 56 px, as ~500 px ImageNet originals relate to 224
 LONG_SIDES = (128, 144, 160, 171)  # 1:1 to 4:3, the common ImageNet aspect ratios

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 
 from ..config import Hooks, Progress, RunConfig, say_nothing
 from ..errors import CheckpointError, CpvtEvalError, ModelError
 from ..jobs.run import RunOutcome, run_probes
+from ..models.toys import shipped_weights
 from ..probes import PROBES, make, split
 from ..published import published_top1, single_reading
 from ..results import FIRST_PROBE, ResultRow
@@ -46,12 +46,15 @@ FINDING = (
 
 
 def checkpoint_path(model: str) -> Path:
-    """The shipped checkpoint of a toy model (package data under ``cpvt_eval/resources/demo``)."""
+    """The shipped checkpoint of a toy model (package data under ``cpvt_eval/resources/demo``, ``models.toys``)."""
     if model not in PAPER_MODEL:
         raise ModelError(f"{model} is not a demo model; choose from {', '.join(DEMO_MODELS)}")
-    path = Path(str(resources.files("cpvt_eval.resources").joinpath("demo", f"{model}.safetensors")))
-    if not path.is_file():
-        raise CheckpointError(f"the shipped demo checkpoint {path} is missing (regenerate with scripts/train_demo.py)")
+    path = shipped_weights(model)
+    if path is None:
+        raise CheckpointError(
+            f"the shipped demo checkpoint of {model} is missing from cpvt_eval/resources/demo "
+            "(regenerate it with scripts/train_demo.py)"
+        )
     return path
 
 

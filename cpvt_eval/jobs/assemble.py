@@ -10,10 +10,11 @@ the PE options that change its outputs, its arguments) are derived here once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from ..checkpoints import find_transformers, load_checkpoint, load_transformers
+from ..checkpoints import check_local, find_transformers, load_checkpoint, load_transformers
 from ..config import PEOptions, RunConfig, say_nothing
 from ..engine import EvalModel
 from ..errors import CpvtEvalError, ModelError
@@ -28,6 +29,10 @@ from .model_names import is_transformers, resolve_model
 Log = Callable[[str], None]
 
 
+def no_weights_message(spec: ModelSpec, name: str) -> str:
+    return f"{spec.name} has no published weights: pass a checkpoint with --checkpoint {name}=PATH"
+
+
 def build_model(
     name: str,
     checkpoint: str | None = None,
@@ -35,11 +40,14 @@ def build_model(
     device: torch.device | str = "cpu",
     ema: bool | None = None,
     log: Log = say_nothing,
+    sizes: tuple[int, ...] = (),
 ) -> EvalModel:
-    """Resolve ``name``, build it, load its weights strictly and put it on ``device`` in eval mode."""
+    """Resolve ``name``, build it, check ``sizes`` against its patch size (before any weights are fetched), load its
+    weights strictly and put it on ``device`` in eval mode."""
     spec = resolve_model(name)
     args = dict(model_args or {})
     module = spec.create(**args)
+    check_sizes(sizes, patch_size_of(module), spec.name)
     if is_transformers(spec):
         if checkpoint or ema:
             what = "--checkpoint" if checkpoint else "--ema"
@@ -48,11 +56,13 @@ def build_model(
     elif checkpoint:
         load = load_checkpoint(module, checkpoint, ema=ema)
     elif spec.default_weights:
-        # a timm pretrained tag, or a hub repo for models timm does not have (CvT: hf-hub:microsoft/cvt-13)
+        # a timm pretrained tag, a hub repo for models timm does not have (CvT: hf-hub:microsoft/cvt-13), or a file
+        # shipped with the package (the demo's toys)
         default = spec.default_weights
-        load = load_checkpoint(module, default if default.startswith("hf-hub:") else f"timm:{default}", ema=ema)
+        direct = default.startswith("hf-hub:") or Path(default).is_absolute()
+        load = load_checkpoint(module, default if direct else f"timm:{default}", ema=ema)
     else:
-        raise ModelError(f"{spec.name} has no published weights: pass a checkpoint with --checkpoint {name}=PATH")
+        raise ModelError(no_weights_message(spec, name))
     log(f"{spec.name}: loaded {load.summary()}")
     module.eval().to(device)
     data = spec.data_config(module, load.data_config)
@@ -73,8 +83,11 @@ def build_model(
     )
 
 
-def prepare_models(cfg: RunConfig, device: torch.device, log: Log = say_nothing) -> list[EvalModel]:
-    """Every model of a run, built and loaded, each checked against every size before any data pass."""
+def check_models(cfg: RunConfig) -> list[ModelSpec]:
+    """What can be checked of a run's models from their specs alone, before any model is built or any weights are
+    fetched: the names (none twice), the checkpoints (each names a model of the run; a local one is a file), and
+    every size against each model's patch size or stride (a timm model known by name only: once it is built, still
+    before its weights are fetched). Returns the specs, in the order of ``cfg.models``."""
     if not cfg.models:
         raise CpvtEvalError("no model given: use --model NAME (see `cpvt-eval models`)")
     specs: list[ModelSpec] = [resolve_model(n) for n in cfg.models]
@@ -82,17 +95,31 @@ def prepare_models(cfg: RunConfig, device: torch.device, log: Log = say_nothing)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise CpvtEvalError(f"model {dupes[0]} is given twice")
-    canonical_ckpt = {resolve_model(key).name: path for key, path in cfg.checkpoints.items()}
-    unknown = sorted(set(canonical_ckpt) - set(names))
+    given = {resolve_model(key).name for key in cfg.checkpoints}
+    unknown = sorted(given - set(names))
     if unknown:
         raise CpvtEvalError(f"--checkpoint names {unknown[0]}, which is not among the --model values")
+    for name, spec in zip(cfg.models, specs, strict=True):
+        if not (spec.default_weights or spec.name in given or is_transformers(spec)):
+            raise ModelError(no_weights_message(spec, name))
+        if spec.patch_size:
+            check_sizes(cfg.sizes, spec.patch_size, spec.name)
+    for source in cfg.checkpoints.values():
+        check_local(source)
+    return specs
+
+
+def prepare_models(cfg: RunConfig, device: torch.device, log: Log = say_nothing) -> list[EvalModel]:
+    """Every model of a run, built and loaded, each checked against every size before any data pass."""
+    specs = check_models(cfg)
+    canonical_ckpt = {resolve_model(key).name: path for key, path in cfg.checkpoints.items()}
     canonical_args = {resolve_model(k).name: v for k, v in cfg.model_args.items()}
     space = run_label_space(cfg)  # known before any weights load: the dataset was mapped onto it already
     models = []
     for name, spec in zip(cfg.models, specs, strict=True):
-        m = build_model(name, canonical_ckpt.get(spec.name), canonical_args.get(spec.name), device, cfg.ema, log)
+        ckpt, args = canonical_ckpt.get(spec.name), canonical_args.get(spec.name)
+        m = build_model(name, ckpt, args, device, cfg.ema, log, sizes=cfg.sizes)
         check_model_classes(spec.name, m.num_classes, space)
-        check_sizes(cfg.sizes, patch_size_of(m.module), spec.name)
         check_fits(
             spec.name, m.module, cfg.sizes, m.crop_pct_for(cfg.crop_pct), device, cfg.dtype, patch_size_of(m.module)
         )

@@ -1,7 +1,8 @@
 """The label space of a run: which classes the models' outputs are, known before any weights load.
 
 In this order: ``--class-map FILE`` (for every model of the run); the dataset's own class names (the offline demo);
-else each model's own names: a transformers checkpoint's ``id2label`` (its ``config.json``), or timm's label names
+else each model's own names: a transformers checkpoint's ``id2label`` (its ``config.json``), the classes of the
+weights a toy ships with (the demo world's, ``models.toys``), or timm's label names
 for the pretrained tag whose weights are evaluated (its ``label_names``, or the ImageNet subset timm infers from its
 class count: ImageNet-21k/-22k/-12k WordNet ids); a model without names of its own is ImageNet-1k, as before. The
 models of one run share one label space, or the run is refused naming the model that differs.
@@ -44,10 +45,15 @@ def _timm_names(spec: ModelSpec, model_args: dict) -> LabelSpace | None:
 
 
 def model_label_space(spec: ModelSpec, model_args: dict | None = None, checkpoint: str | None = None) -> LabelSpace:
-    """The label space of one model: its own names, else ImageNet-1k."""
+    """The label space of one model: its own names, else ImageNet-1k. The names of the default weights (the
+    spec's, or timm's for the tag) apply when those weights are evaluated: not with a checkpoint of one's own, nor
+    with another head."""
     if is_transformers(spec):
         return from_names(spec.labels, f"id2label of {spec.origin}/config.json")
-    found = None if checkpoint else _timm_names(spec, dict(model_args or {}))
+    args = dict(model_args or {})
+    if spec.labels and not checkpoint and args.get("num_classes", len(spec.labels)) == len(spec.labels):
+        return from_names(spec.labels, f"the classes of {spec.name}'s default weights")
+    found = None if checkpoint else _timm_names(spec, args)
     return found or imagenet_1k(DEFAULT_SOURCE)
 
 

@@ -37,7 +37,7 @@ from ..results import FIRST_PROBE, SCHEMA_VERSION, CellId, ResultRow, RunStore, 
 from ..results.store import ReadOnlyRunDir
 from ..runtime import now_iso, resolve_device
 from ..throughput import ThroughputResult, TimingPlan, TimingSettings, row_extra, time_models
-from .assemble import prepare_models
+from .assemble import check_models, prepare_models
 from .inputs import open_run_dataset
 from .rows import cell_id, make_row
 from .rundir import config_summary, full_disk_translated, open_run, write_reports
@@ -138,6 +138,7 @@ def _prepare(cfg: RunConfig, probes: list[Probe], hooks: Hooks, dist: DistContex
         "bicubic" if cfg.interpolation == "weights" else cfg.interpolation,
         "center" if cfg.crop_mode == "weights" else cfg.crop_mode,
     )
+    check_models(cfg)  # sizes against the specs' patch sizes, checkpoint files: before any scan, build or download
     image_set = open_run_dataset(cfg, hooks, require_labels=any(p.needs_labels for p in probes))
     for p in probes:
         p.settings.check(cfg.sizes, image_set)

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import ModelError
 from .pos_embed import PEG, sincos_2d_pos_embed
 from .spec import DataConfig, entry_point
+from .toys import CLASSES, shipped_weights
 
 # DeiT/CPVT evaluation: resize to size / 0.875, bicubic, centre crop, ImageNet mean/std.
 PAPER_DATA = DataConfig(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, 0.875, "bicubic")
@@ -205,7 +206,11 @@ _VARIANTS = {
 def _register(fn: Callable) -> Callable:
     """``entry_point`` for the model function ``fn``, with the spec of its row in ``_VARIANTS``."""
     variant = _VARIANTS[fn.__name__]
-    spec = _TOY_SPEC if variant.family == "demo" else dict(data=PAPER_DATA)
+    spec = dict(data=PAPER_DATA)
+    if variant.family == "demo":
+        # a toy with weights shipped in the package loads them by name, and their classes are the demo world's
+        shipped = shipped_weights(fn.__name__)
+        spec = {**_TOY_SPEC, **(dict(default_weights=str(shipped), labels=CLASSES) if shipped else {})}
     return entry_point(variant.family, variant.pe, description=variant.description, **spec)(fn)
 
 

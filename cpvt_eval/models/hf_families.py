@@ -289,7 +289,6 @@ class TransformersSpec(ModelSpec):
 
     config: dict = field(default_factory=dict, hash=False, compare=False)
     origin: str = ""
-    labels: tuple[str, ...] = ()
 
     @property
     def model_type(self) -> str:

@@ -75,10 +75,13 @@ class ModelSpec:
         native_size: the training resolution; the reference point of "change from native" columns.
         patch_size: what sizes must be multiples of: the patch size, or a pyramid's total stride (Twins: 32).
         aliases: short names that resolve to ``name``.
-        default_weights: timm pretrained tag loaded when no checkpoint is given, or None (a checkpoint is needed).
+        default_weights: the weights loaded when no checkpoint is given: a timm pretrained tag, an ``hf-hub:`` repo
+            (CvT), or the path of a file shipped with the package (the demo's toys); None: a checkpoint is needed.
         create_kwargs: keyword arguments for ``timm.create_model`` (fixed by the spec).
         description: one line for ``cpvt-eval models``.
         data: the weights' data config; None: read from the built module's ``pretrained_cfg``.
+        labels: the class names of the default weights, index order (a transformers ``id2label``, the demo world's
+            classes for the toys); empty: ImageNet-1k, or the names timm has for the tag.
         tag: the timm pretrained tag the name carried (``ra4_e3600_r224_in1k`` of
             ``resnet18d.ra4_e3600_r224_in1k``): the module is built under it, so that its ``pretrained_cfg`` (mean,
             std, crop, interpolation) is that tag's, not the architecture's default tag's.
@@ -95,6 +98,7 @@ class ModelSpec:
     description: str = ""
     data: DataConfig | None = None
     tag: str = ""
+    labels: tuple[str, ...] = ()
 
     @property
     def published(self) -> dict[int, tuple[float, str]]:
