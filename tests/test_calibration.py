@@ -224,7 +224,7 @@ def test_cli_reports_resume_and_rerender(world, tmp_path):
     assert ten.exit_code == 0, ten.output
     assert sorted({r.bins for r in split(RunStore(out).rows())["calibration"]}) == [10, 15]
     bad = runner.invoke(app, argv(data, path, out, "--bins", "0"))
-    assert bad.exit_code == 2 and "--bins" in bad.output
+    assert bad.exit_code == 2 and "--bins" in bad.output and len(bad.output.strip().splitlines()) == 1
 
 
 def test_with_accuracy_each_size_is_one_pass_and_the_rows_are_those_of_separate_runs(world, tmp_path, monkeypatch):
