@@ -332,7 +332,7 @@ class _Job:
             if p.reference and size == m.spec.native_size:
                 # read back from the stored file, memory-mapped: a large reference stays off the heap
                 refs[(p.name, m.name)] = by_position(store.map_predictions(row))
-            write_reports(store)
+            write_reports(store, p.name)
             self.hooks.log(p.report.log_line(row))
 
     def _check_finite(self, row: ResultRow) -> None:

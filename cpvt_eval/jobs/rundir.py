@@ -95,9 +95,10 @@ def skipped_tsv(skipped: list[tuple[str, str]]) -> str:
     return buf.getvalue()
 
 
-def write_reports(store: RunStore) -> list[Path]:
-    """The cheap reports (Markdown and CSV), rewritten after every cell so that they always match the rows."""
-    return report.render(store, ("md", "csv"))
+def write_reports(store: RunStore, probe: str | None = None) -> list[Path]:
+    """The cheap reports (Markdown and CSV), rewritten after every cell so that they always match the rows: those of
+    ``probe`` (the probe of the cell just committed), or every probe's."""
+    return report.render(store, ("md", "csv"), probes=None if probe is None else (probe,))
 
 
 def config_summary(cfg: RunConfig) -> dict:

@@ -16,13 +16,15 @@ def render(
     formats: tuple[str, ...] = FORMATS,
     out_dir: str | Path | None = None,
     pairs: bool = False,
+    probes: tuple[str, ...] | None = None,
 ) -> list[Path]:
     """Write the chosen formats for the rows stored in ``store`` to ``out_dir`` (default: the run directory).
 
     Each registered probe with rows in the run has its own files (``ReportSpec.stem``: results.*, shift.*,
     agreement.*, ...) and plots; a run without any row gets the first probe's (``results.md``: no finished cells
     yet). Rows of a probe this version does not know are left to the version that wrote them. ``pairs`` adds the
-    paired tests of the probes that show them only when asked.
+    paired tests of the probes that show them only when asked; ``probes``: only those probes' files (a cell just
+    committed changes its own probe's reports alone).
     """
     out = Path(out_dir) if out_dir is not None else store.root
     if out.exists() and not out.is_dir():
@@ -33,6 +35,6 @@ def render(
     written: list[Path] = []
     for name, probe_rows in by_probe.items():
         empty = name == FIRST_PROBE and not any(by_probe.values())
-        if name in PROBES and (probe_rows or empty):
+        if name in PROBES and (probe_rows or empty) and (probes is None or name in probes):
             written += pipeline.render(PROBES[name](), store, probe_rows, formats, out, provenance, pairs)
     return written
