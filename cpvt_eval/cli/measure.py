@@ -200,9 +200,12 @@ def measure(probes: list, **options) -> None:
 
 def run_and_print(cfg: RunConfig, probes: list, json_out: bool, verbose: bool) -> None:
     """Run the probes' job (under torchrun, or alone), then print their rows: a table each on stdout, or JSON only."""
-    from .. import distributed
-    from ..jobs.run import run_probes
-    from ..probes import split
+    from ..runtime import lasting_imports
+
+    with lasting_imports("cpvt_eval.jobs.run"):
+        from .. import distributed
+        from ..jobs.run import run_probes
+        from ..probes import split
 
     # Machine-readable mode: stdout holds only JSON; messages go to stderr, and only when a person watches it.
     quiet = json_out and not sys.stderr.isatty()

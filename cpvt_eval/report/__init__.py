@@ -7,7 +7,15 @@ recomputed. No torch, no rich: pandas for the CSV, numpy for predictions, matplo
 """
 
 from . import pipeline
-from .compare import CellDiff, Comparison, compare_runs, comparison_markdown, load_rows
+from .compare import (
+    CellDiff,
+    Comparison,
+    compare_runs,
+    comparison_markdown,
+    comparison_summary,
+    load_rows,
+    not_comparable_summary,
+)
 from .plots import PLOT_THROUGHPUT
 from .records import ordered, row_labels, throughput_records
 from .render import render
@@ -20,7 +28,9 @@ __all__ = [
     "Comparison",
     "compare_runs",
     "comparison_markdown",
+    "comparison_summary",
     "load_rows",
+    "not_comparable_summary",
     "ordered",
     "parse_formats",
     "pipeline",

@@ -132,6 +132,13 @@ class Comparison:
     def ok(self) -> bool:
         return not any(c.accuracy_failed or c.speed_failed for c in self.cells) and not self.missing_failed
 
+    @property
+    def verdict(self) -> str:
+        """``ok``, ``REGRESSION`` (a cell failed its gate) or ``MISSING CELLS`` (only baseline cells are lacking)."""
+        if self.ok:
+            return "ok"
+        return "REGRESSION" if any(c.accuracy_failed or c.speed_failed for c in self.cells) else "MISSING CELLS"
+
     def to_dict(self) -> dict:
         return {
             "ok": self.ok,
@@ -337,3 +344,30 @@ def comparison_markdown(result: Comparison) -> str:
     ]
     header = ["model", "size", "top-1 base", "top-1 now", "Δ", "img/s base", "img/s now", "ratio", "status"]
     return md_table(header, body, align_right_from=2)
+
+
+def comparison_summary(result: Comparison, baseline: str, current: str) -> str:
+    """The comparison as a CI job's summary (GitHub Actions' ``$GITHUB_STEP_SUMMARY`` is Markdown): a heading with
+    the verdict and the tolerances, the diff table, and the cells only one run has."""
+    speed = "images/s not gated" if result.max_slowdown is None else f"images/s gated at {result.max_slowdown:.0%}"
+    lines = [
+        f"### cpvt-eval compare: {result.verdict}",
+        "",
+        f"`{baseline}` (baseline) vs `{current}`: top-1 drop allowed {result.max_drop:g} points, {speed}.",
+        "",
+        comparison_markdown(result),
+        "",
+    ]
+    if result.only_baseline:
+        fails = "fails the comparison" if result.missing_failed else "allowed by --allow-missing"
+        lines += [f"Missing from the current run ({fails}): {', '.join(result.only_baseline)}", ""]
+    if result.only_current:
+        lines += [f"New in the current run: {', '.join(result.only_current)}", ""]
+    if result.note:
+        lines += [f"Note: {result.note}", ""]
+    return "\n".join(lines) + "\n"
+
+
+def not_comparable_summary(baseline: str, current: str, reason: str) -> str:
+    """The CI summary of two runs that cannot be compared (exit code 2): the heading and the reason."""
+    return f"### cpvt-eval compare: NOT COMPARABLE\n\n`{baseline}` (baseline) vs `{current}`: {reason}\n\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import sys
 import uuid
@@ -24,6 +25,7 @@ def provenance_record(argv: list[str], device: str, seed: int, config: dict | No
         "device": device,
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "platform": platform.platform(),
         "python_executable": sys.executable,
         "seed": seed,
