@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.2.0"
+# The probes register their row types with ``cpvt_eval.results`` as they are imported, so that rows read from a run
+# directory are typed whoever reads them. They are imported here, with the package (light: no torch, timm or pandas),
+# rather than by ``results`` on demand: the results layer never imports the probes built on it.
+from .probes import PROBES as PROBES
+from .version import __version__ as __version__
 
 # the public names, by the module that defines them (imported on first use)
 _MODULES = {
@@ -30,12 +34,11 @@ _MODULES = {
     "models.registry": ("ModelSpec", "resolve"),
     "jobs.assemble": ("build_model",),
     "jobs.run": ("evaluate", "run_probe", "run_probes"),
-    "probes": ("PROBES",),
     "throughput": ("count_flops", "measure_throughput"),
 }
 _LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
-__all__ = sorted([*_LAZY, "__version__", "create_model", "list_models"])
+__all__ = sorted([*_LAZY, "PROBES", "__version__", "create_model", "list_models"])
 
 
 def __getattr__(name: str):

@@ -135,7 +135,7 @@ def versions() -> dict[str, str]:
     import timm
     import torch
 
-    from . import __version__
+    from .version import __version__
 
     v = {
         "cpvt_eval": __version__,

@@ -181,6 +181,14 @@ def _package_imports(name: str, path: Path, modules) -> list[tuple[str, int, tup
             found += [(f"{source}.{n}", node.lineno, ()) for n in submodules]
             if len(submodules) < len(names):
                 found.append((source, node.lineno, tuple(n for n in names if n not in submodules)))
+        elif (  # importlib.import_module("cpvt_eval.x"): a dependency as much as an import statement
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and str(node.args[0].value).startswith("cpvt_eval")
+        ):
+            found.append((node.args[0].value, node.lineno, ()))
     return [(target, line, names) for target, line, names in found if target in modules]
 
 
@@ -192,8 +200,9 @@ def _unit(module: str) -> str:
 def _unit_graph() -> dict[str, dict[str, list[str]]]:
     """``unit -> {imported unit: ["module:line", ...]}`` between the subpackages and top modules.
 
-    The package root is left out: it is the lazy facade over every layer (``_LAZY``, read by name at first use),
-    which every submodule import runs first anyway, and ``from .. import __version__`` reads a constant it holds.
+    The package root is left out: it is the facade over every layer (``_LAZY``, read by name at first use; the
+    probes, imported with it so that their row types are registered), and no module of the package imports it
+    (``test_no_module_imports_the_package_root``).
     """
     modules = _module_files()
     graph: dict[str, dict[str, list[str]]] = {}
@@ -255,6 +264,32 @@ def test_no_import_cycle_between_the_parts_of_the_package():
     assert not new, "import cycles:\n" + "\n".join(shown)
     gone = [c for c in _KNOWN_CYCLES if c not in found]
     assert not gone, f"no longer a cycle, remove it from _KNOWN_CYCLES: {gone}"
+
+
+def test_no_module_imports_the_package_root():
+    """The root imports the probes (and through them ``results``): a module that imported the root back would close a
+    cycle. The version every layer reads is in ``cpvt_eval.version``."""
+    modules = _module_files()
+    back = [
+        f"{name}:{line} takes {', '.join(names)}"
+        for name, path in modules.items()
+        if name != "cpvt_eval"
+        for target, line, names in _package_imports(name, path, modules)
+        if target == "cpvt_eval"
+    ]
+    assert not back, back
+
+
+def test_the_results_layer_does_not_import_the_probes():
+    modules = _module_files()
+    found = [
+        f"{name}:{line}"
+        for name, path in modules.items()
+        if _unit(name) == "cpvt_eval.results"
+        for target, line, _ in _package_imports(name, path, modules)
+        if _unit(target) == "cpvt_eval.probes"
+    ]
+    assert not found, found
 
 
 def test_no_import_cycle_between_the_modules_of_models_checkpoints_throughput_and_jobs():

@@ -27,10 +27,10 @@ def model_cost(spec) -> tuple[int, float | None, str]:
     import timm
     import torch
 
-    from .. import __version__
     from ..results import atomic_write_text
     from ..runtime import cache_dir
     from ..throughput import count_flops
+    from ..version import __version__
 
     ident = json.dumps(
         [

@@ -16,7 +16,6 @@ Change any field and the cell is computed again.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
@@ -232,12 +231,9 @@ def register_row_type(name: str, row_type: type[ResultRow]) -> type[ResultRow]:
 
 def row_type_of(probe: str) -> type[ResultRow]:
     """The row type of the cells of a ``CellId.probe`` text (``ResultRow`` for a probe not registered). The probes
-    register their row types as ``cpvt_eval.probes`` imports them: a name not registered yet loads that registry
-    first, so that a run directory read by itself (``RunStore(path).rows()``) gives its rows typed."""
-    name = probe_name(probe)
-    if name not in _ROW_TYPES:
-        importlib.import_module("cpvt_eval.probes")
-    return _ROW_TYPES.get(name, ResultRow)
+    register their row types as ``cpvt_eval.probes`` imports them, which the package root does: a run directory read
+    by itself (``RunStore(path).rows()``) gives its rows typed."""
+    return _ROW_TYPES.get(probe_name(probe), ResultRow)
 
 
 CSV_COLUMNS = [f.name for f in fields(ResultRow) if f.name != "extra"]

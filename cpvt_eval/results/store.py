@@ -312,7 +312,7 @@ class RunStore:
         return min(versions) if versions else 1
 
     def _write_run_info(self, migrated_from: int | None = None) -> None:
-        from .. import __version__
+        from ..version import __version__
 
         if migrated_from is not None:
             try:
