@@ -148,6 +148,14 @@ def test_a_usage_error_is_one_line_naming_the_option(args, expected):
     assert expected in error_line(result)
 
 
+@pytest.mark.parametrize("args", [["-m", "-h"], ["-m", "deit_ti", "-s", "--help"], ["-h", "-c"]])
+def test_help_after_a_flag_without_its_value_shows_the_help(args):
+    """``-m -h``: the help is asked for; ``-h`` is not taken as the model's name."""
+    result = invoke("resolution", *args)
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.stdout and "--sizes" in result.stdout
+
+
 def test_usage_errors_of_the_app_itself_are_one_line_too(capsys):
     for args, expected in (
         (["--bogus"], "cpvt-eval has no option --bogus"),

@@ -35,7 +35,11 @@ def fill_optional_values(args: list[str]) -> list[str]:
 
 def expand_multi_value(args: list[str]) -> list[str]:
     """Turn ``--sizes 224 384 --model a b`` into repeated flags; ``--sizes 224,384`` is split later. A flag followed
-    by no value (``-m -s 56``, ``--sizes`` last) is an error naming it, unless help is asked for."""
+    by no value (``-m -s 56``, ``--sizes`` last) is an error naming it. Help asked for anywhere before ``--`` is
+    the help, whatever else the line holds (``-m -h``, ``-h -c``), as argparse gives it."""
+    head = args[: args.index("--")] if "--" in args else args
+    if {"-h", "--help"} & set(head):
+        return ["--help"]
     out: list[str] = []
     i = 0
     while i < len(args):
@@ -53,7 +57,7 @@ def expand_multi_value(args: list[str]) -> list[str]:
                 out.append(args[i])
                 first = False
                 i += 1
-            if first and not {"-h", "--help"} & set(args):
+            if first:
                 raise CpvtEvalError(no_value_message(arg))
     return out
 
