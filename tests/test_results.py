@@ -418,8 +418,19 @@ def test_sigterm_stops_like_ctrl_c_and_the_handler_is_restored():
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
 
 
+@pytest.fixture
+def foreground_ctrl_c():
+    """Ctrl-C as a terminal's foreground command has it: a suite started as a background job inherits SIGINT ignored,
+    and the tool leaves an ignored SIGINT ignored (as ``nohup`` asks)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt, on purpose
-def test_an_interrupt_swallowed_somewhere_is_raised_again_and_deferred_commits_finish():
+def test_an_interrupt_swallowed_somewhere_is_raised_again_and_deferred_commits_finish(foreground_ctrl_c):
     """An exception raised inside a __del__ is only printed, so a Ctrl-C that lands there would be lost: the
     handler records it first, and the next check raises it again; a deferred block finishes before it is raised."""
     import gc
