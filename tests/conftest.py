@@ -123,3 +123,15 @@ def sweep_cells(models, image_set, sizes, settings, probe=None, todo=None, refer
 def top5(cell) -> torch.Tensor:
     """A finished cell's stored top-k classes (``top5``), as int64."""
     return torch.from_numpy(cell.arrays["top5"].astype("int64"))
+
+
+def fake_hub_cache(cache, repo: str, files: dict[str, bytes]) -> None:
+    """The Hugging Face cache layout: models--org--name/{refs/main, snapshots/<commit>/<file>}."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, data in files.items():
+        (snap / name).write_bytes(data)

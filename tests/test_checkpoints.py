@@ -25,6 +25,7 @@ from cpvt_eval.checkpoints import (
     url_cache_path,
 )
 from cpvt_eval.errors import CheckpointError
+from tests.conftest import fake_hub_cache
 
 
 def _model(name, seed=0, **kwargs):
@@ -311,18 +312,6 @@ def test_missing_url_offline_and_unreachable_fail_clearly(http_root, monkeypatch
     assert len(_Handler.requests) == count  # offline: no request at all
 
 
-def _fake_hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> None:
-    """The Hugging Face cache layout: models--org--name/{refs/main, snapshots/<commit>/<file>}."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    snap = folder / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for name, data in files.items():
-        (snap / name).write_bytes(data)
-
-
 def test_hf_hub_and_timm_tags_use_the_hub_cache_offline(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
@@ -332,17 +321,17 @@ def test_hf_hub_and_timm_tags_use_the_hub_cache_offline(tmp_path, monkeypatch):
     source = _model("cpvt_toy", seed=1)
     ckpt = tmp_path / "w.safetensors"
     save_file(source.state_dict(), str(ckpt))
-    _fake_hub_cache(cache, "someone/cpvt-toy", {"model.safetensors": ckpt.read_bytes()})
+    fake_hub_cache(cache, "someone/cpvt-toy", {"model.safetensors": ckpt.read_bytes()})
     target = _model("cpvt_toy", seed=2)
     report = load_checkpoint(target, "hf-hub:someone/cpvt-toy")
     _assert_same_logits(source, target)
     assert report.source == "hf-hub:someone/cpvt-toy" and "models--someone--cpvt-toy" in report.path
     # a named file, and the pytorch_model.bin fallback
-    _fake_hub_cache(cache, "someone/other", {"pytorch_model.bin": b"x", "custom.pth": b"y"})
+    fake_hub_cache(cache, "someone/other", {"pytorch_model.bin": b"x", "custom.pth": b"y"})
     assert fetch_hf_hub("someone/other").name == "pytorch_model.bin"
     assert fetch_hf_hub("someone/other", "custom.pth").read_bytes() == b"y"
     # timm tags resolve to their hub repo
-    _fake_hub_cache(cache, "timm/deit_tiny_patch16_224.fb_in1k", {"model.safetensors": b"z"})
+    fake_hub_cache(cache, "timm/deit_tiny_patch16_224.fb_in1k", {"model.safetensors": b"z"})
     assert fetch_pretrained("deit_tiny_patch16_224.fb_in1k").read_bytes() == b"z"
     with pytest.raises(CheckpointError, match="offline and not in the hub cache.*--checkpoint"):
         fetch_pretrained("deit_small_patch16_224.fb_in1k")
@@ -429,7 +418,7 @@ def test_unreachable_hub_uses_the_cache_or_fails_at_once(tmp_path, monkeypatch):
     assert "unreachable" in hub_unreachable()
     with pytest.raises(CheckpointError, match=f"hub 127.0.0.1:{port} unreachable .*not in the hub cache"):
         fetch_hf_hub("someone/absent")
-    _fake_hub_cache(cache, "someone/present", {"model.safetensors": b"w"})
+    fake_hub_cache(cache, "someone/present", {"model.safetensors": b"w"})
     assert fetch_hf_hub("someone/present").read_bytes() == b"w"
     with socket.socket() as listening:
         listening.bind(("127.0.0.1", 0))

@@ -22,6 +22,7 @@ from cpvt_eval.config import PEOptions
 from cpvt_eval.errors import CheckpointError, ModelError
 from cpvt_eval.jobs.assemble import build_model
 from cpvt_eval.jobs.model_names import resolve_model
+from tests.conftest import fake_hub_cache
 
 ATOL = 1e-4
 SEEDS = {family: i for i, family in enumerate(FAMILIES)}
@@ -206,17 +207,6 @@ def test_sharded_safetensors_and_pytorch_bin_load_the_same(saved, tmp_path):
     assert m.checkpoint.endswith("pytorch_model.bin")
 
 
-def _fake_hub_cache(cache: Path, repo: str, files: dict[str, bytes]) -> None:
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    snap = folder / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for name, data in files.items():
-        (snap / name).write_bytes(data)
-
-
 def test_hub_repos_work_from_the_cache_offline_and_fail_at_once_otherwise(saved, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
@@ -225,7 +215,7 @@ def test_hub_repos_work_from_the_cache_offline_and_fail_at_once_otherwise(saved,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     hf, folders = saved["vit"]
     files = {n: (folders["5x"] / n).read_bytes() for n in ("config.json", "model.safetensors")}
-    _fake_hub_cache(cache, "someone/tiny-vit", files)
+    fake_hub_cache(cache, "someone/tiny-vit", files)
     m = build_model("hf-hub:someone/tiny-vit")
     torch.testing.assert_close(m.module(X).detach(), logits(hf, X), atol=ATOL, rtol=0)
     assert m.name == "hf-hub:someone/tiny-vit" and m.checkpoint == "hf-hub:someone/tiny-vit/model.safetensors"
@@ -234,7 +224,7 @@ def test_hub_repos_work_from_the_cache_offline_and_fail_at_once_otherwise(saved,
     with pytest.raises(CheckpointError, match="offline and not in the hub cache"):
         resolve_model("hf-hub:someone/absent")
     assert time.monotonic() - started < 10
-    _fake_hub_cache(cache, "timm/vit-tiny", {"config.json": b'{"architecture": "vit_tiny_patch16_224"}'})
+    fake_hub_cache(cache, "timm/vit-tiny", {"config.json": b'{"architecture": "vit_tiny_patch16_224"}'})
     with pytest.raises(ModelError, match="-m vit_tiny_patch16_224 -c hf-hub:timm/vit-tiny"):
         resolve_model("hf-hub:timm/vit-tiny")
 
